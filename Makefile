@@ -1,0 +1,54 @@
+# Vickrey — developer commands. Everything runs from a local virtualenv (.venv) and local services.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DURATION ?= 60s
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv up down status topics test test-unit lint demo bench loadtest clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(BIN)/vickrey: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(BIN)/vickrey
+
+venv: $(BIN)/vickrey ## create .venv and install Vickrey with its dev tools
+
+up: ## start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379) unless they answer
+	@bash ops/up.sh
+
+down: ## stop what `make up` started (and nothing else)
+	@bash ops/down.sh
+
+status: ## show whether Kafka and Redis answer
+	@bash ops/up.sh --status
+
+topics: venv up ## create every topic (idempotent)
+	$(BIN)/vickrey topics create
+
+test: venv up ## the whole test suite against real Kafka and Redis
+	$(BIN)/pytest -q tests
+
+test-unit: venv ## tests that need no services
+	$(BIN)/pytest -q tests -m "not integration"
+
+lint: venv ## ruff + mypy (strict on auction/ and schemas/)
+	$(BIN)/ruff check .
+	$(BIN)/mypy auction schemas vickrey
+
+demo: venv up ## the whole story on a generated chat stream
+	$(BIN)/python -m vickrey.demo
+
+bench: venv up ## measure engine, worker and streams side by side; writes bench-results.json
+	$(BIN)/python -m loadtests.bench
+
+loadtest: venv up ## Locust headless against the running stack (DURATION=20s)
+	$(BIN)/python -m loadtests.run --duration $(DURATION)
+
+clean: ## remove the virtualenv and caches (keeps .local/ Kafka jars and data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,227 @@
+"""The auction engine (DESIGN.md §4 and §4b): gates, eligibility, ranking, allocation, pricing.
+
+Pure: no I/O. The worker hands it the request, the index, a spend view and what Redis already
+refused; the engine answers with winners and prices, or the reason nobody won.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from auction.index import CampaignIndex
+from auction.model import RANK_SCALE, AuctionRequest, AuctionResult, Campaign, NoFillReason, Winner
+from auction.pacing import SpendView, pacing_allows
+from auction.pricing import best_per_advertiser, ceil_div, price_slots, rank
+
+DEFAULT_BLOCKED_LABELS = frozenset({"hate", "extremism", "self_harm", "adult", "violence_graphic"})
+DEFAULT_SENSITIVE = frozenset({"IAB7", "IAB11", "IAB23"})
+DEFAULT_RESTRICTED = frozenset({"dating", "health", "financial_services", "politics", "gambling"})
+# IAB25 (non-standard content) and IAB26 (illegal content) never get an auction (§4.1).
+UNSAFE_CATEGORIES = frozenset({"IAB25", "IAB26"})
+MINOR_BRACKETS = frozenset({"under_13", "13_17"})
+
+# Filter stages in the order a candidate meets them. A no-fill reports the furthest stage any
+# targeted candidate reached: "the reason that removed the last candidates".
+_PASS = -1
+_STAGES: tuple[NoFillReason, ...] = (
+    "no_candidates",
+    "brand_safety",
+    "user_hidden",
+    "frequency_cap",
+    "budget",
+    "pacing",
+    "below_floor",
+)
+_TARGETING, _SAFETY, _HIDDEN, _CAP, _BUDGET, _PACING, _FLOOR = range(len(_STAGES))
+_STAGE_OF: dict[NoFillReason, int] = {reason: stage for stage, reason in enumerate(_STAGES)}
+
+
+def category_ancestors(category: str | None) -> tuple[str, ...]:
+    """IAB 1.0 codes are two-tier (`IAB19-6` under `IAB19`): the code and its parent."""
+    if not category:
+        return ()
+    parent, dash, _ = category.partition("-")
+    return (category, parent) if dash else (category,)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    blocked_safety_labels: frozenset[str] = DEFAULT_BLOCKED_LABELS
+    sensitive_categories: frozenset[str] = DEFAULT_SENSITIVE
+    restricted_verticals: frozenset[str] = DEFAULT_RESTRICTED
+
+
+@dataclass(slots=True)
+class UserState:
+    """What the worker knows of one person for this auction (from Redis and user controls)."""
+
+    hidden_advertisers: frozenset[str] = frozenset()
+    capped_campaigns: frozenset[str] = frozenset()
+
+
+class AuctionEngine:
+    def __init__(
+        self,
+        index: CampaignIndex,
+        spend: SpendView | None = None,
+        policy: Policy | None = None,
+        increment_micros: int = 10_000,
+    ) -> None:
+        self.index = index
+        self.spend = spend if spend is not None else SpendView()
+        self.policy = policy if policy is not None else Policy()
+        self.increment_micros = increment_micros
+
+    def gate(self, request: AuctionRequest) -> NoFillReason | None:
+        """Rules checked before any auction (§4.1, §4b)."""
+        if not request.consent_ads:
+            return "no_consent"
+        if request.age_bracket in MINOR_BRACKETS:
+            return "minor"
+        ancestors = category_ancestors(request.category)
+        if request.safety_labels and not self.policy.blocked_safety_labels.isdisjoint(request.safety_labels):
+            return "brand_safety"
+        if not UNSAFE_CATEGORIES.isdisjoint(ancestors):
+            return "brand_safety"
+        if not self.policy.sensitive_categories.isdisjoint(ancestors):
+            return "sensitive_topic"
+        return None
+
+    def run(
+        self,
+        request: AuctionRequest,
+        user: UserState | None = None,
+        refused: Mapping[str, NoFillReason] | None = None,
+    ) -> AuctionResult:
+        """One auction. `refused` holds campaigns the budget/cap reservation turned down for this
+        event, with the reason: they are out, and the slots go to the next candidates."""
+        blocked = self.gate(request)
+        if blocked is not None:
+            return AuctionResult(request.event_id, (), blocked, request.reserve_cpm_micros)
+        ancestors = category_ancestors(request.category)
+        user = user or UserState()
+        refused = refused or {}
+        need = request.slots + 1  # the slots and the runner-up that prices the last one
+        accepted: dict[str, Campaign] = {}
+        rejected: set[str] = set()
+        furthest = _TARGETING
+        index = self.index
+        lists = [index.by_keyword.get(keyword) for keyword in request.keywords]
+        lists += [index.by_category.get(code) for code in ancestors]
+        lists.append(index.untargeted)
+        for postings in lists:
+            if postings:
+                stage = self._scan(postings, request, ancestors, user, refused, accepted, rejected, need)
+                if stage > furthest:
+                    furthest = stage
+
+        ranked = best_per_advertiser(rank(list(accepted.values()), request.event_id))
+        if not ranked:
+            return AuctionResult(request.event_id, (), _STAGES[furthest], request.reserve_cpm_micros)
+        winners = []
+        for slot in price_slots(ranked, request.slots, request.reserve_cpm_micros, self.increment_micros):
+            winner, runner_up = slot.campaign, slot.runner_up
+            winners.append(
+                Winner(
+                    slot.slot,
+                    winner,
+                    slot.price_micros,
+                    slot.charge_micros,
+                    ceil_div(winner.ecpm_num, winner.ecpm_den),
+                    None if runner_up is None else ceil_div(runner_up.ecpm_num, runner_up.ecpm_den),
+                    tuple(k for k in winner.keywords if k in request.keywords),
+                    self._matched_category(winner, ancestors),
+                )
+            )
+        return AuctionResult(request.event_id, tuple(winners), None, request.reserve_cpm_micros)
+
+    @staticmethod
+    def _matched_category(campaign: Campaign, ancestors: tuple[str, ...]) -> str | None:
+        if campaign.categories is None:
+            return ancestors[0] if ancestors else None
+        return next((code for code in ancestors if code in campaign.categories), None)
+
+    def _scan(
+        self,
+        postings: list[Campaign],
+        request: AuctionRequest,
+        ancestors: tuple[str, ...],
+        user: UserState,
+        refused: Mapping[str, NoFillReason],
+        accepted: dict[str, Campaign],
+        rejected: set[str],
+        need: int,
+    ) -> int:
+        """Walk one list in eCPM order until `need` advertisers (and anyone tied with the last)
+        are in, or the rest is below the reserve. Returns the furthest filter stage reached by
+        a rejected campaign. This loop is the engine's hot path: checks are inlined and ordered
+        cheapest first."""
+        reserve_key = request.reserve_cpm_micros * RANK_SCALE
+        hidden, capped, blocked = user.hidden_advertisers, user.capped_campaigns, self.spend.blocked
+        advertisers: set[str] = set()
+        found = 0  # len(advertisers), kept by hand: this loop runs millions of times a second
+        last_key = -1
+        furthest = _TARGETING
+        for campaign in postings:
+            key = campaign.rank_key
+            if found >= need and key < last_key:
+                break
+            campaign_id = campaign.campaign_id
+            if campaign_id not in accepted:
+                if campaign_id in rejected:
+                    continue
+                stage = self._filter_stage(campaign, request, ancestors) if campaign.has_filters else _PASS
+                if stage == _PASS:
+                    if hidden and campaign.advertiser_id in hidden:
+                        stage = _HIDDEN
+                    elif refused and campaign_id in refused:
+                        stage = _STAGE_OF[refused[campaign_id]]
+                    elif capped and campaign_id in capped:
+                        stage = _CAP
+                    elif campaign_id in blocked:
+                        stage = _BUDGET
+                    elif campaign.even_pacing and not pacing_allows(
+                        campaign, self.spend.today_micros.get(campaign_id, 0), request.now_ms, request.event_id
+                    ):
+                        stage = _PACING
+                if stage != _PASS:
+                    rejected.add(campaign_id)
+                    if stage > furthest:
+                        furthest = stage
+                    continue
+                if key < reserve_key:
+                    # Everything from here on is below the floor; one eligible campaign there
+                    # is enough to name the no-fill reason.
+                    return _FLOOR
+                accepted[campaign_id] = campaign
+            if campaign.advertiser_id not in advertisers:
+                advertisers.add(campaign.advertiser_id)
+                found += 1
+            last_key = key
+        return furthest
+
+    def _filter_stage(self, campaign: Campaign, request: AuctionRequest, ancestors: tuple[str, ...]) -> int:
+        """Targeting beyond the keyword, brand safety and hidden advertisers: _PASS or a stage."""
+        if (
+            (campaign.placements is not None and request.placement not in campaign.placements)
+            or (campaign.devices is not None and request.device not in campaign.devices)
+            or (campaign.countries is not None and request.country not in campaign.countries)
+            or (campaign.locales is not None and not _locale_matches(campaign.locales, request.locale))
+            or (campaign.categories is not None and not any(c in campaign.categories for c in ancestors))
+            or (campaign.negative_keywords is not None and not campaign.negative_keywords.isdisjoint(request.keywords))
+            or (campaign.start_ms is not None and request.now_ms < campaign.start_ms)
+            or (campaign.end_ms is not None and request.now_ms >= campaign.end_ms)
+            or campaign.vertical in self.policy.restricted_verticals
+        ):
+            return _TARGETING
+        if campaign.excluded_safety_labels is not None and not campaign.excluded_safety_labels.isdisjoint(
+            request.safety_labels
+        ):
+            return _SAFETY
+        return _PASS
+
+
+def _locale_matches(locales: frozenset[str], locale: str) -> bool:
+    """A campaign's `en` takes `en-us` and `en-gb`; `en-us` takes only itself."""
+    return locale in locales or locale.partition("-")[0] in locales

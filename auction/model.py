@@ -1,0 +1,229 @@
+"""Typed values the engine works on. Money is integer micros; rates are exact Fractions."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from fractions import Fraction
+from typing import Any, Literal
+
+from auction.keywords import normalize_keywords
+
+BidType = Literal["cpm", "cpc"]
+NoFillReason = Literal[
+    "no_candidates",
+    "below_floor",
+    "budget",
+    "frequency_cap",
+    "pacing",
+    "brand_safety",
+    "no_consent",
+    "minor",
+    "sensitive_topic",
+    "user_hidden",
+]
+
+# Pseudo-impressions given to the prior when blending learned CTR (DESIGN §4.2): with no data
+# the blend is the prior exactly; after ~PRIOR_WEIGHT impressions data and prior weigh equally.
+PRIOR_WEIGHT = 1000
+# eCPM ordering key resolution: rank_key = floor(ecpm * RANK_SCALE). Equal keys fall back to
+# the exact Fraction, so the float-free order is exact while the common case compares ints.
+RANK_SCALE = 1 << 20
+
+
+PCTR_DENOMINATOR = 1_000_000  # campaign pCTR priors have at most 6 decimals (validated)
+
+
+def blended_pctr(prior: Fraction, impressions: int, clicks: int) -> Fraction:
+    """The campaign's learned rate with its prior as pseudo-counts (exactly the prior at 0/0)."""
+    if impressions <= 0:
+        return prior
+    clicks = min(max(clicks, 0), impressions)
+    return (clicks + prior * PRIOR_WEIGHT) / (impressions + PRIOR_WEIGHT)
+
+
+def tie_hash(event_id: str, campaign_id: str) -> int:
+    """Stable across processes (unlike hash()), so a replay ranks ties the same way."""
+    return zlib.crc32(f"{event_id}\x1f{campaign_id}".encode())
+
+
+def _iso_ms(value: Any) -> int | None:
+    if not value:
+        return None
+    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _optional_set(values: Any, lower: bool = False) -> frozenset[str] | None:
+    if not values:
+        return None
+    return frozenset(str(v).lower() if lower else str(v) for v in values)
+
+
+@dataclass(slots=True, eq=False)
+class Campaign:
+    """What the engine needs of a campaign: targeting, bid, budget, pacing. Creatives stay in the
+    worker's catalogue so the index stays small. Rates are kept as integer numerator/denominator
+    pairs: exact, compact, and fast to compare by cross-multiplication."""
+
+    campaign_id: str
+    advertiser_id: str
+    bid_type: BidType
+    bid_micros: int
+    prior_pctr: Fraction
+    keywords: tuple[str, ...]
+    negative_keywords: frozenset[str] | None = None
+    categories: frozenset[str] | None = None
+    locales: frozenset[str] | None = None
+    countries: frozenset[str] | None = None
+    devices: frozenset[str] | None = None
+    placements: frozenset[str] | None = None
+    excluded_safety_labels: frozenset[str] | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    even_pacing: bool = False
+    daily_budget_micros: int = 0
+    total_budget_micros: int = 0
+    frequency_cap: tuple[int, int] | None = None  # (max impressions, window seconds)
+    vertical: str = "general"
+    active: bool = True
+    # Derived: the learned pCTR and eCPM as exact ratios, and the integer ordering key.
+    pctr_num: int = 0
+    pctr_den: int = 1
+    ecpm_num: int = 0
+    ecpm_den: int = 1
+    rank_key: int = 0
+    # True when anything beyond the keyword match must be checked per request.
+    has_filters: bool = False
+
+    def __post_init__(self) -> None:
+        self.has_filters = self.vertical != "general" or any(
+            value is not None
+            for value in (
+                self.negative_keywords,
+                self.categories if self.keywords else None,
+                self.locales,
+                self.countries,
+                self.devices,
+                self.placements,
+                self.excluded_safety_labels,
+                self.start_ms,
+                self.end_ms,
+            )
+        )
+        self.set_pctr(self.prior_pctr)
+
+    def set_pctr(self, pctr: Fraction) -> None:
+        self.pctr_num, self.pctr_den = pctr.numerator, pctr.denominator
+        if self.bid_type == "cpm":
+            self.ecpm_num, self.ecpm_den = self.bid_micros, 1
+        else:
+            self.ecpm_num, self.ecpm_den = self.bid_micros * pctr.numerator * 1000, pctr.denominator
+        self.rank_key = self.ecpm_num * RANK_SCALE // self.ecpm_den
+
+    @property
+    def pctr(self) -> Fraction:
+        return Fraction(self.pctr_num, self.pctr_den)
+
+    @property
+    def ecpm(self) -> Fraction:
+        """Expected revenue per 1000 impressions, in micros, exactly."""
+        return Fraction(self.ecpm_num, self.ecpm_den)
+
+    @property
+    def min_charge_micros(self) -> int:
+        """The least one win can cost: a CPM impression at a zero price costs 0, so 1 micro;
+        a CPC campaign needs room for one click at its bid (clicks are billed later)."""
+        return 1 if self.bid_type == "cpm" else self.bid_micros
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Campaign:
+        """From a campaign record already validated by schemas.campaign.validate_campaign."""
+        targeting = record.get("targeting") or {}
+        budget = record["budget"]
+        cap = record.get("frequency_cap")
+        return cls(
+            campaign_id=record["campaign_id"],
+            advertiser_id=record["advertiser_id"],
+            bid_type=record["bid"]["type"],
+            bid_micros=int(record["bid"]["amount_micros"]),
+                prior_pctr=Fraction(round(float(record.get("pctr", 0.01)) * PCTR_DENOMINATOR), PCTR_DENOMINATOR),
+            keywords=tuple(sorted(normalize_keywords(targeting.get("keywords") or ()))),
+            negative_keywords=normalize_keywords(targeting.get("negative_keywords") or ()) or None,
+            categories=_optional_set(targeting.get("categories")),
+            locales=_optional_set(targeting.get("locales"), lower=True),
+            countries=_optional_set(targeting.get("countries"), lower=True),
+            devices=_optional_set(targeting.get("devices"), lower=True),
+            placements=_optional_set(targeting.get("placements")),
+            excluded_safety_labels=_optional_set(record.get("excluded_safety_labels")),
+            start_ms=_iso_ms(record.get("start")),
+            end_ms=_iso_ms(record.get("end")),
+            even_pacing=record.get("pacing") == "even",
+            daily_budget_micros=int(budget["daily_micros"]),
+            total_budget_micros=int(budget["total_micros"]),
+            frequency_cap=(int(cap["max"]), int(cap["window_s"])) if cap else None,
+            vertical=str(record.get("vertical", "general")),
+            active=record.get("status", "active") == "active",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionRequest:
+    """The parts of an intent event the auction reads, already normalised."""
+
+    event_id: str
+    user_id: str
+    placement: str
+    slots: int
+    reserve_cpm_micros: int
+    category: str | None
+    keywords: frozenset[str]
+    locale: str
+    country: str
+    device: str
+    safety_labels: frozenset[str]
+    consent_ads: bool
+    personalization: bool
+    age_bracket: str
+    now_ms: int
+
+    @classmethod
+    def from_intent(cls, intent: dict[str, Any], now_ms: int) -> AuctionRequest:
+        body = intent.get("intent") or {}
+        return cls(
+            event_id=intent["event_id"],
+            user_id=intent["user_id"],
+            placement=intent.get("placement", ""),
+            slots=int(intent.get("slots", 1)),
+            reserve_cpm_micros=int(intent.get("floor_cpm_micros") or 0),
+            category=body.get("category"),
+            keywords=normalize_keywords(body.get("keywords") or ()),
+            locale=str(intent.get("locale", "")).lower(),
+            country=str(intent.get("country", "")).lower(),
+            device=str(intent.get("device", "")).lower(),
+            safety_labels=frozenset((intent.get("safety") or {}).get("labels") or ()),
+            consent_ads=bool((intent.get("consent") or {}).get("ads", False)),
+            personalization=bool((intent.get("consent") or {}).get("personalization", True)),
+            age_bracket=str(intent.get("age_bracket", "unknown")),
+            now_ms=now_ms,
+        )
+
+
+@dataclass(slots=True)
+class Winner:
+    slot: int
+    campaign: Campaign
+    price_micros: int  # in the bid's unit: per mille for CPM, per click for CPC
+    charge_micros: int  # what this impression costs now (0 for CPC)
+    ecpm_micros: int  # rounded up for reporting; ranking used the exact value
+    runner_up_ecpm_micros: int | None
+    matched_keywords: tuple[str, ...]
+    matched_category: str | None
+
+
+@dataclass(slots=True)
+class AuctionResult:
+    event_id: str
+    winners: tuple[Winner, ...]
+    no_fill_reason: NoFillReason | None
+    reserve_cpm_micros: int

@@ -1,0 +1,96 @@
+"""Small builders for engine tests: campaign records as `vickrey campaigns apply` takes them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from auction.engine import AuctionEngine
+from auction.index import CampaignIndex
+from auction.model import AuctionRequest, Campaign
+from tests.conftest import SHARED
+
+NOW_MS = 1_790_000_000_000  # a fixed clock: 2026-09-21 UTC
+
+
+def load_vectors() -> list[dict[str, Any]]:
+    return list(json.loads((SHARED / "examples" / "auction_vectors.json").read_text())["cases"])
+
+
+def campaign_record(
+    campaign_id: str,
+    advertiser_id: str | None = None,
+    bid_type: str = "cpm",
+    amount_micros: int = 1_000_000,
+    pctr: float = 0.01,
+    keywords: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "campaign_id": campaign_id,
+        "advertiser_id": advertiser_id or f"adv-{campaign_id}",
+        "status": "active",
+        "bid": {"type": bid_type, "amount_micros": amount_micros},
+        "pctr": pctr,
+        "budget": {"daily_micros": 10**12, "total_micros": 10**12},
+        "pacing": "asap",
+        "targeting": {"keywords": keywords if keywords is not None else ["laptop"]},
+        "creatives": [
+            {
+                "creative_id": f"{campaign_id}-1",
+                "title": "An offer",
+                "body": "Worth a look.",
+                "url": f"https://example.com/{campaign_id}",
+                "cta": "Open",
+            }
+        ],
+    }
+    record.update(extra)
+    return record
+
+
+def campaign(campaign_id: str, **kwargs: Any) -> Campaign:
+    return Campaign.from_record(campaign_record(campaign_id, **kwargs))
+
+
+def intent(event_id: str = "e-1", keywords: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "ts": NOW_MS,
+        "user_id": "u-1",
+        "session_id": "s-1",
+        "placement": "chat_inline",
+        "slots": 1,
+        "intent": {"category": "IAB19-6", "keywords": keywords or ["laptop"], "confidence": 0.9},
+        "locale": "en-US",
+        "country": "US",
+        "device": "desktop",
+        "safety": {"labels": []},
+        "consent": {"ads": True, "personalization": True},
+        "age_bracket": "18_plus",
+    }
+    record.update(extra)
+    return record
+
+
+def request(event_id: str = "e-1", **extra: Any) -> AuctionRequest:
+    return AuctionRequest.from_intent(intent(event_id, **extra), NOW_MS)
+
+
+def engine_for(campaigns: list[Campaign], increment_micros: int = 10_000) -> AuctionEngine:
+    return AuctionEngine(CampaignIndex.build(campaigns), increment_micros=increment_micros)
+
+
+def vector_campaigns(case: dict[str, Any], keyword: str = "laptop") -> list[Campaign]:
+    return [
+        campaign(
+            c["campaign_id"],
+            advertiser_id=c["advertiser_id"],
+            bid_type=c["bid"]["type"],
+            amount_micros=c["bid"]["amount_micros"],
+            pctr=c.get("pctr", 0.01),
+            keywords=[keyword],
+        )
+        for c in case["candidates"]
+    ]

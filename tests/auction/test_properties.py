@@ -1,0 +1,139 @@
+"""Universal rules of the auction, checked on generated auctions (hypothesis)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from auction.engine import AuctionEngine
+from auction.model import AuctionResult, Campaign
+from tests.auction.factories import campaign, engine_for, request
+
+
+@dataclass(frozen=True)
+class Bidder:
+    campaign_id: str
+    advertiser_id: str
+    bid_type: str
+    amount_micros: int
+    pctr: float
+
+
+bidders = st.lists(
+    st.builds(
+        Bidder,
+        campaign_id=st.just(""),
+        advertiser_id=st.sampled_from([f"adv{i}" for i in range(6)]),
+        bid_type=st.sampled_from(["cpm", "cpc"]),
+        amount_micros=st.integers(min_value=1, max_value=50_000_000),
+        pctr=st.sampled_from([0.001, 0.005, 0.01, 0.017, 0.02, 0.05, 0.123456]),
+    ),
+    min_size=1,
+    max_size=8,
+)
+auction_shape = st.fixed_dictionaries(
+    {
+        "slots": st.integers(min_value=1, max_value=5),
+        "floor": st.sampled_from([0, 0, 100_000, 1_000_000, 5_000_000]),
+        "increment": st.sampled_from([0, 10_000]),
+        "event_id": st.text(alphabet="abcdef0123456789", min_size=1, max_size=8),
+    }
+)
+
+
+def build(bids: list[Bidder]) -> list[Campaign]:
+    return [
+        campaign(f"c{i}", advertiser_id=b.advertiser_id, bid_type=b.bid_type, amount_micros=b.amount_micros, pctr=b.pctr)
+        for i, b in enumerate(bids)
+    ]
+
+
+def run(campaigns: list[Campaign], shape: dict[str, int | str]) -> AuctionResult:
+    engine: AuctionEngine = engine_for(campaigns, increment_micros=int(shape["increment"]))
+    return engine.run(
+        request(str(shape["event_id"]), slots=int(shape["slots"]), floor_cpm_micros=int(shape["floor"]))
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(bids=bidders, shape=auction_shape)
+def test_price_bounds_and_order(bids: list[Bidder], shape: dict[str, int | str]) -> None:
+    campaigns = build(bids)
+    result = run(campaigns, shape)
+    floor = int(shape["floor"])
+    winners = result.winners
+    assert len(winners) <= int(shape["slots"])
+    assert len({w.campaign.advertiser_id for w in winners}) == len(winners), "an advertiser won twice"
+    assert [w.slot for w in winners] == list(range(1, len(winners) + 1))
+    won = {w.campaign.campaign_id for w in winners}
+    for w in winners:
+        assert 0 <= w.price_micros <= w.campaign.bid_micros, "price above own bid"
+        # price >= reserve, in the winner's own unit
+        assert w.price_micros * (1 if w.campaign.bid_type == "cpm" else w.campaign.pctr * 1000) >= min(
+            floor, w.campaign.ecpm
+        )
+        assert w.campaign.ecpm >= floor
+    for a, b in zip(winners, winners[1:], strict=False):
+        assert a.campaign.ecpm >= b.campaign.ecpm
+    # a winner's eCPM >= every loser's that took part (best campaign of its advertiser)
+    if winners:
+        lowest = winners[-1].campaign.ecpm
+        best_of: dict[str, Campaign] = {}
+        for c in campaigns:
+            if c.advertiser_id not in best_of or c.ecpm > best_of[c.advertiser_id].ecpm:
+                best_of[c.advertiser_id] = c
+        for c in best_of.values():
+            if c.campaign_id not in won and c.advertiser_id not in {w.campaign.advertiser_id for w in winners}:
+                assert c.ecpm <= lowest
+    else:
+        assert result.no_fill_reason in {"below_floor", "no_candidates"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(bids=bidders, shape=auction_shape)
+def test_same_input_same_output(bids: list[Bidder], shape: dict[str, int | str]) -> None:
+    first = run(build(bids), shape)
+    second = run(list(reversed(build(bids))), shape)  # other insertion order, same campaigns
+    assert [(w.slot, w.campaign.campaign_id, w.price_micros) for w in first.winners] == [
+        (w.slot, w.campaign.campaign_id, w.price_micros) for w in second.winners
+    ]
+    assert first.no_fill_reason == second.no_fill_reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(bids=bidders, shape=auction_shape, raise_by=st.integers(min_value=1, max_value=20_000_000), who=st.integers(0, 7))
+def test_raising_a_bid_never_worsens_the_slot(
+    bids: list[Bidder], shape: dict[str, int | str], raise_by: int, who: int
+) -> None:
+    who %= len(bids)
+    before = run(build(bids), shape)
+    raised = list(bids)
+    raised[who] = Bidder("", bids[who].advertiser_id, bids[who].bid_type, bids[who].amount_micros + raise_by, bids[who].pctr)
+    after = run(build(raised), shape)
+    target = f"c{who}"
+    slot_before = next((w.slot for w in before.winners if w.campaign.campaign_id == target), None)
+    slot_after = next((w.slot for w in after.winners if w.campaign.campaign_id == target), None)
+    if slot_before is not None:
+        assert slot_after is not None and slot_after <= slot_before
+
+
+@settings(max_examples=200, deadline=None)
+@given(bids=bidders, shape=auction_shape, raise_by=st.integers(min_value=1, max_value=20_000_000))
+def test_one_slot_price_independent_of_own_bid(bids: list[Bidder], shape: dict[str, int | str], raise_by: int) -> None:
+    shape = dict(shape, slots=1)
+    before = run(build(bids), shape)
+    if not before.winners:
+        return
+    winner = before.winners[0]
+    index = int(winner.campaign.campaign_id[1:])
+    uncapped = winner.price_micros < winner.campaign.bid_micros
+    raised = list(bids)
+    b = bids[index]
+    raised[index] = Bidder("", b.advertiser_id, b.bid_type, b.amount_micros + raise_by, b.pctr)
+    after = run(build(raised), shape)
+    assert after.winners[0].campaign.campaign_id == winner.campaign.campaign_id
+    if uncapped:
+        # The price is set by others (runner-up or reserve), never by the winner's own bid.
+        assert after.winners[0].price_micros == winner.price_micros

@@ -1,0 +1,77 @@
+"""Shared fixtures. Every test gets its own topic prefix and Redis namespace, so tests never
+see each other's data; services are the real Kafka and Redis started by `make up`."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from vickrey.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("VICKREY_SHARED", ROOT.parent / "shared"))
+
+
+def unique_tag(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def tag() -> str:
+    return unique_tag()
+
+
+@pytest.fixture
+def settings(tag: str) -> Settings:
+    """Settings isolated to this test: topic prefix `<tag>.` and Redis namespace `<tag>`."""
+    base = Settings.from_env()
+    return Settings(
+        kafka=base.kafka,
+        redis=base.redis,
+        topic_prefix=f"{tag}.",
+        namespace=tag,
+        price_increment_micros=base.price_increment_micros,
+        partitions=int(os.environ.get("VICKREY_TEST_PARTITIONS", "3")),
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """Environment for subprocesses (the CLI, workers) that must see this test's isolation."""
+    return dict(
+        os.environ,
+        VICKREY_KAFKA=settings.kafka,
+        VICKREY_REDIS=settings.redis,
+        VICKREY_TOPIC_PREFIX=settings.topic_prefix,
+        VICKREY_NAMESPACE=settings.namespace,
+        VICKREY_PRICE_INCREMENT_MICROS=str(settings.price_increment_micros),
+        VICKREY_PARTITIONS=str(settings.partitions),
+        VICKREY_METRICS_PORT="0",
+    )
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    """A real Redis client; at teardown every key of this test's namespace is removed."""
+    client = redis.Redis.from_url(settings.redis)
+    yield client
+    keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    client.close()
+
+
+@pytest.fixture
+async def topics(settings: Settings) -> AsyncIterator[Settings]:
+    """Create every contract topic under this test's prefix; delete them afterwards."""
+    from vickrey.topics import delete_topics, ensure_topics
+
+    await ensure_topics(settings)
+    yield settings
+    await delete_topics(settings)

@@ -1,0 +1,74 @@
+"""The one settings object: every `VICKREY_*` environment variable is read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# Logical topic names (DESIGN.md §3); the physical name is `topic_prefix + name`.
+TOPICS: tuple[str, ...] = (
+    "chat.intents",
+    "chat.intents.dlq",
+    "ad.decisions",
+    "ad.impressions",
+    "ad.clicks.raw",
+    "ad.clicks",
+    "ad.clicks.invalid",
+    "billing.ledger",
+    "reports.campaign-minute",
+    "campaigns",
+    "user.controls",
+    "user.controls.applied",
+)
+COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns"})
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r}: expected an integer") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: str = "127.0.0.1:9092"
+    redis: str = "redis://127.0.0.1:6379/0"
+    topic_prefix: str = ""
+    namespace: str = "vickrey"
+    price_increment_micros: int = 10_000
+    partitions: int = 6
+    metrics_port: int = 9400
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        settings = cls(
+            kafka=env.get("VICKREY_KAFKA") or cls.kafka,
+            redis=env.get("VICKREY_REDIS") or cls.redis,
+            topic_prefix=env.get("VICKREY_TOPIC_PREFIX", ""),
+            namespace=env.get("VICKREY_NAMESPACE") or cls.namespace,
+            price_increment_micros=_int("VICKREY_PRICE_INCREMENT_MICROS", cls.price_increment_micros),
+            partitions=_int("VICKREY_PARTITIONS", cls.partitions),
+            metrics_port=_int("VICKREY_METRICS_PORT", cls.metrics_port),
+        )
+        if settings.price_increment_micros < 0:
+            raise SystemExit("VICKREY_PRICE_INCREMENT_MICROS must be >= 0")
+        if settings.partitions < 1:
+            raise SystemExit("VICKREY_PARTITIONS must be >= 1")
+        return settings
+
+    def topic(self, name: str) -> str:
+        """Physical Kafka topic for a logical name (the prefix isolates stacks and tests)."""
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, role: str) -> str:
+        """Consumer group / transactional-id / Faust app id base, prefixed like the topics."""
+        return f"{self.topic_prefix}{role}"
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under the namespace."""
+        return ":".join((self.namespace, *parts))
