@@ -42,6 +42,9 @@ class Settings:
     price_increment_micros: int = 10_000
     partitions: int = 6
     metrics_port: int = 9400
+    # How long a decided event_id is remembered (its outcome kept for replays, its id for
+    # refusing duplicates). Memory in Redis grows with event rate x this.
+    event_ttl_s: int = 86_400
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,9 +57,12 @@ class Settings:
             price_increment_micros=_int("VICKREY_PRICE_INCREMENT_MICROS", cls.price_increment_micros),
             partitions=_int("VICKREY_PARTITIONS", cls.partitions),
             metrics_port=_int("VICKREY_METRICS_PORT", cls.metrics_port),
+            event_ttl_s=_int("VICKREY_EVENT_TTL_S", cls.event_ttl_s),
         )
         if settings.price_increment_micros < 0:
             raise SystemExit("VICKREY_PRICE_INCREMENT_MICROS must be >= 0")
+        if settings.event_ttl_s < 60:
+            raise SystemExit("VICKREY_EVENT_TTL_S must be >= 60 (replays after a crash need the kept outcome)")
         if settings.partitions < 1:
             raise SystemExit("VICKREY_PARTITIONS must be >= 1")
         return settings

@@ -1,0 +1,92 @@
+"""The Redis edge of the auction: one atomic, idempotent reservation call per batch.
+
+`reserve.lua` checks and reserves budgets and frequency caps for every auction of a batch in
+one EVALSHA (one round trip), and keeps each event's outcome so that a replayed batch gets the
+first answer back instead of a second charge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+
+SCRIPT = (Path(__file__).with_name("reserve.lua")).read_text()
+
+AnswerKind = Literal["ok", "replay", "dup", "refused"]
+
+
+@dataclass(slots=True)
+class Reservation:
+    campaign_id: str
+    charge_micros: int  # added to spend now (CPM); 0 for CPC
+    need_micros: int  # budget that must be left: the charge, or one click for CPC
+    cap_max: int = 0  # 0: no frequency cap
+    cap_window_s: int = 0
+
+    def as_list(self) -> list[Any]:
+        return [self.campaign_id, self.charge_micros, self.need_micros, self.cap_max, self.cap_window_s]
+
+
+@dataclass(slots=True)
+class Claim:
+    """One auction's tentative outcome, offered to Redis."""
+
+    event_id: str
+    source: str  # "<partition>:<offset>" of the record, to tell a replay from a duplicate
+    day: str
+    user_id: str
+    outcome: bytes  # what to keep and hand back on replay
+    reservations: list[Reservation] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Answer:
+    kind: AnswerKind
+    outcome: bytes = b""  # replay: the kept outcome
+    first_source: str = ""  # dup: where the event_id was first seen
+    refused: dict[str, str] = field(default_factory=dict)  # campaign_id -> "budget" | "frequency_cap"
+    spends: list[tuple[str, int, int]] = field(default_factory=list)  # (campaign_id, today, total)
+
+
+class BudgetReserver:
+    def __init__(self, redis: Redis, namespace: str, outcome_ttl_s: int) -> None:
+        self.namespace = namespace
+        self.outcome_ttl_s = outcome_ttl_s
+        self._script = redis.register_script(SCRIPT)
+
+    async def reserve(self, claims: list[Claim]) -> list[Answer]:
+        if not claims:
+            return []
+        payload = orjson.dumps(
+            [
+                {
+                    "e": claim.event_id,
+                    "src": claim.source,
+                    "day": claim.day,
+                    "ttl": self.outcome_ttl_s,
+                    "u": claim.user_id,
+                    "out": claim.outcome.decode(),
+                    "r": [reservation.as_list() for reservation in claim.reservations],
+                }
+                for claim in claims
+            ]
+        )
+        raw = await self._script(keys=[], args=[self.namespace, payload])
+        return [_answer(item) for item in orjson.loads(raw)]
+
+
+def _answer(item: list[Any]) -> Answer:
+    kind, body = item[0], item[1]
+    if kind == "ok":
+        # cjson encodes an empty Lua table as {}; spends are numbers below 2^53, exact.
+        spends = [(str(cid), int(today), int(total)) for cid, today, total in (body or [])]
+        return Answer("ok", spends=spends)
+    if kind == "replay":
+        return Answer("replay", outcome=str(body).encode())
+    if kind == "dup":
+        return Answer("dup", first_source=str(body))
+    return Answer("refused", refused={str(cid): str(reason) for cid, reason in body})

@@ -1,0 +1,161 @@
+"""Keeps a worker's view of campaigns, spend, learned CTR and policy in step with Redis.
+
+Campaign changes arrive on the `{ns}:campaigns:changes` stream (written by `vickrey campaigns`
+and the API in the same transaction as the campaign itself) and are applied one campaign at a
+time, usually within milliseconds; spend and CTR are re-read on a short period, and the
+reservation script's answers update spend in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from auction.engine import AuctionEngine, Policy
+from auction.index import CampaignIndex
+from auction.model import Campaign, blended_pctr
+from auction.pacing import utc_day
+from vickrey.campaign_store import campaigns_key, changes_key, spend_day_key, spend_total_key
+from vickrey.settings import Settings
+
+log = logging.getLogger("vickrey.auction.live")
+SPEND_REFRESH_S = 1.0
+CTR_REFRESH_S = 5.0
+POLICY_REFRESH_S = 0.5
+CHUNK = 1000
+
+
+class LiveState:
+    def __init__(self, settings: Settings, redis: Redis, engine: AuctionEngine) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.engine = engine
+        self.creatives: dict[str, list[dict[str, Any]]] = {}
+        self.last_change_id = "0-0"
+        self.policy_version = -1
+        self.applied_changes = 0
+
+    @property
+    def index(self) -> CampaignIndex:
+        return self.engine.index
+
+    def _ctr_key(self, campaign_id: str) -> str:
+        return self.settings.key(f"{{c:{campaign_id}}}", "ctr")
+
+    async def load(self) -> None:
+        """Initial snapshot. The stream position is taken first, so a change racing the
+        snapshot is applied again afterwards (upserts are idempotent) rather than missed."""
+        last = await self.redis.xrevrange(changes_key(self.settings), count=1)
+        if last:
+            self.last_change_id = last[0][0].decode()
+        raw = await self.redis.hgetall(campaigns_key(self.settings))
+        campaigns = []
+        for value in raw.values():
+            record = orjson.loads(value)
+            campaigns.append(Campaign.from_record(record))
+            self.creatives[record["campaign_id"]] = record["creatives"]
+        self.engine.index = CampaignIndex.build(campaigns)
+        await self.refresh_policy()
+        await self.refresh_spend()
+        await self.refresh_ctr()
+        log.info("campaigns loaded", extra={"campaigns": len(self.engine.index)})
+
+    async def apply_change(self, campaign_id: str) -> None:
+        raw = await self.redis.hget(campaigns_key(self.settings), campaign_id)
+        if raw is None:
+            self.index.remove(campaign_id)
+            self.creatives.pop(campaign_id, None)
+        else:
+            record = orjson.loads(raw)
+            campaign = Campaign.from_record(record)
+            self.creatives[campaign_id] = record["creatives"]
+            self.index.upsert(campaign)
+            await self._refresh_spend_of([campaign])
+        self.applied_changes += 1
+
+    async def follow_changes(self, stop: asyncio.Event) -> None:
+        stream = changes_key(self.settings)
+        while not stop.is_set():
+            try:
+                entries = await self.redis.xread({stream: self.last_change_id}, block=250, count=500)
+            except Exception as exc:  # keep serving with the last known campaigns
+                log.warning("campaign stream read failed", extra={"error": str(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for _, items in entries or []:
+                for entry_id, fields in items:
+                    self.last_change_id = entry_id.decode()
+                    await self.apply_change(fields[b"campaign_id"].decode())
+
+    async def refresh_spend(self) -> None:
+        self.engine.spend.roll_to(utc_day(int(time.time() * 1000)))
+        await self._refresh_spend_of(list(self.index.campaigns.values()))
+
+    async def _refresh_spend_of(self, campaigns: list[Campaign]) -> None:
+        spend = self.engine.spend
+        day = spend.day or utc_day(int(time.time() * 1000))
+        for start in range(0, len(campaigns), CHUNK):
+            chunk = campaigns[start : start + CHUNK]
+            keys = []
+            for campaign in chunk:
+                keys += [
+                    spend_day_key(self.settings, campaign.campaign_id, day),
+                    spend_total_key(self.settings, campaign.campaign_id),
+                ]
+            values = await self.redis.mget(keys)
+            for position, campaign in enumerate(chunk):
+                today, total = values[2 * position], values[2 * position + 1]
+                spend.record(campaign, int(today or 0), int(total or 0))
+
+    async def refresh_ctr(self) -> None:
+        """Learned CTR for CPC campaigns (CPM eCPM does not depend on it), from streams' counts."""
+        cpc = [c for c in self.index.campaigns.values() if c.bid_type == "cpc"]
+        for start in range(0, len(cpc), CHUNK):
+            chunk = cpc[start : start + CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for campaign in chunk:
+                pipe.hmget(self._ctr_key(campaign.campaign_id), "impressions", "clicks")
+            for campaign, (impressions, clicks) in zip(chunk, await pipe.execute(), strict=True):
+                pctr = blended_pctr(campaign.prior_pctr, int(impressions or 0), int(clicks or 0))
+                self.index.set_pctr(campaign.campaign_id, pctr)
+
+    async def refresh_policy(self) -> None:
+        version = int(await self.redis.get(self.settings.key("policy", "version")) or 0)
+        if version == self.policy_version:
+            return
+        raw = await self.redis.get(self.settings.key("policy"))
+        self.policy_version = version
+        if raw is None:
+            self.engine.policy = Policy()
+            return
+        doc = orjson.loads(raw)
+        self.engine.policy = Policy(
+            blocked_safety_labels=frozenset(doc["blocked_safety_labels"]),
+            sensitive_categories=frozenset(doc["sensitive_categories"]),
+            restricted_verticals=frozenset(doc["restricted_verticals"]),
+        )
+        log.info("policy applied", extra={"version": version})
+
+    async def refresh_forever(self, stop: asyncio.Event) -> None:
+        next_spend = next_ctr = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                await self.refresh_policy()
+                if now >= next_spend:
+                    await self.refresh_spend()
+                    next_spend = now + SPEND_REFRESH_S
+                if now >= next_ctr:
+                    await self.refresh_ctr()
+                    next_ctr = now + CTR_REFRESH_S
+            except Exception as exc:
+                log.warning("refresh failed", extra={"error": str(exc)})
+            try:
+                await asyncio.wait_for(stop.wait(), POLICY_REFRESH_S)
+            except TimeoutError:
+                pass

@@ -1,0 +1,345 @@
+"""`vickrey auction`: chat.intents → auctions → ad.decisions + ad.impressions, exactly once.
+
+Per batch: getmany() → decode (bad records to the DLQ) → one engine pass → one Redis round trip
+(reserve.lua: budgets, caps, idempotency) → re-run only the auctions Redis refused → publish
+decisions, impressions and DLQ records in one Kafka transaction together with the consumed
+offsets. A crash anywhere aborts the transaction; the batch is consumed again and Redis hands
+back the outcomes it kept, so the same records are published once and nothing is charged twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from redis.asyncio import Redis
+
+from auction.budgets import Answer, BudgetReserver, Claim, Reservation
+from auction.engine import AuctionEngine, UserState
+from auction.index import CampaignIndex
+from auction.live import LiveState
+from auction.model import AuctionRequest, AuctionResult, NoFillReason
+from auction.pacing import SpendView, utc_day
+from auction.records import build_records, freeze_outcome
+from schemas.codec import RecordError, decode, dlq_record, encode
+from vickrey import logs
+from vickrey.kafka import BatchSender, transactional_producer
+from vickrey.metrics import Metrics, serve
+from vickrey.settings import Settings
+
+log = logging.getLogger("vickrey.auction")
+INPUT = "chat.intents"
+MAX_REFUSAL_ROUNDS = 8
+CAP_CACHE_MAX = 200_000
+
+
+@dataclass(slots=True)
+class Pending:
+    record: ConsumerRecord[bytes, bytes]
+    intent: dict[str, Any]
+    request: AuctionRequest
+    refused: dict[str, NoFillReason] = field(default_factory=dict)
+    outcome: dict[str, Any] | None = None
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = Metrics()
+        m = self.registry
+        self.events_in = m.counter("vickrey_auction_events_in_total", "Intent records consumed")
+        self.decisions = m.counter("vickrey_auction_decisions_total", "Decisions published")
+        self.fills = m.counter("vickrey_auction_fills_total", "Decisions with at least one ad")
+        self.impressions = m.counter("vickrey_auction_impressions_total", "Impressions published")
+        self.no_fill = m.counter("vickrey_auction_no_fill_total", "Decisions without ads, by reason")
+        self.dlq = m.counter("vickrey_auction_dlq_total", "Records sent to the DLQ, by kind")
+        self.replays = m.counter("vickrey_auction_replayed_total", "Events whose kept outcome was republished")
+        self.refusals = m.counter("vickrey_auction_refusals_total", "Reservations Redis refused, by reason")
+        self.batch_size = m.histogram(
+            "vickrey_auction_batch_size", "Records per batch", (1, 10, 50, 100, 250, 500, 1000, 2000)
+        )
+        self.latency = m.histogram(
+            "vickrey_auction_batch_seconds",
+            "Time to auction and commit one batch",
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self.auction_latency = m.histogram(
+            "vickrey_auction_engine_seconds_per_event",
+            "Engine time per auction (batch engine time / events)",
+            (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001),
+        )
+        self.lag = m.gauge("vickrey_auction_consumer_lag", "Records behind the partition end, by partition")
+        self.campaigns = m.gauge("vickrey_auction_campaigns", "Active campaigns in the index")
+
+
+class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are only given up between batches: the batch in flight commits first."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.lock:
+            log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in revoked)})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+
+
+class AuctionWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        instance: str | None = None,
+        batch_max: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.batch_max = batch_max
+        self.clock = clock
+        self.metrics = WorkerMetrics()
+        self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=settings.price_increment_micros)
+        self.redis = Redis.from_url(settings.redis)
+        self.live = LiveState(settings, self.redis, self.engine)
+        self.reserver = BudgetReserver(self.redis, settings.namespace, settings.event_ttl_s)
+        self.stop_event = asyncio.Event()
+        self.batch_lock = asyncio.Lock()
+        self.capped: dict[str, dict[str, int]] = {}  # user -> campaign -> capped until (ms)
+        self.group_id = settings.group("auction")
+        self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions", "chat.intents.dlq")}
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=batch_max,
+            fetch_max_wait_ms=5,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self.producer = transactional_producer(settings, f"{settings.group('auction')}-{self.instance}")
+        self.sender = BatchSender(self.producer)
+        self.ready = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.live.load()
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.settings.topic(INPUT)], listener=_Revocation(self.batch_lock))
+        self._runner = await serve(self.metrics.registry, self.settings.metrics_port, lambda: self.ready)
+        self._tasks = [
+            asyncio.create_task(self.live.follow_changes(self.stop_event)),
+            asyncio.create_task(self.live.refresh_forever(self.stop_event)),
+        ]
+        self.ready = True
+        log.info(
+            "auction worker started",
+            extra={"instance": self.instance, "group": self.group_id, "campaigns": len(self.engine.index)},
+        )
+
+    async def close(self) -> None:
+        self.ready = False
+        self.stop_event.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.consumer.stop()
+        await self.producer.stop()
+        await self._runner.cleanup()
+        await self.redis.aclose()
+        log.info("auction worker stopped", extra={"instance": self.instance})
+
+    async def run(self) -> None:
+        while not self.stop_event.is_set():
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_max)
+            if not batch:
+                continue
+            async with self.batch_lock:
+                # A rebalance may have taken partitions between getmany() and the lock.
+                assigned = self.consumer.assignment()
+                batch = {tp: records for tp, records in batch.items() if tp in assigned}
+                if batch:
+                    await self._process_and_commit(batch)
+
+    async def _process_and_commit(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        started = time.perf_counter()
+        count = sum(len(records) for records in batch.values())
+        try:
+            async with self.producer.transaction():
+                outputs = await self.process(batch)
+                await self.sender.send(outputs)
+                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                await self.producer.send_offsets_to_transaction(offsets, self.group_id)
+        except Exception:
+            # Nothing of this batch was committed: consume it again. Redis kept every outcome
+            # it reserved, so the retry republishes the same records without charging again.
+            log.exception("batch failed, retrying it", extra={"records": count})
+            for tp, records in batch.items():
+                self.consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(0.5)
+            return
+        self.metrics.batch_size.observe(count)
+        self.metrics.latency.observe(time.perf_counter() - started)
+        for tp, records in batch.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag.set(max(0, highwater - records[-1].offset - 1), partition=str(tp.partition))
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[tuple[str, bytes | None, bytes | None]]:
+        """Auction a batch; returns the records to publish as (topic, key, value)."""
+        now_ms = int(self.clock() * 1000)
+        day = utc_day(now_ms)
+        self.engine.spend.roll_to(day)
+        m = self.metrics
+        outputs: list[tuple[str, bytes | None, bytes | None]] = []
+        pending: list[Pending] = []
+        for records in batch.values():
+            for record in records:
+                m.events_in.inc()
+                try:
+                    intent = decode(INPUT, record.value)
+                except RecordError as error:
+                    outputs.append(self._dlq(record, str(error), now_ms, "invalid"))
+                    continue
+                pending.append(Pending(record, intent, AuctionRequest.from_intent(intent, now_ms)))
+
+        engine_seconds = 0.0
+        auctions = 0
+        rounds = 0
+        while pending:
+            rounds += 1
+            claims = []
+            began = time.perf_counter()
+            for item in pending:
+                result = self.engine.run(item.request, self._user_state(item.request, now_ms), item.refused)
+                if rounds > MAX_REFUSAL_ROUNDS and result.winners:
+                    # Refused round after round (budgets draining under us): settle as a no-fill,
+                    # which needs no reservation and so cannot be refused again.
+                    reason = next(iter(item.refused.values()), "budget")
+                    result = AuctionResult(result.event_id, (), reason, result.reserve_cpm_micros)
+                item.outcome = freeze_outcome(result, now_ms, self.live.creatives, personalized=False)
+                claims.append(self._claim(item, result, day))
+            engine_seconds += time.perf_counter() - began
+            auctions += len(pending)
+            answers = await self.reserver.reserve(claims)
+            retry: list[Pending] = []
+            for item, answer in zip(pending, answers, strict=True):
+                if self._settle(item, answer, outputs, now_ms):
+                    retry.append(item)
+            pending = retry
+        if auctions:
+            m.auction_latency.observe(engine_seconds / auctions, auctions)
+        return outputs
+
+    def _claim(self, item: Pending, result: AuctionResult, day: str) -> Claim:
+        reservations = []
+        for winner in result.winners:
+            campaign = winner.campaign
+            cap_max, cap_window = campaign.frequency_cap or (0, 0)
+            need = max(1, winner.charge_micros) if campaign.bid_type == "cpm" else winner.price_micros
+            reservations.append(Reservation(campaign.campaign_id, winner.charge_micros, need, cap_max, cap_window))
+        assert item.outcome is not None
+        return Claim(
+            event_id=item.request.event_id,
+            source=f"{item.record.partition}:{item.record.offset}",
+            day=day,
+            user_id=item.request.user_id,
+            outcome=orjson.dumps(item.outcome),
+            reservations=reservations,
+        )
+
+    def _settle(self, item: Pending, answer: Answer, outputs: list[tuple[str, bytes | None, bytes | None]], now_ms: int) -> bool:
+        """Turn Redis's answer into records; True when the auction must run again."""
+        m = self.metrics
+        if answer.kind == "refused":
+            for campaign_id, reason in answer.refused.items():
+                item.refused[campaign_id] = "budget" if reason == "budget" else "frequency_cap"
+                m.refusals.inc(reason=reason)
+                if reason == "budget":
+                    self.engine.spend.mark_exhausted(campaign_id)
+                else:
+                    self._remember_cap(item.request.user_id, campaign_id, now_ms)
+            return True
+        if answer.kind == "dup":
+            partition, _, offset = answer.first_source.partition(":")
+            error = (
+                f"event_id: {item.request.event_id!r} was already decided (first seen at partition {partition} "
+                f"offset {offset}); a repeated event gets no second decision or charge"
+            )
+            outputs.append(self._dlq(item.record, error, now_ms, "duplicate"))
+            return False
+        if answer.kind == "replay":
+            item.outcome = orjson.loads(answer.outcome)
+            m.replays.inc()
+        else:
+            index = self.engine.index
+            for campaign_id, today, total in answer.spends:
+                campaign = index.get(campaign_id)
+                if campaign is not None:
+                    self.engine.spend.record(campaign, today, total)
+        assert item.outcome is not None
+        decision, impressions = build_records(item.intent, item.outcome)
+        outputs.append((self.topics["ad.decisions"], decision["session_id"].encode(), encode(decision)))
+        for impression in impressions:
+            outputs.append((self.topics["ad.impressions"], impression["impression_id"].encode(), encode(impression)))
+        m.decisions.inc()
+        if impressions:
+            m.fills.inc()
+            m.impressions.inc(len(impressions))
+        else:
+            m.no_fill.inc(reason=str(decision["no_fill_reason"]))
+        return False
+
+    def _dlq(self, record: ConsumerRecord[bytes, bytes], error: str, now_ms: int, kind: str) -> tuple[str, bytes | None, bytes | None]:
+        self.metrics.dlq.inc(kind=kind)
+        dead = dlq_record(self.settings.topic(INPUT), record.partition, record.offset, record.key, record.value, error, now_ms)
+        return (self.topics["chat.intents.dlq"], record.key, encode(dead))
+
+    def _user_state(self, request: AuctionRequest, now_ms: int) -> UserState | None:
+        caps = self.capped.get(request.user_id)
+        if not caps:
+            return None
+        capped = frozenset(campaign_id for campaign_id, until in caps.items() if until > now_ms)
+        return UserState(capped_campaigns=capped) if capped else None
+
+    def _remember_cap(self, user_id: str, campaign_id: str, now_ms: int) -> None:
+        """Redis said this person hit the campaign's cap: skip it locally for a while (Redis
+        stays the authority; the window restarts from the first impression there)."""
+        if len(self.capped) >= CAP_CACHE_MAX:
+            self.capped.clear()
+        campaign = self.engine.index.get(campaign_id)
+        window_ms = (campaign.frequency_cap[1] if campaign and campaign.frequency_cap else 60) * 1000
+        self.capped.setdefault(user_id, {})[campaign_id] = now_ms + min(window_ms, 60_000)
+
+
+async def run_worker(settings: Settings, instance: str | None = None, batch_max: int = 500) -> None:
+    worker = AuctionWorker(settings, instance=instance, batch_max=batch_max)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop_event.set)
+    await worker.start()
+    try:
+        await worker.run()
+    finally:
+        await worker.close()
+
+
+def main(settings: Settings, args: Any) -> int:
+    """Entry point for `vickrey auction` (one process; `--workers N` is handled by the CLI)."""
+    logs.setup("auction")
+    asyncio.run(run_worker(settings, instance=getattr(args, "instance", None), batch_max=getattr(args, "batch_max", 500)))
+    return 0
