@@ -73,6 +73,17 @@ class AuctionEngine:
         self.policy = policy if policy is not None else Policy()
         self.increment_micros = increment_micros
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        # Campaigns of the default vertical skip the slow filter path unless the policy
+        # restricts that vertical too.
+        self._check_all = "general" in policy.restricted_verticals
+
     def gate(self, request: AuctionRequest) -> NoFillReason | None:
         """Rules checked before any auction (§4.1, §4b)."""
         if not request.consent_ads:
@@ -159,6 +170,7 @@ class AuctionEngine:
         cheapest first."""
         reserve_key = request.reserve_cpm_micros * RANK_SCALE
         hidden, capped, blocked = user.hidden_advertisers, user.capped_campaigns, self.spend.blocked
+        check_all = self._check_all
         advertisers: set[str] = set()
         found = 0  # len(advertisers), kept by hand: this loop runs millions of times a second
         last_key = -1
@@ -171,7 +183,10 @@ class AuctionEngine:
             if campaign_id not in accepted:
                 if campaign_id in rejected:
                     continue
-                stage = self._filter_stage(campaign, request, ancestors) if campaign.has_filters else _PASS
+                if campaign.has_filters or check_all:
+                    stage = self._filter_stage(campaign, request, ancestors)
+                else:
+                    stage = _PASS
                 if stage == _PASS:
                     if hidden and campaign.advertiser_id in hidden:
                         stage = _HIDDEN

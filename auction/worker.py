@@ -101,9 +101,13 @@ class AuctionWorker:
         settings: Settings,
         instance: str | None = None,
         batch_max: int = 500,
+        linger_ms: int = 5,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        # A named instance is stable across restarts: its transactional id fences (and aborts)
+        # what a killed predecessor left open, and as a static group member it gets its
+        # partitions back without a rebalance. Unnamed instances are unique per process.
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_max = batch_max
         self.clock = clock
@@ -126,8 +130,9 @@ class AuctionWorker:
             max_poll_records=batch_max,
             fetch_max_wait_ms=5,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            group_instance_id=f"{settings.group('auction')}-{instance}" if instance else None,
         )
-        self.producer = transactional_producer(settings, f"{settings.group('auction')}-{self.instance}")
+        self.producer = transactional_producer(settings, f"{settings.group('auction')}-{self.instance}", linger_ms)
         self.sender = BatchSender(self.producer)
         self.ready = False
 
@@ -159,7 +164,17 @@ class AuctionWorker:
         await self.producer.stop()
         await self._runner.cleanup()
         await self.redis.aclose()
-        log.info("auction worker stopped", extra={"instance": self.instance})
+        m = self.metrics
+        log.info(
+            "auction worker stopped",
+            extra={
+                "instance": self.instance,
+                "events_in": m.events_in.get(),
+                "decisions": m.decisions.get(),
+                "replayed": m.replays.get(),
+                "dlq": sum(m.dlq.values.values()),
+            },
+        )
 
     async def run(self) -> None:
         while not self.stop_event.is_set():
@@ -326,8 +341,8 @@ class AuctionWorker:
         self.capped.setdefault(user_id, {})[campaign_id] = now_ms + min(window_ms, 60_000)
 
 
-async def run_worker(settings: Settings, instance: str | None = None, batch_max: int = 500) -> None:
-    worker = AuctionWorker(settings, instance=instance, batch_max=batch_max)
+async def run_worker(settings: Settings, instance: str | None = None, batch_max: int = 500, linger_ms: int = 5) -> None:
+    worker = AuctionWorker(settings, instance=instance, batch_max=batch_max, linger_ms=linger_ms)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop_event.set)
@@ -339,7 +354,18 @@ async def run_worker(settings: Settings, instance: str | None = None, batch_max:
 
 
 def main(settings: Settings, args: Any) -> int:
-    """Entry point for `vickrey auction` (one process; `--workers N` is handled by the CLI)."""
+    """Entry point for `vickrey auction`; `--workers N` runs N supervised processes."""
+    if getattr(args, "workers", 1) > 1:
+        from vickrey.supervisor import run_auction_workers
+
+        return run_auction_workers(settings, args)
     logs.setup("auction")
-    asyncio.run(run_worker(settings, instance=getattr(args, "instance", None), batch_max=getattr(args, "batch_max", 500)))
+    asyncio.run(
+        run_worker(
+            settings,
+            instance=getattr(args, "instance", None),
+            batch_max=getattr(args, "batch_max", 500),
+            linger_ms=getattr(args, "linger_ms", 5),
+        )
+    )
     return 0

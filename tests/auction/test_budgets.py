@@ -1,0 +1,138 @@
+"""reserve.lua against the real Redis: atomic budgets, exact frequency caps, idempotent replays."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from auction.budgets import BudgetReserver, Claim, Reservation
+from vickrey.settings import Settings
+
+pytestmark = pytest.mark.integration
+DAY = "20261127"
+
+
+def set_budget(client: redis.Redis, settings: Settings, campaign_id: str, daily: int, total: int) -> None:
+    client.hset(settings.key(f"{{c:{campaign_id}}}", "budget"), mapping={"daily_micros": daily, "total_micros": total})
+
+
+def spend(client: redis.Redis, settings: Settings, campaign_id: str) -> tuple[int, int]:
+    today = client.get(settings.key(f"{{c:{campaign_id}}}", "spend", "day", DAY))
+    total = client.get(settings.key(f"{{c:{campaign_id}}}", "spend", "total"))
+    return int(today or 0), int(total or 0)
+
+
+def claim(event_id: str, campaign_id: str, charge: int, user: str = "u1", cap: tuple[int, int] = (0, 0), source: str = "") -> Claim:
+    return Claim(
+        event_id=event_id,
+        source=source or f"0:{event_id}",
+        day=DAY,
+        user_id=user,
+        outcome=b'{"winners":[]}',
+        reservations=[Reservation(campaign_id, charge, max(1, charge), cap[0], cap[1])],
+    )
+
+
+async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
+    client = Redis.from_url(settings.redis)
+    try:
+        answers = await BudgetReserver(client, settings.namespace, 3600).reserve(claims)
+    finally:
+        await client.aclose()
+    return [a.kind for a in answers]
+
+
+def _reserver_process(settings: Settings, worker: int, auctions: int, charges: list[int], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    async def run() -> None:
+        client = Redis.from_url(settings.redis)
+        reserver = BudgetReserver(client, settings.namespace, 3600)
+        admitted = 0
+        for start in range(0, auctions, 50):
+            batch = [claim(f"w{worker}-e{i}", "tight", charges[i % len(charges)]) for i in range(start, start + 50)]
+            for answer, item in zip(await reserver.reserve(batch), batch, strict=True):
+                if answer.kind == "ok":
+                    admitted += item.reservations[0].charge_micros
+        results.put(admitted)
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_concurrent_reservers_never_overspend(settings: Settings, redis_client: redis.Redis) -> None:
+    """Four processes, 4,000 auctions, one budget of 12,345 micros: spend stops exactly where the
+    admitted charges say, never a micro above the budget."""
+    budget = 12_345
+    set_budget(redis_client, settings, "tight", daily=budget, total=budget * 10)
+    charges = [random.Random(i).randint(1, 40) for i in range(97)]
+    results: multiprocessing.Queue[int] = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=_reserver_process, args=(settings, w, 1000, charges, results)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    admitted = sum(results.get(timeout=5) for _ in procs)
+    today, total = spend(redis_client, settings, "tight")
+    assert today == total == admitted
+    assert today <= budget
+    assert budget - today < 40, "the budget should be used up to within one charge"
+
+
+async def test_total_budget_binds_too(settings: Settings, redis_client: redis.Redis) -> None:
+    set_budget(redis_client, settings, "c", daily=1_000_000, total=100)
+    kinds = await reserve(settings, [claim(f"e{i}", "c", 30) for i in range(5)])
+    assert kinds == ["ok", "ok", "ok", "refused", "refused"]
+    assert spend(redis_client, settings, "c") == (90, 90)
+
+
+async def test_frequency_cap_gives_exactly_n(settings: Settings, redis_client: redis.Redis) -> None:
+    set_budget(redis_client, settings, "capped", daily=10**9, total=10**9)
+    claims = [claim(f"e{i}", "capped", 5, user=f"user{i % 3}", cap=(4, 3600)) for i in range(30)]
+    kinds = await reserve(settings, claims)
+    per_user = {f"user{u}": sum(1 for c, k in zip(claims, kinds, strict=True) if k == "ok" and c.user_id == f"user{u}") for u in range(3)}
+    assert per_user == {"user0": 4, "user1": 4, "user2": 4}
+    assert redis_client.ttl(settings.key("{u:user0}", "fc", "capped")) > 3500
+
+
+async def test_replayed_batch_changes_nothing(settings: Settings, redis_client: redis.Redis) -> None:
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    batch = [claim(f"e{i}", "c", 7, cap=(100, 60), source=f"3:{i}") for i in range(20)]
+    first = await reserve(settings, batch)
+    assert first == ["ok"] * 20
+    before = spend(redis_client, settings, "c"), redis_client.get(settings.key("{u:u1}", "fc", "c"))
+    again = await reserve(settings, batch)
+    assert again == ["replay"] * 20
+    assert (spend(redis_client, settings, "c"), redis_client.get(settings.key("{u:u1}", "fc", "c"))) == before
+    assert before[0] == (140, 140)
+
+
+async def test_same_event_from_another_record_is_a_duplicate(settings: Settings, redis_client: redis.Redis) -> None:
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    assert await reserve(settings, [claim("e1", "c", 7, source="0:1"), claim("e1", "c", 7, source="0:2")]) == ["ok", "dup"]
+    assert spend(redis_client, settings, "c") == (7, 7)
+
+
+async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis.Redis) -> None:
+    """Two winners in one auction, the second over budget: neither is charged."""
+    set_budget(redis_client, settings, "rich", daily=10**9, total=10**9)
+    set_budget(redis_client, settings, "poor", daily=5, total=5)
+    two = Claim("e1", "0:1", DAY, "u1", b"{}", [Reservation("rich", 50, 50), Reservation("poor", 6, 6)])
+    client = Redis.from_url(settings.redis)
+    answers = await BudgetReserver(client, settings.namespace, 3600).reserve([two])
+    await client.aclose()
+    assert answers[0].kind == "refused" and answers[0].refused == {"poor": "budget"}
+    assert spend(redis_client, settings, "rich") == (0, 0)
+    assert redis_client.get(settings.key("{e:e1}", "outcome")) is None
+
+
+async def test_keys_expire(settings: Settings, redis_client: redis.Redis) -> None:
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    await reserve(settings, [claim("e1", "c", 7, cap=(3, 120))])
+    assert 0 < redis_client.ttl(settings.key("{c:c}", "spend", "day", DAY)) <= 3 * 86400
+    assert 0 < redis_client.ttl(settings.key("{e:e1}", "outcome")) <= 3600
+    assert 0 < redis_client.ttl(settings.key("{u:u1}", "fc", "c")) <= 120
