@@ -1,0 +1,210 @@
+"""`vickrey campaigns …` and `vickrey policy …` end to end: the real CLI, Redis and Kafka."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from tests.vickrey.conftest import hash_items, load_sample, read_topic, run_cli, sample_path, stream_entries
+from vickrey.campaign_store import (
+    budget_key,
+    campaigns_key,
+    changes_key,
+    spend_day_key,
+    spend_total_key,
+    utc_day,
+)
+from vickrey.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def changes(client: redis.Redis, settings: Settings) -> list[dict[str, str]]:
+    return stream_entries(client, changes_key(settings))
+
+
+def stored(client: redis.Redis, settings: Settings) -> dict[str, dict[str, Any]]:
+    return {k: orjson.loads(v) for k, v in hash_items(client, campaigns_key(settings)).items()}
+
+
+async def test_apply_with_one_bad_campaign(
+    stack: Settings, env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    settings = stack
+    items = load_sample("bad_campaigns.json")
+    good_ids = [c["campaign_id"] for c in items if c["campaign_id"] != "c-quickcash-loans"]
+
+    result = run_cli(env, "campaigns", "apply", str(sample_path("bad_campaigns.json")))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    refusals = [line for line in result.stderr.splitlines() if line.startswith("refused")]
+    assert len(refusals) == 1, result.stderr
+    line = refusals[0]
+    assert line.startswith("refused campaign 'c-quickcash-loans' (item 2): "), line
+    # every problem of the bad campaign is named, by field
+    for field in ("status", "bid.amount_micros", "creatives[0].url", "budget.daily_micros", "vertical"):
+        assert field in line, (field, line)
+    assert "applied 2, refused 1" in result.stdout
+
+    campaigns = stored(redis_client, settings)
+    assert sorted(campaigns) == sorted(good_ids)
+    for cid in good_ids:
+        shown = run_cli(env, "campaigns", "show", cid)
+        assert shown.returncode == 0, shown.stderr
+        doc = orjson.loads(shown.stdout)
+        assert doc["campaign_id"] == cid
+        assert doc["spend"] == {"today_micros": 0, "total_micros": 0}
+        budget = {k: int(v) for k, v in hash_items(redis_client, budget_key(settings, cid)).items()}
+        assert budget == {
+            "daily_micros": doc["budget"]["daily_micros"],
+            "total_micros": doc["budget"]["total_micros"],
+        }
+    assert [e["op"] for e in changes(redis_client, settings)] == ["upsert", "upsert"]
+
+    announced = await read_topic(settings, "campaigns", set(good_ids))
+    assert set(announced) == set(good_ids)
+    for cid in good_ids:
+        value = announced[cid]
+        assert value is not None and orjson.loads(value) == campaigns[cid]
+
+
+async def test_apply_samples_list_show_spend(
+    stack: Settings, env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    settings = stack
+    samples = load_sample("campaigns.json")
+    result = run_cli(env, "campaigns", "apply", "--json", "-", stdin=orjson.dumps(samples).decode())
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["refused"] == [] and len(report["applied"]) == len(samples)
+    assert all(a["created"] for a in report["applied"])
+    versions = [e["version"] for e in changes(redis_client, settings)]
+    assert versions == [str(v) for v in range(1, len(samples) + 1)]
+
+    # spend written by the worker/billing under the documented keys is what `show` and `list` report
+    cid = samples[0]["campaign_id"]
+    now_ms = int(time.time() * 1000)
+    redis_client.set(spend_day_key(settings, cid, utc_day(now_ms)), 1_234_567)
+    redis_client.set(spend_total_key(settings, cid), 9_876_543)
+    doc = orjson.loads(run_cli(env, "campaigns", "show", cid).stdout)
+    assert doc["spend"] == {"today_micros": 1_234_567, "total_micros": 9_876_543}
+
+    listed = run_cli(env, "campaigns", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split()[:3] == ["CAMPAIGN", "ADVERTISER", "STATUS"]
+    for c in samples:
+        assert c["campaign_id"] in listed.stdout
+    row = next(r for r in listed.stdout.splitlines() if r.startswith(cid + " "))
+    assert row.rstrip().endswith("1.234567"), row
+
+    # re-applying the same file updates in place (new versions, nothing created)
+    again = orjson.loads(
+        run_cli(env, "campaigns", "apply", "--json", str(sample_path("campaigns.json"))).stdout
+    )
+    assert not any(a["created"] for a in again["applied"])
+
+
+async def test_pause_resume_delete(stack: Settings, env: dict[str, str], redis_client: redis.Redis) -> None:
+    settings = stack
+    camp = load_sample("campaigns.json")[0]
+    cid = camp["campaign_id"]
+    assert run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps(camp).decode()).returncode == 0
+
+    paused = run_cli(env, "campaigns", "pause", cid)
+    assert paused.returncode == 0, paused.stderr
+    assert stored(redis_client, settings)[cid]["status"] == "paused"
+    entries = changes(redis_client, settings)
+    assert entries[-1] == {"campaign_id": cid, "op": "upsert", "version": "2"}
+
+    again = run_cli(env, "campaigns", "pause", cid)
+    assert again.returncode == 0 and "already paused" in again.stdout
+    assert len(changes(redis_client, settings)) == 2  # no change, no entry
+
+    assert run_cli(env, "campaigns", "resume", cid).returncode == 0
+    assert stored(redis_client, settings)[cid]["status"] == "active"
+
+    deleted = run_cli(env, "campaigns", "delete", cid)
+    assert deleted.returncode == 0, deleted.stderr
+    assert cid not in stored(redis_client, settings)
+    assert not redis_client.exists(budget_key(settings, cid))
+    assert changes(redis_client, settings)[-1] == {"campaign_id": cid, "op": "delete", "version": "4"}
+    announced = await read_topic(settings, "campaigns", {cid})
+    assert announced[cid] is None  # the last record is the tombstone
+
+    for action in ("show", "pause", "resume", "delete"):
+        unknown = run_cli(env, "campaigns", action, "c-nope")
+        assert unknown.returncode == 1
+        assert "no campaign with id 'c-nope'" in unknown.stderr
+        assert "Traceback" not in unknown.stderr
+
+
+async def test_advertiser_cannot_take_over_a_campaign(
+    stack: Settings, env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    camp = load_sample("campaigns.json")[0]
+    assert run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps(camp).decode()).returncode == 0
+    other = dict(camp, advertiser_id="adv-someone-else")
+    result = run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps(other).decode())
+    assert result.returncode == 1
+    cid, owner = camp["campaign_id"], camp["advertiser_id"]
+    assert f"advertiser_id: campaign {cid} belongs to advertiser {owner}" in result.stderr
+    assert stored(redis_client, stack)[cid]["advertiser_id"] == owner
+
+
+def restricted_list_key(policy: dict[str, Any]) -> str:
+    return next(k for k, v in policy.items() if isinstance(v, list) and "financial_services" in v)
+
+
+async def test_restricted_vertical_refused_naming_the_policy(
+    stack: Settings, env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    camp = dict(load_sample("campaigns.json")[0], campaign_id="c-fin-1", vertical="financial_services")
+    result = run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps([camp]).decode())
+    assert result.returncode == 1
+    assert "refused campaign 'c-fin-1' (item 1): " in result.stderr
+    assert "financial_services" in result.stderr and "polic" in result.stderr
+    assert "c-fin-1" not in stored(redis_client, stack)
+
+    # the policy can lift the restriction: show → edit → apply, then the same campaign is accepted
+    policy = orjson.loads(run_cli(env, "policy", "show").stdout)
+    key = restricted_list_key(policy)
+    policy[key] = [v for v in policy[key] if v != "financial_services"]
+    applied = run_cli(env, "policy", "apply", "-", stdin=orjson.dumps(policy).decode())
+    assert applied.returncode == 0, applied.stderr
+    assert "version 1" in applied.stdout
+    assert orjson.loads(run_cli(env, "policy", "show").stdout)[key] == policy[key]
+    assert int(redis_client.get(f"{stack.namespace}:policy:version") or 0) == 1
+    assert run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps(camp).decode()).returncode == 0
+
+
+async def test_bad_policy_names_every_problem(
+    stack: Settings, env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    policy = orjson.loads(run_cli(env, "policy", "show").stdout)
+    assert policy, "the default policy is shown when none was applied"
+    bad = copy.deepcopy(policy)
+    for key in bad:
+        bad[key] = 7  # a wrong type for every field
+    result = run_cli(env, "policy", "apply", "-", stdin=orjson.dumps(bad).decode())
+    assert result.returncode == 1
+    assert result.stderr.startswith("vickrey: error: refused policy: ")
+    for key in policy:
+        assert key in result.stderr, (key, result.stderr)
+    assert redis_client.get(f"{stack.namespace}:policy") is None
+
+
+async def test_unreadable_input_exits_2(stack: Settings, env: dict[str, str], tmp_path: Any) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n  {"campaign_id": "c-1",\n   oops}\n]\n')
+    result = run_cli(env, "campaigns", "apply", str(broken))
+    assert result.returncode == 2
+    assert "line 3, column 4" in result.stderr and "Traceback" not in result.stderr
+    missing = run_cli(env, "campaigns", "apply", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    scalar = run_cli(env, "campaigns", "apply", "-", stdin="42")
+    assert scalar.returncode == 2 and "JSON object" in scalar.stderr

@@ -1,0 +1,400 @@
+"""Campaigns in Redis, announced on Kafka. The Redis layout below is relied on by the auction worker,
+billing and the API: change it only together with them.
+
+Redis layout (`{ns}` = `VICKREY_NAMESPACE`, default `vickrey`; `<id>` = campaign_id):
+
+- `{ns}:campaigns` — hash: campaign_id → canonical campaign JSON (orjson, exactly as normalised by
+  `schemas.campaign.validate_campaign`: defaults filled, the contract's field order).
+- `{ns}:campaigns:changes` — stream, one entry per change, fields `campaign_id`, `op` (`upsert` |
+  `delete`) and `version`; trimmed approximately (MAXLEN ~ 100000). Workers XREAD it and apply each
+  change within 1 s (re-reading `{ns}:campaigns` for upserts).
+- `{ns}:campaigns:version` — integer, the version of the latest change. Every change takes the next
+  version, so versions are unique and increase in stream order.
+- `{ns}:{c:<id>}:budget` — hash `daily_micros`, `total_micros`: the limits the budget reservation
+  script reads. The `{c:<id>}` braces are a Redis Cluster hash tag and are part of the key.
+- `{ns}:{c:<id>}:spend:total` — integer micros spent in total; `{ns}:{c:<id>}:spend:day:<YYYYMMDD>` —
+  integer micros spent that UTC day. Written by the auction worker and billing, read here.
+- `{ns}:policy`, `{ns}:policy:version` — see `vickrey.policy_store`.
+
+One apply (or pause, resume, delete) is one MULTI/EXEC transaction, under WATCH of the campaigns hash
+and the version key: it is applied whole or not at all. Afterwards every changed campaign is
+announced on the compacted Kafka topic `campaigns` (key campaign_id, value the campaign JSON; a
+deleted campaign is a tombstone, value null).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from schemas.campaign import restricted_vertical_problem, validate_campaign
+from vickrey.policy_store import get_policy
+from vickrey.settings import Settings
+from vickrey.topics import ensure_topics
+
+CHANGES_MAXLEN = 100_000
+MAX_WATCH_RETRIES = 50
+CAMPAIGNS_TOPIC = "campaigns"
+
+
+class UnknownCampaign(LookupError):
+    """No campaign with this id is stored."""
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(f"no campaign with id {campaign_id!r}")
+        self.campaign_id = campaign_id
+
+
+# ---- keys -----------------------------------------------------------------------------------------
+
+
+def campaigns_key(settings: Settings) -> str:
+    return settings.key("campaigns")
+
+
+def changes_key(settings: Settings) -> str:
+    return settings.key("campaigns", "changes")
+
+
+def version_key(settings: Settings) -> str:
+    return settings.key("campaigns", "version")
+
+
+def campaign_tag(campaign_id: str) -> str:
+    """The Redis Cluster hash tag of one campaign's keys: `{c:<id>}`."""
+    return f"{{c:{campaign_id}}}"
+
+
+def budget_key(settings: Settings, campaign_id: str) -> str:
+    return settings.key(campaign_tag(campaign_id), "budget")
+
+
+def spend_total_key(settings: Settings, campaign_id: str) -> str:
+    return settings.key(campaign_tag(campaign_id), "spend", "total")
+
+
+def utc_day(now_ms: int) -> str:
+    """`YYYYMMDD` of the UTC day containing epoch milliseconds `now_ms`."""
+    return time.strftime("%Y%m%d", time.gmtime(now_ms / 1000))
+
+
+def spend_day_key(settings: Settings, campaign_id: str, day: str) -> str:
+    """Spend of one UTC day; `day` is `YYYYMMDD` (see `utc_day`)."""
+    return settings.key(campaign_tag(campaign_id), "spend", "day", day)
+
+
+def encode_campaign(campaign: dict[str, Any]) -> bytes:
+    """The canonical JSON of a normalised campaign (the bytes stored in Redis and sent on Kafka).
+
+    Keys stay in the order `validate_campaign` gives them (the contract's field order).
+    """
+    return orjson.dumps(campaign)
+
+
+# ---- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Refusal:
+    """An input item that was not stored, with every problem as `field: problem`."""
+
+    item: int  # 1-based position in the input
+    campaign_id: str | None
+    problems: list[str]
+
+
+@dataclass
+class Change:
+    campaign_id: str
+    op: str  # "upsert" | "delete"
+    version: int
+    campaign: dict[str, Any] | None  # None for a delete
+
+
+@dataclass
+class ApplyResult:
+    applied: list[Change] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)  # ids that did not exist before
+
+
+class AnnounceError(RuntimeError):
+    """The change is stored in Redis, but announcing it on Kafka failed."""
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+
+def _decode(raw: bytes | str) -> dict[str, Any]:
+    value = orjson.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"stored campaign is not a JSON object: {raw!r:.80}")
+    return value
+
+
+async def get_campaign(settings: Settings, r: Redis, campaign_id: str) -> dict[str, Any] | None:
+    """The stored campaign, or None."""
+    raw = await r.hget(campaigns_key(settings), campaign_id)
+    return None if raw is None else _decode(raw)
+
+
+async def list_campaigns(settings: Settings, r: Redis) -> list[dict[str, Any]]:
+    """Every stored campaign, sorted by campaign_id."""
+    stored: dict[Any, Any] = await r.hgetall(campaigns_key(settings))
+    campaigns = [_decode(raw) for raw in stored.values()]
+    return sorted(campaigns, key=lambda c: str(c.get("campaign_id", "")))
+
+
+async def campaign_spend(settings: Settings, r: Redis, campaign_id: str, now_ms: int) -> dict[str, int]:
+    """Live spend from Redis: `{"today_micros", "total_micros"}` (today = the UTC day of `now_ms`)."""
+    return (await campaigns_spend(settings, r, [campaign_id], now_ms))[campaign_id]
+
+
+async def campaigns_spend(
+    settings: Settings, r: Redis, campaign_ids: Sequence[str], now_ms: int
+) -> dict[str, dict[str, int]]:
+    """`campaign_spend` for many campaigns in one round trip."""
+    if not campaign_ids:
+        return {}
+    day = utc_day(now_ms)
+    pipe = r.pipeline(transaction=False)
+    for cid in campaign_ids:
+        pipe.get(spend_day_key(settings, cid, day))
+        pipe.get(spend_total_key(settings, cid))
+    values = await pipe.execute()
+    return {
+        cid: {"today_micros": int(values[2 * i] or 0), "total_micros": int(values[2 * i + 1] or 0)}
+        for i, cid in enumerate(campaign_ids)
+    }
+
+
+# ---- writing --------------------------------------------------------------------------------------
+
+
+def _validate(
+    items: Sequence[Any], policy: dict[str, Any]
+) -> tuple[list[tuple[int, dict[str, Any]]], list[Refusal]]:
+    """Validate every item; the first of each campaign_id wins, later duplicates are refused."""
+    good: list[tuple[int, dict[str, Any]]] = []
+    refused: list[Refusal] = []
+    first_item: dict[str, int] = {}
+    for item_no, obj in enumerate(items, start=1):
+        raw_id = obj.get("campaign_id") if isinstance(obj, dict) else None
+        cid = raw_id if isinstance(raw_id, str) else None
+        campaign, problems = validate_campaign(obj)
+        problems = list(problems)
+        if isinstance(obj, dict):  # named even when the campaign has other problems
+            restricted = restricted_vertical_problem(campaign or obj, policy)
+            if restricted:
+                problems.append(restricted)
+        if cid is not None and cid in first_item:
+            problems.append(
+                f"campaign_id: {cid!r} appears more than once in this input (first as item {first_item[cid]})"
+            )
+        elif cid is not None:
+            first_item[cid] = item_no
+        if campaign is None or problems:
+            refused.append(Refusal(item_no, cid, problems or ["(campaign): invalid"]))
+        else:
+            good.append((item_no, campaign))
+    return good, refused
+
+
+async def apply_campaigns(
+    settings: Settings, r: Redis, items: Sequence[Any], *, announce: bool = True
+) -> ApplyResult:
+    """Validate `items` (raw campaign objects) and upsert the valid ones in one Redis transaction.
+
+    An invalid item is refused whole, with every problem named; so is a campaign whose vertical the
+    policy restricts, and one whose stored advertiser_id differs. The rest are stored and, unless
+    `announce` is False, announced on the Kafka `campaigns` topic (AnnounceError if that fails).
+    """
+    good, refused = _validate(items, await get_policy(settings, r))
+    result = ApplyResult(refused=refused)
+    if good:
+        hkey = campaigns_key(settings)
+
+        async def plan(pipe: Any) -> list[Change]:
+            stored = await pipe.hmget(hkey, [c["campaign_id"] for _, c in good])
+            version = int(await pipe.get(version_key(settings)) or 0)
+            changes: list[Change] = []
+            result.created, conflicts = [], []
+            for (item_no, campaign), old_raw in zip(good, stored, strict=True):
+                cid = campaign["campaign_id"]
+                owner = None if old_raw is None else _decode(old_raw).get("advertiser_id")
+                if old_raw is not None and owner != campaign["advertiser_id"]:
+                    conflicts.append(
+                        Refusal(
+                            item_no, cid, [f"advertiser_id: campaign {cid} belongs to advertiser {owner}"]
+                        )
+                    )
+                    continue
+                if old_raw is None:
+                    result.created.append(cid)
+                version += 1
+                changes.append(Change(cid, "upsert", version, campaign))
+            result.refused = sorted(refused + conflicts, key=lambda ref: ref.item)
+            if changes:
+                pipe.multi()
+                for change in changes:
+                    pipe.hset(hkey, change.campaign_id, encode_campaign(_campaign_of(change)))
+                    _queue_budget(settings, pipe, _campaign_of(change))
+                    _queue_change(settings, pipe, change)
+            return changes
+
+        result.applied = await _write(settings, r, plan, announce=announce)
+    return result
+
+
+def _campaign_of(change: Change) -> dict[str, Any]:
+    if change.campaign is None:
+        raise ValueError(f"change {change.version} deletes campaign {change.campaign_id}")
+    return change.campaign
+
+
+async def _write(
+    settings: Settings, r: Redis, plan: Callable[[Any], Awaitable[list[Change]]], *, announce: bool
+) -> list[Change]:
+    """One optimistic transaction: `plan(pipe)` reads under WATCH of the campaigns hash and the version
+    key, then (if it has changes) calls `pipe.multi()` and queues its writes; on a concurrent change
+    it runs again. The version key is set to the last change's version in the same transaction.
+
+    With `announce`, Kafka is connected first (so an unreachable Kafka writes nothing) and the changes
+    are announced after the commit.
+    """
+    producer = await _start_producer(settings) if announce else None
+    try:
+        changes = await _transact(settings, r, plan)
+        if producer is not None and changes:
+            await _announce(settings, producer, changes)
+        return changes
+    finally:
+        if producer is not None:
+            await producer.stop()
+
+
+async def _transact(
+    settings: Settings, r: Redis, plan: Callable[[Any], Awaitable[list[Change]]]
+) -> list[Change]:
+    keys = (campaigns_key(settings), version_key(settings))
+    async with r.pipeline(transaction=True) as raw_pipe:
+        pipe: Any = raw_pipe  # redis-py leaves multi()/reset() untyped
+        for _attempt in range(MAX_WATCH_RETRIES):
+            try:
+                await pipe.watch(*keys)
+                changes = await plan(pipe)
+                if not changes:
+                    await pipe.reset()
+                    return changes
+                pipe.set(keys[1], changes[-1].version)
+                await pipe.execute()
+                return changes
+            except WatchError:
+                continue
+    raise RuntimeError(f"campaigns changed concurrently {MAX_WATCH_RETRIES} times in a row; try again")
+
+
+def _queue_budget(settings: Settings, pipe: Any, campaign: dict[str, Any]) -> None:
+    key = budget_key(settings, campaign["campaign_id"])
+    budget = campaign.get("budget") or {}
+    limits = {f: budget[f] for f in ("daily_micros", "total_micros") if budget.get(f) is not None}
+    pipe.delete(key)
+    if limits:
+        pipe.hset(key, mapping=limits)
+
+
+def _queue_change(settings: Settings, pipe: Any, change: Change) -> None:
+    fields = {"campaign_id": change.campaign_id, "op": change.op, "version": change.version}
+    pipe.xadd(changes_key(settings), fields, maxlen=CHANGES_MAXLEN, approximate=True)
+
+
+async def _change_one(
+    settings: Settings, r: Redis, campaign_id: str, status: str | None, *, announce: bool
+) -> Change | None:
+    """Set the status of (or, with status None, delete) one campaign; None when nothing changed."""
+    hkey = campaigns_key(settings)
+
+    async def plan(pipe: Any) -> list[Change]:
+        raw = await pipe.hget(hkey, campaign_id)
+        if raw is None:
+            raise UnknownCampaign(campaign_id)
+        campaign = _decode(raw)
+        if status is not None and campaign.get("status") == status:
+            return []
+        version = int(await pipe.get(version_key(settings)) or 0) + 1
+        pipe.multi()
+        if status is None:
+            change = Change(campaign_id, "delete", version, None)
+            pipe.hdel(hkey, campaign_id)
+            pipe.delete(budget_key(settings, campaign_id))
+        else:
+            change = Change(campaign_id, "upsert", version, dict(campaign, status=status))
+            pipe.hset(hkey, campaign_id, encode_campaign(_campaign_of(change)))
+        _queue_change(settings, pipe, change)
+        return [change]
+
+    changes = await _write(settings, r, plan, announce=announce)
+    return changes[0] if changes else None
+
+
+async def set_status(
+    settings: Settings, r: Redis, campaign_id: str, status: str, *, announce: bool = True
+) -> Change | None:
+    """Pause (`paused`) or resume (`active`) a campaign; None if it already had that status.
+
+    Raises UnknownCampaign for an unknown id.
+    """
+    if status not in ("active", "paused"):
+        raise ValueError(f"status: must be 'active' or 'paused', not {status!r}")
+    return await _change_one(settings, r, campaign_id, status, announce=announce)
+
+
+async def delete_campaign(settings: Settings, r: Redis, campaign_id: str, *, announce: bool = True) -> Change:
+    """Delete a campaign and its budget limits (its spend history stays); raises UnknownCampaign."""
+    change = await _change_one(settings, r, campaign_id, None, announce=announce)
+    if change is None:  # a delete always changes something or raises UnknownCampaign
+        raise UnknownCampaign(campaign_id)
+    return change
+
+
+# ---- Kafka announcement ---------------------------------------------------------------------------
+
+
+async def _start_producer(settings: Settings) -> AIOKafkaProducer:
+    """A started producer; fails before anything is written to Redis if Kafka is unreachable."""
+    await ensure_topics(settings, [CAMPAIGNS_TOPIC])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka, acks="all", enable_idempotence=True, request_timeout_ms=15_000
+    )
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
+async def _announce(settings: Settings, producer: AIOKafkaProducer, changes: Sequence[Change]) -> None:
+    topic = settings.topic(CAMPAIGNS_TOPIC)
+    try:
+        futures = [
+            await producer.send(
+                topic,
+                key=c.campaign_id.encode(),
+                value=None if c.campaign is None else encode_campaign(c.campaign),
+            )
+            for c in changes
+        ]
+        for future in futures:
+            await future
+    except Exception as exc:
+        raise AnnounceError(
+            f"stored in Redis, but announcing on Kafka topic {topic} ({settings.kafka}) failed: {exc}"
+        ) from exc

@@ -1,0 +1,179 @@
+"""Kafka topics of one Vickrey stack: create them (idempotently), describe them, delete them.
+
+Every logical topic of `vickrey.settings.TOPICS` becomes `settings.topic(name)` (the prefix isolates
+stacks and tests), with `settings.partitions` partitions and replication factor 1; the topics of
+`COMPACTED_TOPICS` (the `campaigns` topic: the latest state of every campaign, tombstone = deleted)
+get `cleanup.policy=compact`. Existing topics are left exactly as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from vickrey.settings import COMPACTED_TOPICS, TOPICS, Settings
+
+log = logging.getLogger(__name__)
+
+REPLICATION_FACTOR = 1
+LEADER_WAIT_S = 30.0
+_TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+_UNKNOWN_TOPIC = 3
+
+
+@dataclass
+class TopicsReport:
+    """What `create_topics` did: physical names created and those that already existed."""
+
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """One physical topic as the broker describes it (`partitions` 0 and `exists` False when missing)."""
+
+    name: str
+    exists: bool
+    partitions: int = 0
+    cleanup_policy: str | None = None
+
+
+@asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client for `settings.kafka`, closed on exit."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, request_timeout_ms=15_000)
+    try:
+        await admin.start()
+        yield admin
+    finally:
+        await admin.close()
+
+
+def topic_configs(name: str) -> dict[str, str]:
+    """Topic-level configuration for a logical topic name."""
+    return {"cleanup.policy": "compact"} if name in COMPACTED_TOPICS else {}
+
+
+async def create_topics(settings: Settings, names: Iterable[str] | None = None) -> TopicsReport:
+    """Create the given logical topics (default: all of `TOPICS`) unless they exist; wait for leaders."""
+    logical = list(dict.fromkeys(TOPICS if names is None else names))
+    report = TopicsReport()
+    if not logical:
+        return report
+    async with admin_client(settings) as admin:
+        present = set(await admin.list_topics())
+        missing = [n for n in logical if settings.topic(n) not in present]
+        report.existing = [settings.topic(n) for n in logical if settings.topic(n) in present]
+        if missing:
+            new = [
+                NewTopic(
+                    settings.topic(n), settings.partitions, REPLICATION_FACTOR, topic_configs=topic_configs(n)
+                )
+                for n in missing
+            ]
+            response = await admin.create_topics(new)
+            for topic, code, message in _topic_errors(response):
+                if code == 0:
+                    report.created.append(topic)
+                elif code == _TOPIC_ALREADY_EXISTS:  # created concurrently by someone else
+                    report.existing.append(topic)
+                else:
+                    raise for_code(code)(f"creating topic {topic}: {message or 'error code ' + str(code)}")
+        await _wait_for_leaders(admin, report.created + report.existing)
+    for topic in report.existing:
+        log.info("topic %s already exists; left alone", topic)
+    return report
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
+    """Create every contract topic (or just `names`, logical) idempotently; return the physical names created.
+
+    Topics that already exist are left alone (logged at INFO). Returns once every topic has a leader,
+    so producers started right afterwards do not fail.
+    """
+    return (await create_topics(settings, names)).created
+
+
+async def describe_topics(settings: Settings, names: Iterable[str] | None = None) -> list[TopicInfo]:
+    """Partitions and cleanup policy of the given logical topics (default: all of `TOPICS`)."""
+    physical = [settings.topic(n) for n in dict.fromkeys(TOPICS if names is None else names)]
+    async with admin_client(settings) as admin:
+        present = set(await admin.list_topics())
+        found = [t for t in physical if t in present]
+        partitions: dict[str, int] = {}
+        policies: dict[str, str] = {}
+        if found:
+            for meta in await admin.describe_topics(found):
+                partitions[meta["topic"]] = len(meta["partitions"])
+            resources = [ConfigResource(ConfigResourceType.TOPIC, t, {"cleanup.policy": None}) for t in found]
+            for response in await admin.describe_configs(resources):
+                for _code, _msg, _type, name, entries in response.resources:
+                    for entry in entries:
+                        if entry[0] == "cleanup.policy":
+                            policies[name] = entry[1]
+    return [
+        TopicInfo(t, t in present, partitions.get(t, 0), policies.get(t))
+        if t in present
+        else TopicInfo(t, False)
+        for t in physical
+    ]
+
+
+async def delete_topics(settings: Settings) -> list[str]:
+    """Delete every topic whose name starts with `settings.topic_prefix`; return the names deleted.
+
+    Refuses to run with an empty prefix: that would delete every topic of the cluster.
+    """
+    prefix = settings.topic_prefix
+    if not prefix:
+        raise ValueError(
+            "refusing to delete topics: VICKREY_TOPIC_PREFIX is empty (that would mean every topic)"
+        )
+    async with admin_client(settings) as admin:
+        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        if doomed:
+            response = await admin.delete_topics(doomed)
+            for topic, code, *_rest in getattr(response, "topic_error_codes", []):
+                if code not in (0, _UNKNOWN_TOPIC):
+                    log.warning("deleting topic %s failed with error code %s", topic, code)
+    return doomed
+
+
+def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
+    """(topic, error_code, error_message) of a CreateTopics response of any version."""
+    out: list[tuple[str, int, str | None]] = []
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 and isinstance(entry[2], str) else None
+        out.append((topic, code, message))
+    return out
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """Poll metadata until every partition of `topics` has a leader."""
+    if not topics:
+        return
+    deadline = time.monotonic() + LEADER_WAIT_S
+    pending = list(topics)
+    while True:
+        ready: set[str] = set()
+        for meta in await admin.describe_topics(pending):
+            parts = meta.get("partitions") or []
+            if meta.get("error_code", 0) == 0 and parts and all(p.get("leader", -1) >= 0 for p in parts):
+                ready.add(meta["topic"])
+        pending = [t for t in pending if t not in ready]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without a leader after {LEADER_WAIT_S:.0f} s: {', '.join(pending)}")
+        await asyncio.sleep(0.1)
