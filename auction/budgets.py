@@ -16,6 +16,11 @@ from redis.asyncio import Redis
 
 SCRIPT = (Path(__file__).with_name("reserve.lua")).read_text()
 
+
+def user_key(namespace: str, user_id: str, *parts: str) -> str:
+    """A per-person key: under the person's hash tag, so `forget` finds and erases them all."""
+    return ":".join((namespace, f"{{u:{user_id}}}", *parts))
+
 AnswerKind = Literal["ok", "replay", "dup", "refused"]
 
 
@@ -26,9 +31,10 @@ class Reservation:
     need_micros: int  # budget that must be left: the charge, or one click for CPC
     cap_max: int = 0  # 0: no frequency cap
     cap_window_s: int = 0
+    advertiser_id: str = ""  # refused when the person hid this advertiser
 
     def as_list(self) -> list[Any]:
-        return [self.campaign_id, self.charge_micros, self.need_micros, self.cap_max, self.cap_window_s]
+        return [self.campaign_id, self.charge_micros, self.need_micros, self.cap_max, self.cap_window_s, self.advertiser_id]
 
 
 @dataclass(slots=True)
@@ -48,7 +54,7 @@ class Answer:
     kind: AnswerKind
     outcome: bytes = b""  # replay: the kept outcome
     first_source: str = ""  # dup: where the event_id was first seen
-    refused: dict[str, str] = field(default_factory=dict)  # campaign_id -> "budget" | "frequency_cap"
+    refused: dict[str, str] = field(default_factory=dict)  # campaign_id -> budget|frequency_cap|user_hidden
     spends: list[tuple[str, int, int]] = field(default_factory=list)  # (campaign_id, today, total)
 
 

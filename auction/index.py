@@ -37,6 +37,7 @@ class CampaignIndex:
         return self.campaigns.get(campaign_id)
 
     def _lists_of(self, campaign: Campaign, create: bool) -> list[list[Campaign]]:
+        terms: Iterable[str]
         if campaign.keywords:
             table, terms = self.by_keyword, campaign.keywords
         elif campaign.categories:

@@ -9,6 +9,7 @@ reservation script's answers update spend in between.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -33,7 +34,7 @@ CHUNK = 1000
 class LiveState:
     def __init__(self, settings: Settings, redis: Redis, engine: AuctionEngine) -> None:
         self.settings = settings
-        self.redis = redis
+        self.redis: Any = redis  # redis-py's asyncio stubs type replies loosely; we decode by hand
         self.engine = engine
         self.creatives: dict[str, list[dict[str, Any]]] = {}
         self.last_change_id = "0-0"
@@ -155,7 +156,5 @@ class LiveState:
                     next_ctr = now + CTR_REFRESH_S
             except Exception as exc:
                 log.warning("refresh failed", extra={"error": str(exc)})
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLICY_REFRESH_S)
-            except TimeoutError:
-                pass

@@ -25,11 +25,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from redis.asyncio import Redis
 
 from auction.budgets import Answer, BudgetReserver, Claim, Reservation
+from auction.controls import AppliedListener, ControlsProcessor
 from auction.engine import AuctionEngine, UserState
 from auction.index import CampaignIndex
 from auction.live import LiveState
 from auction.model import AuctionRequest, AuctionResult, NoFillReason
 from auction.pacing import SpendView, utc_day
+from auction.people import PeopleCache
 from auction.records import build_records, freeze_outcome
 from schemas.codec import RecordError, decode, dlq_record, encode
 from vickrey import logs
@@ -40,7 +42,6 @@ from vickrey.settings import Settings
 log = logging.getLogger("vickrey.auction")
 INPUT = "chat.intents"
 MAX_REFUSAL_ROUNDS = 8
-CAP_CACHE_MAX = 200_000
 
 
 @dataclass(slots=True)
@@ -118,7 +119,7 @@ class AuctionWorker:
         self.reserver = BudgetReserver(self.redis, settings.namespace, settings.event_ttl_s)
         self.stop_event = asyncio.Event()
         self.batch_lock = asyncio.Lock()
-        self.capped: dict[str, dict[str, int]] = {}  # user -> campaign -> capped until (ms)
+        self.people = PeopleCache()
         self.group_id = settings.group("auction")
         self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions", "chat.intents.dlq")}
         self.consumer = AIOKafkaConsumer(
@@ -134,6 +135,8 @@ class AuctionWorker:
         )
         self.producer = transactional_producer(settings, f"{settings.group('auction')}-{self.instance}", linger_ms)
         self.sender = BatchSender(self.producer)
+        self.controls = ControlsProcessor(settings, self.redis, self.instance)
+        self.applied_listener = AppliedListener(settings, self.people)
         self.ready = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -142,11 +145,14 @@ class AuctionWorker:
         await self.live.load()
         await self.producer.start()
         await self.consumer.start()
+        await self.controls.start()
         self.consumer.subscribe([self.settings.topic(INPUT)], listener=_Revocation(self.batch_lock))
         self._runner = await serve(self.metrics.registry, self.settings.metrics_port, lambda: self.ready)
         self._tasks = [
             asyncio.create_task(self.live.follow_changes(self.stop_event)),
             asyncio.create_task(self.live.refresh_forever(self.stop_event)),
+            asyncio.create_task(self.controls.run(self.stop_event)),
+            asyncio.create_task(self.applied_listener.run(self.stop_event)),
         ]
         self.ready = True
         log.info(
@@ -157,9 +163,13 @@ class AuctionWorker:
     async def close(self) -> None:
         self.ready = False
         self.stop_event.set()
-        for task in self._tasks:
+        # Background tasks see the stop event and finish their batch (the controls processor
+        # commits its transaction); cancel only what does not finish in time.
+        _, late = await asyncio.wait(self._tasks, timeout=10)
+        for task in late:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.controls.stop()
         await self.consumer.stop()
         await self.producer.stop()
         await self._runner.cleanup()
@@ -244,7 +254,7 @@ class AuctionWorker:
                 if rounds > MAX_REFUSAL_ROUNDS and result.winners:
                     # Refused round after round (budgets draining under us): settle as a no-fill,
                     # which needs no reservation and so cannot be refused again.
-                    reason = next(iter(item.refused.values()), "budget")
+                    reason: NoFillReason = next(iter(item.refused.values()), "budget")
                     result = AuctionResult(result.event_id, (), reason, result.reserve_cpm_micros)
                 item.outcome = freeze_outcome(result, now_ms, self.live.creatives, personalized=False)
                 claims.append(self._claim(item, result, day))
@@ -266,7 +276,9 @@ class AuctionWorker:
             campaign = winner.campaign
             cap_max, cap_window = campaign.frequency_cap or (0, 0)
             need = max(1, winner.charge_micros) if campaign.bid_type == "cpm" else winner.price_micros
-            reservations.append(Reservation(campaign.campaign_id, winner.charge_micros, need, cap_max, cap_window))
+            reservations.append(
+                Reservation(campaign.campaign_id, winner.charge_micros, need, cap_max, cap_window, campaign.advertiser_id)
+            )
         assert item.outcome is not None
         return Claim(
             event_id=item.request.event_id,
@@ -282,12 +294,19 @@ class AuctionWorker:
         m = self.metrics
         if answer.kind == "refused":
             for campaign_id, reason in answer.refused.items():
-                item.refused[campaign_id] = "budget" if reason == "budget" else "frequency_cap"
                 m.refusals.inc(reason=reason)
+                campaign = self.engine.index.get(campaign_id)
                 if reason == "budget":
+                    item.refused[campaign_id] = "budget"
                     self.engine.spend.mark_exhausted(campaign_id)
+                elif reason == "user_hidden":
+                    item.refused[campaign_id] = "user_hidden"
+                    if campaign is not None:
+                        self.people.remember_hidden(item.request.user_id, campaign.advertiser_id)
                 else:
-                    self._remember_cap(item.request.user_id, campaign_id, now_ms)
+                    item.refused[campaign_id] = "frequency_cap"
+                    window_s = campaign.frequency_cap[1] if campaign and campaign.frequency_cap else 60
+                    self.people.remember_cap(item.request.user_id, campaign_id, window_s, now_ms)
             return True
         if answer.kind == "dup":
             partition, _, offset = answer.first_source.partition(":")
@@ -325,20 +344,7 @@ class AuctionWorker:
         return (self.topics["chat.intents.dlq"], record.key, encode(dead))
 
     def _user_state(self, request: AuctionRequest, now_ms: int) -> UserState | None:
-        caps = self.capped.get(request.user_id)
-        if not caps:
-            return None
-        capped = frozenset(campaign_id for campaign_id, until in caps.items() if until > now_ms)
-        return UserState(capped_campaigns=capped) if capped else None
-
-    def _remember_cap(self, user_id: str, campaign_id: str, now_ms: int) -> None:
-        """Redis said this person hit the campaign's cap: skip it locally for a while (Redis
-        stays the authority; the window restarts from the first impression there)."""
-        if len(self.capped) >= CAP_CACHE_MAX:
-            self.capped.clear()
-        campaign = self.engine.index.get(campaign_id)
-        window_ms = (campaign.frequency_cap[1] if campaign and campaign.frequency_cap else 60) * 1000
-        self.capped.setdefault(user_id, {})[campaign_id] = now_ms + min(window_ms, 60_000)
+        return self.people.state_for(request.user_id, now_ms)
 
 
 async def run_worker(settings: Settings, instance: str | None = None, batch_max: int = 500, linger_ms: int = 5) -> None:

@@ -10,6 +10,7 @@ import bisect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -119,6 +120,7 @@ async def serve(metrics: Metrics, port: int, healthy: Callable[[], bool], host: 
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
+    server: Any = site._server
+    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
     log.info("metrics listening", extra={"url": f"http://{host}:{bound}/metrics"})
     return runner

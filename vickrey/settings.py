@@ -19,6 +19,8 @@ TOPICS: tuple[str, ...] = (
     "campaigns",
     "user.controls",
     "user.controls.applied",
+    "user.controls.dlq",
+    "ad.clicks.raw.dlq",
 )
 COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns"})
 
