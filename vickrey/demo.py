@@ -1,0 +1,273 @@
+"""`make demo`: the whole story on a generated chat stream, in about a minute.
+
+Services up (make did that) → a clean demo stack (prefix `demo.`, namespace `demo`) → the
+advertisers' sample campaigns (and one refused) → `vickrey run` → a chat stream with a progress
+bar → clicks on some of the ads → billing → a per-campaign table read back from the ledger
+and the reports → where to look next. Nothing is left running unless `--keep-running`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from redis.asyncio import Redis
+
+from vickrey.campaign_store import apply_campaigns, campaign_spend
+from vickrey.settings import Settings
+from vickrey.topics import delete_topics, ensure_topics
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+# What people say to the assistant, as the chat service would publish it: (what they typed,
+# IAB category, keywords). Some of it is sensitive or unsafe on purpose.
+CHAT_LINES: list[tuple[str, str, list[str]]] = [
+    ("my laptop battery dies in an hour", "IAB19", ["laptop", "battery"]),
+    ("which charger for my phone?", "IAB19-6", ["charger", "phone"]),
+    ("power bank for a long flight", "IAB19-28", ["power bank", "flight"]),
+    ("cheap flights to Tokyo in May", "IAB20-3", ["flights", "tokyo"]),
+    ("hotels near Shinjuku station", "IAB20-18", ["hotels", "tokyo"]),
+    ("3 days in Kyoto, where to stay?", "IAB20-20", ["kyoto", "ryokan"]),
+    ("weekend in Lisbon or Rome?", "IAB20-14", ["europe", "lisbon", "rome"]),
+    ("quick vegan dinner ideas", "IAB8", ["vegan", "dinner", "recipe"]),
+    ("best espresso grinder under $200", "IAB8-6", ["espresso", "grinder"]),
+    ("debugger for python async code", "IAB19-18", ["python", "debugger"]),
+    ("learn basic Japanese before my trip", "IAB5-8", ["japanese", "learn"]),
+    ("is an electric car worth it?", "IAB2-10", ["electric car", "ev"]),
+    ("I keep getting headaches", "IAB7-1", ["headache"]),  # health: sensitive, no ads
+    ("who should I vote for", "IAB11", ["election"]),  # politics: sensitive, no ads
+]
+COUNTRIES = ["US", "US", "US", "GB", "CA", "DE", "JP", "FR"]
+LOCALES = {"US": "en-US", "GB": "en-GB", "CA": "en-CA", "DE": "de-DE", "JP": "ja-JP", "FR": "fr-FR"}
+
+
+def intent_event(rng: random.Random, index: int, run: str) -> dict[str, Any]:
+    _, category, keywords = rng.choice(CHAT_LINES)
+    country = rng.choice(COUNTRIES)
+    user = f"demo-user-{rng.randrange(400)}"
+    return {
+        "schema_version": 1,
+        "event_id": f"{run}-{index}",
+        "ts": int(time.time() * 1000),
+        "user_id": user,
+        "session_id": f"{user}-s{rng.randrange(3)}",
+        "placement": rng.choice(["chat_inline", "chat_inline", "chat_sidebar"]),
+        "slots": rng.choice([1, 1, 2, 3]),
+        "floor_cpm_micros": rng.choice([0, 0, 500_000]),
+        "intent": {"category": category, "keywords": keywords, "confidence": round(rng.uniform(0.6, 0.99), 2)},
+        "locale": LOCALES[country],
+        "country": country,
+        "device": rng.choice(["desktop", "mobile", "mobile"]),
+        "safety": {"labels": ["violence_graphic"] if rng.random() < 0.02 else []},
+        "consent": {"ads": rng.random() > 0.05, "personalization": True},
+        "age_bracket": "13_17" if rng.random() < 0.03 else "18_plus",
+    }
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def progress(label: str, done: int, total: int, extra: str = "") -> None:
+    width = 30
+    filled = width * done // max(1, total)
+    sys.stdout.write(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {extra}   ")
+    sys.stdout.flush()
+    if done >= total:
+        sys.stdout.write("\n")
+
+
+async def read_topic(settings: Settings, topic: str, until: float, want: int = 0, idle_s: float = 2.0) -> list[dict[str, Any]]:
+    """Committed records of a demo topic: until `want` arrived and the topic went quiet, or `until`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka, isolation_level="read_committed", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        name = settings.topic(topic)
+        await consumer._client._wait_on_metadata(name)
+        partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        out: list[dict[str, Any]] = []
+        last_new = time.monotonic()
+        while time.monotonic() < until:
+            batch = await consumer.getmany(timeout_ms=300)
+            got = [orjson.loads(r.value) for records in batch.values() for r in records if r.value]
+            if got:
+                out += got
+                last_new = time.monotonic()
+            elif len(out) >= want and time.monotonic() - last_new > idle_s:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def stream_chat(settings: Settings, events: int, rate: int, run: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=5)
+    await producer.start()
+    rng = random.Random(7)
+    started = time.monotonic()
+    try:
+        for i in range(events):
+            event = intent_event(rng, i, run)
+            await producer.send(settings.topic("chat.intents"), orjson.dumps(event), key=event["user_id"].encode())
+            if i % max(1, events // 20) == 0 or i == events - 1:
+                progress("chat events", i + 1, events, f"{(i + 1) / max(1e-3, time.monotonic() - started):.0f}/s")
+                await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def click_some(settings: Settings, impressions: list[dict[str, Any]], share: float) -> int:
+    """People click a share of the ads they see (after reading them for a moment)."""
+    rng = random.Random(11)
+    chosen = [i for i in impressions if rng.random() < share]
+    chosen += rng.sample(chosen, min(3, len(chosen)))  # a few double clicks: billed once
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=5)
+    await producer.start()
+    try:
+        for impression in chosen:
+            click = {
+                "schema_version": 1, "click_id": f"click-{uuid.uuid4().hex[:12]}", "impression_id": impression["impression_id"],
+                "ts": max(int(time.time() * 1000), impression["ts"] + 500), "user_id": impression["user_id"],
+            }
+            await producer.send(settings.topic("ad.clicks.raw"), orjson.dumps(click), key=impression["impression_id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return len(chosen)
+
+
+def table(ledger: list[dict[str, Any]], reports: list[dict[str, Any]], names: dict[str, str], spend: dict[str, int]) -> str:
+    rows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for entry in ledger:
+        row = rows[entry["campaign_id"]]
+        row["impressions" if entry["kind"] == "impression" else "clicks"] += 1
+        row["spend"] += entry["amount_micros"]
+        row["overdelivery"] += int(entry.get("overdelivery", False))
+    windows: dict[str, int] = defaultdict(int)
+    for report in reports:
+        windows[report["campaign_id"]] += 1
+    lines = [f"  {'campaign':<24}{'advertiser':<18}{'impr':>7}{'clicks':>8}{'CTR':>8}{'spend $':>10}{'eff CPM $':>11}{'Redis $':>10}{'windows':>9}"]
+    for campaign_id in sorted(rows, key=lambda c: -rows[c]["spend"]):
+        row = rows[campaign_id]
+        impressions, clicks = row["impressions"], row["clicks"]
+        ctr = f"{100 * clicks / impressions:.1f}%" if impressions else "-"
+        cpm = f"{row['spend'] / impressions / 1000:.2f}" if impressions else "-"
+        lines.append(
+            f"  {campaign_id:<24}{names.get(campaign_id, '?'):<18}{impressions:>7}{clicks:>8}{ctr:>8}"
+            f"{row['spend'] / 1e6:>10.2f}{cpm:>11}{spend.get(campaign_id, 0) / 1e6:>10.2f}{windows[campaign_id]:>9}"
+        )
+    return "\n".join(lines)
+
+
+async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -> int:
+    root = Path(__file__).resolve().parent.parent
+    vickrey = str(Path(sys.executable).with_name("vickrey"))
+    env = dict(os.environ, VICKREY_TOPIC_PREFIX=settings.topic_prefix, VICKREY_NAMESPACE=settings.namespace, VICKREY_METRICS_PORT="0")
+    say(f"Kafka at {settings.kafka}, Redis at {settings.redis}: a clean demo stack (prefix '{settings.topic_prefix}', namespace '{settings.namespace}')")
+    redis = Redis.from_url(settings.redis)
+    await delete_topics(settings)
+    stale = [key async for key in redis.scan_iter(match=f"{settings.namespace}:*", count=1000)]
+    for start in range(0, len(stale), 500):
+        await redis.delete(*stale[start : start + 500])
+    await asyncio.sleep(1.0)  # let the broker finish deleting before re-creating
+    await ensure_topics(settings)
+    print(f"  every topic created under '{settings.topic_prefix}'")
+
+    say("Advertisers upload campaigns (`vickrey campaigns apply`): one of them is refused")
+    samples = json.loads((SAMPLES / "campaigns.json").read_text())
+    subprocess.run([vickrey, "campaigns", "apply", str(SAMPLES / "bad_campaigns.json")], env=env, cwd=root, check=False)
+    result = await apply_campaigns(settings, redis, samples)
+    print(f"  {len(result.applied)} sample campaigns stored; workers pick changes up within 1 s")
+    names = {c["campaign_id"]: c["advertiser_id"] for c in samples}
+
+    say("Starting the pipeline (`vickrey run`: auction worker + attribution, billing, reporting, feedback)")
+    log_path = root / ".local" / "logs" / "demo-pipeline.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline = subprocess.Popen([vickrey, "run"], env=env, cwd=root, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+    try:
+        await asyncio.sleep(4)
+        say(f"A chat stream flows: {events} intent events at ~{rate}/s")
+        run = f"demo{int(time.time())}"
+        await stream_chat(settings, events, rate, run)
+        decisions = await read_topic(settings, "ad.decisions", time.monotonic() + 40, want=events)
+        impressions = await read_topic(settings, "ad.impressions", time.monotonic() + 10)
+        fills = sum(1 for d in decisions if d["ads"])
+        reasons: dict[str, int] = defaultdict(int)
+        for d in decisions:
+            if not d["ads"]:
+                reasons[d["no_fill_reason"]] += 1
+        print(f"  {len(decisions)} decisions, {fills} with ads ({100 * fills / max(1, len(decisions)):.0f}% fill), {len(impressions)} impressions")
+        print("  no ad, and why: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])))
+        sample = next((d for d in decisions if len(d["ads"]) > 1), None)
+        if sample:
+            ad = sample["ads"][0]
+            print(f"  e.g. {sample['event_id']}: '{ad['creative']['title']}' ({ad['label']}) because {ad['why']['matched_keywords']}")
+
+        say("People click some ads; attribution checks them, billing charges CPC clicks once")
+        clicks = await click_some(settings, impressions, share=0.08)
+        print(f"  {clicks} clicks sent (3 of them double clicks)")
+        ledger = await read_topic(settings, "billing.ledger", time.monotonic() + 30, want=len(impressions), idle_s=4)
+        invalid = await read_topic(settings, "ad.clicks.invalid", time.monotonic() + 3, idle_s=1)
+        reports = await read_topic(settings, "reports.campaign-minute", time.monotonic() + 2, idle_s=1)
+        spend = {c: (await campaign_spend(settings, redis, c, int(time.time() * 1000)))["total_micros"] for c in names}
+
+        say("Per campaign, from the billing ledger (Redis spend beside it must match)")
+        print(table(ledger, reports, names, spend))
+        print(f"  ledger entries {len(ledger)}, invalid clicks {len(invalid)}, closed report windows {len(reports)}")
+        say("Where to look next")
+        prefix = f"VICKREY_TOPIC_PREFIX={settings.topic_prefix} VICKREY_NAMESPACE={settings.namespace}"
+        print(f"  {prefix} .venv/bin/vickrey campaigns list        # live spend per campaign")
+        print(f"  {prefix} .venv/bin/vickrey run                   # keep the pipeline up; reports on http://127.0.0.1:8081/reports/campaigns")
+        print("  make loadtest DURATION=20s                         # Locust against the running stack")
+        print(f"  pipeline log: {log_path}")
+        try:
+            from vickrey.api import demo_key
+
+            print(f"  dashboard: {prefix} .venv/bin/vickrey api  →  http://127.0.0.1:8080/  (key {demo_key(settings)})")
+        except ImportError:
+            pass
+    finally:
+        if keep_running:
+            print(f"  the pipeline keeps running (pid {pipeline.pid}); stop it with: kill {pipeline.pid}")
+        else:
+            pipeline.terminate()
+            try:
+                pipeline.wait(40)
+            except subprocess.TimeoutExpired:
+                pipeline.kill()
+        await redis.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vickrey.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=3000, help="chat intent events to send (default 3000)")
+    parser.add_argument("--rate", type=int, default=300, help="events per second (default 300)")
+    parser.add_argument("--keep-running", action="store_true", help="leave the pipeline running at the end")
+    args = parser.parse_args(argv)
+    base = Settings.from_env()
+    settings = dataclasses.replace(
+        base,
+        topic_prefix=os.environ.get("VICKREY_TOPIC_PREFIX") or "demo.",
+        namespace=os.environ.get("VICKREY_NAMESPACE") or "demo",
+    )
+    return asyncio.run(demo(settings, args.events, args.rate, args.keep_running))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
