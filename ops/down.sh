@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Stop what ops/up.sh started -- and nothing else. A service counts as ours only when its pid file
+# in .local/run/ names a live process that is still our broker / our redis-server (checked through
+# /proc, so a recycled pid or a Kafka/Redis started some other way is never touched).
+# Graceful: SIGTERM, wait up to OPS_STOP_TIMEOUT seconds (default 30), then SIGKILL.
+# Data (.local/kafka/data, .local/redis) is kept; `rm -rf .local/kafka/data .local/redis` resets it.
+set -euo pipefail
+# shellcheck source=ops/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+STOP_TIMEOUT=${OPS_STOP_TIMEOUT:-30}
+
+stop_one() {
+  local svc=$1 pidfile addr pid i
+  if [[ $svc == kafka ]]; then pidfile=$KAFKA_PIDFILE addr=$KAFKA_BOOTSTRAP; else pidfile=$REDIS_PIDFILE addr=$REDIS_HOST:$REDIS_PORT; fi
+  pid=$(our_pid "$svc")
+  if [[ -z $pid ]]; then
+    if port_open "${addr%:*}" "${addr##*:}"; then
+      say "$svc: something listens on $addr but make up did not start it -- left running"
+    else
+      say "$svc: not running (nothing to stop)"
+    fi
+    return 0
+  fi
+  say "$svc: stopping pid $pid (SIGTERM) ..."
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+    pid_alive "$pid" || break
+    sleep 0.2
+  done
+  if pid_alive "$pid"; then
+    say "$svc: still running after ${STOP_TIMEOUT}s; SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+    pid_alive "$pid" && { warn "error: $svc pid $pid survived SIGKILL"; return 1; }
+    say "$svc: killed (data kept; it recovers its logs on the next make up)"
+  else
+    say "$svc: stopped cleanly after $(((i + 4) / 5))s"
+  fi
+  rm -f "$pidfile"
+}
+
+main() {
+  mkdir -p "$RUN_DIR"
+  take_lock
+  local rc=0
+  stop_one kafka || rc=1
+  stop_one redis || rc=1
+  return $rc
+}
+
+main "$@"
