@@ -24,7 +24,6 @@ deleted campaign is a tombstone, value null).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from auction.pacing import utc_day
 from schemas.campaign import restricted_vertical_problem, validate_campaign
 from vickrey.policy_store import get_policy
 from vickrey.settings import Settings
@@ -78,11 +78,6 @@ def budget_key(settings: Settings, campaign_id: str) -> str:
 
 def spend_total_key(settings: Settings, campaign_id: str) -> str:
     return settings.key(campaign_tag(campaign_id), "spend", "total")
-
-
-def utc_day(now_ms: int) -> str:
-    """`YYYYMMDD` of the UTC day containing epoch milliseconds `now_ms`."""
-    return time.strftime("%Y%m%d", time.gmtime(now_ms / 1000))
 
 
 def spend_day_key(settings: Settings, campaign_id: str, day: str) -> str:

@@ -283,6 +283,45 @@ def cmd_policy_apply(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- advertisers ----------------------------------------------------------------------------------
+
+
+def cmd_advertisers_create(settings: Settings, args: argparse.Namespace) -> int:
+    from vickrey.advertisers import AdvertiserError, create_advertiser
+
+    try:
+        advertiser, key = _redis(settings, lambda r: create_advertiser(settings, r, args.name))
+    except AdvertiserError as exc:
+        raise CliError(str(exc), 2) from exc
+    if args.json:
+        print(_dump({"advertiser_id": advertiser.advertiser_id, "name": advertiser.name, "api_key": key}))
+    else:
+        print(f"created advertiser {advertiser.advertiser_id!r} ({advertiser.name})")
+        print(f"API key, shown only now (only its SHA-256 is stored): {key}")
+    return 0
+
+
+def cmd_advertisers_list(settings: Settings, args: argparse.Namespace) -> int:
+    from vickrey.advertisers import list_advertisers
+
+    found = _redis(settings, lambda r: list_advertisers(settings, r))
+    if args.json:
+        print(_dump([{"advertiser_id": a.advertiser_id, "name": a.name, "created_ms": a.created_ms, "keys": n}
+                     for a, n in found]))  # fmt: skip
+        return 0
+    if not found:
+        print(f"no advertisers (namespace {settings.namespace!r}); add one with `vickrey advertisers create NAME`")
+        return 0
+    rows = [("ADVERTISER", "NAME", "KEYS", "CREATED (UTC)")]
+    for a, n in found:
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.created_ms / 1000))
+        rows.append((a.advertiser_id, a.name, str(n), created))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 # ---- roles ----------------------------------------------------------------------------------------
 
 
@@ -367,6 +406,18 @@ COMMANDS: tuple[tuple[str, str, str, Handler | None, tuple[str, ...], tuple[Arg,
      "Validate the policy in FILE (`-` for standard input) and replace the policy in force; every\n"
      "problem is named when it is refused. Workers pick it up within 1 s.",
      cmd_policy_apply, ("redis", "ns"), (FILE_ARG,)),
+    ("advertisers", "create advertisers (API keys) or list them",
+     "Advertisers of the HTTP API (`vickrey api`): each has an id and API keys, of which only\n"
+     "SHA-256 hashes are stored.", None, ("redis", "ns"), ()),
+    ("advertisers create", "create an advertiser and print its API key once",
+     "Create an advertiser named NAME, with the id adv-<slug of NAME> (-2, -3, ... appended when\n"
+     "taken), and print a new API key. The key is shown only this once: only its hash is stored.",
+     cmd_advertisers_create, ("redis", "ns"),
+     (_opt("name", "the advertiser's display name", metavar="NAME"),
+      _opt("--json", "print {advertiser_id, name, api_key} as JSON", action="store_true"))),
+    ("advertisers list", "table of advertisers with their number of keys",
+     "List every advertiser: id, name, number of API keys, creation time.", cmd_advertisers_list,
+     ("redis", "ns"), (_opt("--json", "print the advertisers as JSON", action="store_true"),)),
     ("auction", "run auction workers (chat.intents -> ad.decisions, ad.impressions)",
      "Run the auction worker: consumes chat.intents in batches, runs the auctions and produces\n"
      "ad.decisions and ad.impressions in Kafka transactions. Scale out by running more of them.",
