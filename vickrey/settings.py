@@ -21,6 +21,8 @@ TOPICS: tuple[str, ...] = (
     "user.controls.applied",
     "user.controls.dlq",
     "ad.clicks.raw.dlq",
+    "ad.impressions.dlq",
+    "ad.clicks.dlq",
 )
 COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns"})
 

@@ -1,0 +1,125 @@
+"""Billing throughput on a pre-filled topic: `python -m streams.bench [N]` prints JSON, and the bench
+harness calls `billing_events_per_s(settings, n)` (key `billing_events_per_s` in bench-results.json).
+
+The measurement runs under its own topic prefix and Redis namespace, derived from `settings`, and
+removes both afterwards: it never writes into the stack it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from streams.attribution import Attribution
+from streams.billing import Billing
+from streams.common import StreamRole
+from streams.runner import ensure_stream_topics, running
+from vickrey.kafka import BatchSender
+from vickrey.metrics import Metrics
+from vickrey.settings import Settings
+from vickrey.topics import delete_topics
+
+CAMPAIGNS = 1000
+
+
+def isolated(settings: Settings) -> Settings:
+    tag = f"bench{uuid.uuid4().hex[:8]}"
+    return dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}{tag}.", namespace=f"{settings.namespace}-{tag}", metrics_port=0)
+
+
+def _impression(n: int, ts: int) -> bytes:
+    campaign = f"c-{n % CAMPAIGNS}"
+    return orjson.dumps(
+        {
+            "schema_version": 1, "impression_id": f"e-{n}:1", "event_id": f"e-{n}", "ts": ts + n // 10,
+            "user_id": f"u-{n % 9973}", "session_id": f"s-{n % 9973}", "placement": "chat_inline", "slot": 1,
+            "campaign_id": campaign, "advertiser_id": f"adv-{n % CAMPAIGNS}", "creative_id": f"{campaign}-1",
+            "bid_type": "cpm", "bid_micros": 5_000_000, "price_micros": 4_010_000, "charge_micros": 4_010,
+            "ecpm_micros": 5_000_000, "runner_up_ecpm_micros": 4_000_000, "reserve_cpm_micros": 0, "pctr": 0.01,
+            "category": "IAB19-6",
+        }
+    )
+
+
+async def prefill_impressions(settings: Settings, n: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        sender = BatchSender(producer)
+        topic = settings.topic("ad.impressions")
+        ts = int(time.time() * 1000)
+        for start in range(0, n, 10_000):
+            await sender.send((topic, f"e-{i}:1".encode(), _impression(i, ts)) for i in range(start, min(n, start + 10_000)))
+        await producer.flush()
+        # A fresh topic may refuse acks=all writes for a moment (NotEnoughReplicas, then retries):
+        # let that happen here, not inside the measurement.
+        ledger = settings.topic("billing.ledger")
+        for partition in sorted(await producer.partitions_for(ledger)):
+            await producer.send_and_wait(ledger, b"warm-up", partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def measure_billing(settings: Settings, n: int = 50_000, timeout_s: float = 300.0) -> float:
+    """Events/s of one billing process over `n` pre-filled CPM impressions, from its first batch
+    to the commit of its last (group join and prefill excluded)."""
+    return await _measure(settings, n, "billing", timeout_s)
+
+
+async def measure_attribution_ingest(settings: Settings, n: int = 50_000, timeout_s: float = 300.0) -> float:
+    """Impressions/s one attribution process writes into its table (the join's steady cost)."""
+    return await _measure(settings, n, "attribution", timeout_s)
+
+
+async def _measure(settings: Settings, n: int, role_name: str, timeout_s: float) -> float:
+    bench = isolated(settings)
+    await ensure_stream_topics(bench)
+    try:
+        await prefill_impressions(bench, n)
+        with tempfile.TemporaryDirectory() as state_dir:
+            role: StreamRole
+            if role_name == "billing":
+                role = Billing(bench, Metrics(), asyncio.Event())
+            else:
+                role = Attribution(bench, Metrics(), asyncio.Event(), state_dir=Path(state_dir))
+            impressions = bench.topic("ad.impressions")
+            first: float | None = None
+            async with running([role]):
+                deadline = time.monotonic() + timeout_s
+                while role.metrics.records_done.get() < n:
+                    if first is None and role.metrics.records_in.get(topic=impressions) > 0:
+                        first = time.perf_counter()
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{role_name} did not finish {n} impressions in {timeout_s} s")
+                    await asyncio.sleep(0.002)
+                done = time.perf_counter()
+        return n / (done - (first or done - 1e-9))
+    finally:
+        await delete_topics(bench)
+        client = aioredis.Redis.from_url(bench.redis)
+        keys = [key async for key in client.scan_iter(match=f"{bench.namespace}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def billing_events_per_s(settings: Settings, n: int = 50_000) -> float:
+    """Sync entry for the bench harness (runs its own event loop)."""
+    return asyncio.run(measure_billing(settings, n))
+
+
+if __name__ == "__main__":
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    base = Settings.from_env()
+    billing = billing_events_per_s(base, count)
+    attribution = asyncio.run(measure_attribution_ingest(base, count))
+    print(orjson.dumps({"billing_events_per_s": round(billing), "attribution_impressions_per_s": round(attribution), "n": count}).decode())

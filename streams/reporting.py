@@ -1,0 +1,192 @@
+"""Reporting: billing.ledger → one-minute campaign windows → reports.campaign-minute, plus Redis for
+the HTTP endpoints (report_api.py).
+
+Everything comes from the ledger: it has one entry per impression and per billable click, with the
+event's ts, its kind and the amount charged, keyed by campaign, so counts and spend agree with
+billing by construction and a campaign's windows live on one partition. Windows and exactly-once
+emission: see windows.py; the output goes out in a Kafka transaction with the consumed offsets and
+the watermark (as offset metadata).
+
+Redis (`{ns}` = namespace): `{ns}:{c:<campaign_id>}:minutes` hash, field window_start (ms) → the
+report record JSON; a window still open carries `"partial": true` and is rewritten at most every
+`PARTIAL_FLUSH_S`; the key expires 7 days after its last write and keeps the latest
+`MINUTES_KEPT` fields. `{ns}:reports:campaigns` set: the campaigns with reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import TopicPartition
+from redis.asyncio import Redis
+
+from schemas.codec import RecordError, decode, encode
+from streams.common import Batch, Output, Step, StreamRole, committed_offsets
+from streams.report_api import minutes_key, reported_campaigns_key, serve_reports
+from streams.windows import GRACE_MS, PartitionWindows, Window
+from vickrey.metrics import Metrics
+from vickrey.settings import Settings
+
+log = logging.getLogger("vickrey.streams.reporting")
+LEDGER = "billing.ledger"
+REPORTS = "reports.campaign-minute"
+MINUTES_TTL_S = 7 * 86400
+MINUTES_KEPT = 7 * 1440
+PARTIAL_FLUSH_S = 1.0
+# With nothing left to read, the watermark follows wall time this far behind (ledger entries can
+# trail their events while billing catches up); so windows of an idle stream still close.
+IDLE_CLOSE_MS = 30_000
+
+
+class Reporting(StreamRole):
+    name = "reporting"
+    inputs = (LEDGER,)
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Metrics,
+        stop: asyncio.Event,
+        batch_max: int = 2000,
+        port: int | None = 8081,
+        grace_ms: int = GRACE_MS,
+        idle_close_ms: int | None = IDLE_CLOSE_MS,
+    ) -> None:
+        super().__init__(settings, registry, stop, batch_max)
+        self.port = port
+        self.port_fallback = False  # True when the port is the default, not asked for
+        self.grace_ms = grace_ms
+        self.idle_close_ms = idle_close_ms
+        self.partitions: dict[TopicPartition, PartitionWindows] = {}
+        self.next_offset: dict[TopicPartition, int] = {}
+        self.reports_topic = self.topic(REPORTS)
+        self.windows_closed = registry.counter("vickrey_streams_reporting_windows_total", "Windows emitted")
+        self.late = registry.counter("vickrey_streams_reporting_late_total", "Ledger entries after their window closed")
+        self.redis: Redis | None = None
+        self.http: web.AppRunner | None = None
+        self.http_port: int | None = None
+        self._last_flush = 0.0
+
+    async def setup(self) -> None:
+        self.redis = Redis.from_url(self.settings.redis)
+        if self.port is not None:
+            try:
+                self.http, self.http_port = await serve_reports(self.settings, self.redis, self.port)
+            except OSError as exc:
+                if not self.port_fallback:
+                    raise RuntimeError(f"reporting cannot serve HTTP on port {self.port}: {exc}") from exc
+                # The default port is taken (another stack on this host): serve on a free one.
+                self.http, self.http_port = await serve_reports(self.settings, self.redis, 0)
+                log.warning("default reports port taken, using another", extra={"port": self.http_port})
+
+    async def teardown(self) -> None:
+        if self.http is not None:
+            await self.http.cleanup()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # -- rebalance -------------------------------------------------------------------------------
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        committed = await committed_offsets(self.consumer, assigned)
+        for tp in assigned:
+            found = committed.get(tp)
+            watermark = 0
+            if found is not None and found.offset >= 0:
+                self.next_offset[tp] = found.offset
+                watermark = committed_watermark(found.metadata)
+            self.partitions[tp] = PartitionWindows(watermark=watermark, grace_ms=self.grace_ms)
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.partitions.pop(tp, None)
+            self.next_offset.pop(tp, None)
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    async def process(self, batch: Batch, now_ms: int) -> Step:
+        step = Step()
+        touched: set[TopicPartition] = set()
+        for tp, records in batch.items():
+            windows = self.partitions.setdefault(tp, PartitionWindows(grace_ms=self.grace_ms))
+            for record in records:
+                try:
+                    entry = decode(LEDGER, record.value)
+                except RecordError:
+                    self.metrics.unreadable.inc(topic=tp.topic)
+                    continue
+                if not windows.add(entry["campaign_id"], entry["ts"], entry["kind"], entry["amount_micros"], record.offset):
+                    self.late.inc()
+            self.next_offset[tp] = records[-1].offset + 1
+            touched.add(tp)
+        closed: list[Window] = []
+        for tp, windows in self.partitions.items():
+            if self.idle_close_ms is not None and self._caught_up(tp):
+                windows.advance(now_ms - self.idle_close_ms)
+            done = windows.close_due()
+            if done:
+                closed.extend(done)
+                touched.add(tp)
+        step.outputs.extend(window_outputs(self.reports_topic, closed))
+        self.windows_closed.inc(len(closed))
+        for tp in touched:
+            if tp in self.next_offset:
+                windows = self.partitions[tp]
+                metadata = orjson.dumps({"wm": windows.watermark}).decode()
+                step.offsets[tp] = (windows.commit_offset(self.next_offset[tp]), metadata)
+        # Final windows go to Redis before the commit: a replay rebuilds the very same records.
+        await self._store(closed, partial=False)
+        if time.monotonic() - self._last_flush >= PARTIAL_FLUSH_S:
+            self._last_flush = time.monotonic()
+            await self._store([w for pw in self.partitions.values() for w in pw.take_changed()], partial=True)
+        return step
+
+    def _caught_up(self, tp: TopicPartition) -> bool:
+        end = self.consumer.last_stable_offset(tp)
+        return end is not None and self.next_offset.get(tp, 0) >= end
+
+    async def _store(self, windows: list[Window], partial: bool) -> None:
+        if not windows:
+            return
+        assert self.redis is not None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            keys: list[str] = []
+            for window in windows:
+                key = minutes_key(self.settings, window.campaign_id)
+                record: dict[str, Any] = window.record()
+                if partial:
+                    record["partial"] = True
+                pipe.hset(key, str(window.start), orjson.dumps(record))
+                pipe.expire(key, MINUTES_TTL_S)
+                pipe.hlen(key)
+                keys.append(key)
+            pipe.sadd(reported_campaigns_key(self.settings), *{w.campaign_id for w in windows})
+            results = await pipe.execute()
+        lengths = dict(zip(keys, results[2::3], strict=False))
+        for key, length in lengths.items():
+            if int(length) > MINUTES_KEPT + 60:
+                await self._trim(key)
+
+    async def _trim(self, key: str) -> None:
+        assert self.redis is not None
+        fields = sorted(await self.redis.hkeys(key), key=int)
+        if len(fields) > MINUTES_KEPT:
+            await self.redis.hdel(key, *fields[: len(fields) - MINUTES_KEPT])
+
+
+def committed_watermark(metadata: str | None) -> int:
+    """The watermark committed with the offset ({"wm": ms}); 0 when there is none (or not ours)."""
+    try:
+        found = orjson.loads(metadata or "{}")
+        return int(found.get("wm", 0)) if isinstance(found, dict) else 0
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return 0
+
+
+def window_outputs(topic: str, windows: list[Window]) -> list[Output]:
+    return [(topic, w.campaign_id.encode(), encode(w.record())) for w in windows]

@@ -1,0 +1,63 @@
+-- Vickrey billing: settle a batch of CPC clicks against their campaigns' budgets, idempotent per click.
+--
+-- ARGV[1] namespace, ARGV[2] UTC day "YYYYMMDD", ARGV[3] ttl seconds of the kept answers,
+-- ARGV[4] JSON list of clicks: {{click_id, src "<partition>:<offset>", campaign_id, charge_micros}, ...}
+-- For each click, in order:
+--   * already settled: {"replay", amount, over} when it comes from the same record (a batch replayed
+--     after a crash: the first answer again, nothing charged twice), {"dup", first src} when another
+--     record carries the same click_id (no second ledger entry);
+--   * else, when the remaining daily and total budget both cover the charge, the charge is added to
+--     the same spend keys the auction's reserve.lua uses: {"ok", amount, 0};
+--     otherwise (or when the campaign has no budget stored) nothing is spent: {"ok", 0, 1} (overdelivery).
+-- The answer is kept under {ns}:{c:<campaign_id>}:billed:<click_id> = "<src>\n<amount>\n<over>".
+-- Money stays below 2^53 micros, so Lua numbers are exact; amounts go back as decimal strings.
+
+local ns, day, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local clicks = cjson.decode(ARGV[4])
+local answers = {}
+local DAY_TTL = 3 * 86400
+
+local function ckey(cid, suffix)
+  return ns .. ":{c:" .. cid .. "}:" .. suffix
+end
+
+local function num(value)
+  if value == false or value == nil then return 0 end
+  return tonumber(value)
+end
+
+for i, c in ipairs(clicks) do
+  local click_id, src, cid, charge = c[1], c[2], c[3], c[4]
+  local kkey = ckey(cid, "billed:" .. click_id)
+  local kept = redis.call("GET", kkey)
+  if kept then
+    local first = string.find(kept, "\n", 1, true)
+    local second = string.find(kept, "\n", first + 1, true)
+    local kept_src = string.sub(kept, 1, first - 1)
+    if kept_src == src then
+      answers[i] = {"replay", string.sub(kept, first + 1, second - 1), string.sub(kept, second + 1)}
+    else
+      answers[i] = {"dup", kept_src}
+    end
+  else
+    local amount, over = 0, 0
+    if charge > 0 then
+      local limits = redis.call("HMGET", ckey(cid, "budget"), "daily_micros", "total_micros")
+      local dkey = ckey(cid, "spend:day:" .. day)
+      local today = num(redis.call("GET", dkey))
+      local total = num(redis.call("GET", ckey(cid, "spend:total")))
+      if limits[1] and limits[2] and today + charge <= tonumber(limits[1]) and total + charge <= tonumber(limits[2]) then
+        redis.call("INCRBY", dkey, charge)
+        redis.call("EXPIRE", dkey, DAY_TTL)
+        redis.call("INCRBY", ckey(cid, "spend:total"), charge)
+        amount = charge
+      else
+        over = 1
+      end
+    end
+    local money = string.format("%d", amount)
+    redis.call("SET", kkey, src .. "\n" .. money .. "\n" .. over, "EX", ttl)
+    answers[i] = {"ok", money, tostring(over)}
+  end
+end
+return cjson.encode(answers)
