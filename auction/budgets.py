@@ -43,7 +43,6 @@ class Claim:
 
     event_id: str
     source: str  # "<partition>:<offset>" of the record, to tell a replay from a duplicate
-    day: str
     user_id: str
     outcome: bytes  # what to keep and hand back on replay
     reservations: list[Reservation] = field(default_factory=list)
@@ -55,7 +54,9 @@ class Answer:
     outcome: bytes = b""  # replay: the kept outcome
     first_source: str = ""  # dup: where the event_id was first seen
     refused: dict[str, str] = field(default_factory=dict)  # campaign_id -> budget|frequency_cap|user_hidden
-    spends: list[tuple[str, int, int]] = field(default_factory=list)  # (campaign_id, today, total)
+
+
+OK = Answer("ok")
 
 
 class BudgetReserver:
@@ -64,35 +65,30 @@ class BudgetReserver:
         self.outcome_ttl_s = outcome_ttl_s
         self._script = redis.register_script(SCRIPT)
 
-    async def reserve(self, claims: list[Claim]) -> list[Answer]:
+    async def reserve(self, claims: list[Claim], day: str) -> tuple[list[Answer], list[tuple[str, int, int]]]:
+        """Answers in claim order, and (campaign_id, spend today, spend total) of every campaign
+        the batch touched, as Redis holds them afterwards."""
         if not claims:
-            return []
-        payload = orjson.dumps(
+            return [], []
+        meta = orjson.dumps(
             [
-                {
-                    "e": claim.event_id,
-                    "src": claim.source,
-                    "day": claim.day,
-                    "ttl": self.outcome_ttl_s,
-                    "u": claim.user_id,
-                    "out": claim.outcome.decode(),
-                    "r": [reservation.as_list() for reservation in claim.reservations],
-                }
+                {"e": claim.event_id, "src": claim.source, "u": claim.user_id, "r": [r.as_list() for r in claim.reservations]}
                 for claim in claims
             ]
         )
-        raw = await self._script(keys=[], args=[self.namespace, payload])
-        return [_answer(item) for item in orjson.loads(raw)]
+        args: list[bytes | str | int] = [self.namespace, day, self.outcome_ttl_s, meta]
+        args += [claim.outcome for claim in claims]  # binary-safe, no JSON escaping
+        raw = await self._script(keys=[], args=args)
+        answers, spends = orjson.loads(raw)
+        return [_answer(item) for item in answers], [(str(c), int(t), int(s)) for c, t, s in (spends or [])]
 
 
 def _answer(item: list[Any]) -> Answer:
-    kind, body = item[0], item[1]
+    kind = item[0]
     if kind == "ok":
-        # cjson encodes an empty Lua table as {}; spends are numbers below 2^53, exact.
-        spends = [(str(cid), int(today), int(total)) for cid, today, total in (body or [])]
-        return Answer("ok", spends=spends)
+        return OK
     if kind == "replay":
-        return Answer("replay", outcome=str(body).encode())
+        return Answer("replay", outcome=str(item[1]).encode())
     if kind == "dup":
-        return Answer("dup", first_source=str(body))
-    return Answer("refused", refused={str(cid): str(reason) for cid, reason in body})
+        return Answer("dup", first_source=str(item[1]))
+    return Answer("refused", refused={str(cid): str(reason) for cid, reason in item[1]})

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +27,13 @@ from redis.asyncio import Redis
 
 from auction.budgets import Answer, BudgetReserver, Claim, Reservation
 from auction.controls import AppliedListener, ControlsProcessor
-from auction.engine import AuctionEngine, UserState
+from auction.engine import AuctionEngine
 from auction.index import CampaignIndex
 from auction.live import LiveState
 from auction.model import AuctionRequest, AuctionResult, NoFillReason
 from auction.pacing import SpendView, utc_day
 from auction.people import PeopleCache
-from auction.records import build_records, freeze_outcome
+from auction.records import SEPARATOR, build_records, encode_outcome, split_outcome
 from schemas.codec import RecordError, decode, dlq_record, encode
 from vickrey import logs
 from vickrey.kafka import BatchSender, transactional_producer
@@ -40,6 +41,8 @@ from vickrey.metrics import Metrics, serve
 from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.auction")
+Output = tuple[str, bytes | None, bytes | None]
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 INPUT = "chat.intents"
 MAX_REFUSAL_ROUNDS = 8
 
@@ -50,7 +53,30 @@ class Pending:
     intent: dict[str, Any]
     request: AuctionRequest
     refused: dict[str, NoFillReason] = field(default_factory=dict)
-    outcome: dict[str, Any] | None = None
+    encoded: list[bytes] = field(default_factory=list)  # decision, then impressions
+    impression_ids: list[str] = field(default_factory=list)
+    no_fill_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Tally:
+    """Per-batch counts, added to the metrics once per batch rather than once per event."""
+
+    events_in: int = 0
+    decisions: int = 0
+    fills: int = 0
+    impressions: int = 0
+    replays: int = 0
+    no_fill: Counter[str] = field(default_factory=Counter)
+
+    def publish(self, metrics: WorkerMetrics) -> None:
+        metrics.events_in.inc(self.events_in)
+        metrics.decisions.inc(self.decisions)
+        metrics.fills.inc(self.fills)
+        metrics.impressions.inc(self.impressions)
+        metrics.replays.inc(self.replays)
+        for reason, count in self.no_fill.items():
+            metrics.no_fill.inc(count, reason=reason)
 
 
 class WorkerMetrics:
@@ -83,13 +109,15 @@ class WorkerMetrics:
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are only given up between batches: the batch in flight commits first."""
+    """Partitions are only given up between batches: the batch being auctioned finishes and
+    the transaction in flight commits first."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock = lock
+    def __init__(self, worker: AuctionWorker) -> None:
+        self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self.lock:
+        async with self.worker.batch_lock:
+            await self.worker._settle_commit()
             log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in revoked)})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -111,6 +139,7 @@ class AuctionWorker:
         # partitions back without a rebalance. Unnamed instances are unique per process.
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_max = batch_max
+        self.linger_ms = linger_ms
         self.clock = clock
         self.metrics = WorkerMetrics()
         self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=settings.price_increment_micros)
@@ -119,6 +148,8 @@ class AuctionWorker:
         self.reserver = BudgetReserver(self.redis, settings.namespace, settings.event_ttl_s)
         self.stop_event = asyncio.Event()
         self.batch_lock = asyncio.Lock()
+        self._committing: asyncio.Task[bool] | None = None  # the transaction in flight
+        self.generation = 0  # bumped by every rewind: batches fetched before it are void
         self.people = PeopleCache()
         self.group_id = settings.group("auction")
         self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions", "chat.intents.dlq")}
@@ -146,7 +177,7 @@ class AuctionWorker:
         await self.producer.start()
         await self.consumer.start()
         await self.controls.start()
-        self.consumer.subscribe([self.settings.topic(INPUT)], listener=_Revocation(self.batch_lock))
+        self.consumer.subscribe([self.settings.topic(INPUT)], listener=_Revocation(self))
         self._runner = await serve(self.metrics.registry, self.settings.metrics_port, lambda: self.ready)
         self._tasks = [
             asyncio.create_task(self.live.follow_changes(self.stop_event)),
@@ -186,55 +217,100 @@ class AuctionWorker:
             },
         )
 
-    async def run(self) -> None:
-        while not self.stop_event.is_set():
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_max)
-            if not batch:
-                continue
-            async with self.batch_lock:
-                # A rebalance may have taken partitions between getmany() and the lock.
-                assigned = self.consumer.assignment()
-                batch = {tp: records for tp, records in batch.items() if tp in assigned}
-                if batch:
-                    await self._process_and_commit(batch)
+    async def _next_batch(self) -> Batch:
+        """Up to batch_max records: what is buffered now, topped up for at most linger_ms, so a
+        busy stream commits one transaction per full batch and a quiet one waits little."""
+        batch: Batch = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_max)
+        count = sum(len(records) for records in batch.values())
+        deadline = time.monotonic() + self.linger_ms / 1000
+        while batch and count < self.batch_max and time.monotonic() < deadline:
+            more = await self.consumer.getmany(timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)),
+                                               max_records=self.batch_max - count)
+            if not more:
+                break
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                count += len(records)
+        return batch
 
-    async def _process_and_commit(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        started = time.perf_counter()
+    async def run(self) -> None:
+        """Two batches in flight: while batch N's transaction commits (network round trips),
+        batch N+1 is auctioned. Only one transaction is open at a time, and a failed commit
+        sends the consumer back to batch N's first offsets: N and N+1 are consumed again and
+        Redis hands back their kept outcomes, so nothing is lost or doubled."""
+        try:
+            while not self.stop_event.is_set():
+                generation = self.generation
+                batch = await self._next_batch()
+                if not batch:
+                    await self._settle_commit()
+                    continue
+                async with self.batch_lock:
+                    # A rebalance may have taken partitions between getmany() and the lock.
+                    assigned = self.consumer.assignment()
+                    batch = {tp: records for tp, records in batch.items() if tp in assigned}
+                    if not batch:
+                        continue
+                    started = time.perf_counter()
+                    outputs = await self.process(batch)
+                    if not await self._settle_commit() or generation != self.generation:
+                        continue  # the consumer was sent back before this batch: it comes again
+                    self._committing = asyncio.create_task(self._commit(batch, outputs, started))
+        finally:
+            await self._settle_commit()
+
+    async def _settle_commit(self) -> bool:
+        """Wait for the transaction in flight; False when it failed (and the consumer was sent
+        back to its first offsets)."""
+        task, self._committing = self._committing, None
+        return True if task is None else await task
+
+    async def _rewind(self) -> None:
+        """Back to the committed offsets on every partition: whatever was fetched or auctioned
+        since is consumed again (and gets its kept outcome back from Redis)."""
+        for tp in self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        self.generation += 1
+        await asyncio.sleep(0.5)
+
+    async def _commit(self, batch: Batch, outputs: list[Output], started: float) -> bool:
         count = sum(len(records) for records in batch.values())
         try:
             async with self.producer.transaction():
-                outputs = await self.process(batch)
                 await self.sender.send(outputs)
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                 await self.producer.send_offsets_to_transaction(offsets, self.group_id)
         except Exception:
             # Nothing of this batch was committed: consume it again. Redis kept every outcome
             # it reserved, so the retry republishes the same records without charging again.
-            log.exception("batch failed, retrying it", extra={"records": count})
-            for tp, records in batch.items():
-                self.consumer.seek(tp, records[0].offset)
-            await asyncio.sleep(0.5)
-            return
+            log.exception("batch failed, consuming again from the committed offsets", extra={"records": count})
+            await self._rewind()
+            return False
         self.metrics.batch_size.observe(count)
         self.metrics.latency.observe(time.perf_counter() - started)
         for tp, records in batch.items():
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
                 self.metrics.lag.set(max(0, highwater - records[-1].offset - 1), partition=str(tp.partition))
+        return True
 
     # -- one batch ---------------------------------------------------------------------------
 
-    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[tuple[str, bytes | None, bytes | None]]:
+    async def process(self, batch: Batch) -> list[Output]:
         """Auction a batch; returns the records to publish as (topic, key, value)."""
         now_ms = int(self.clock() * 1000)
         day = utc_day(now_ms)
         self.engine.spend.roll_to(day)
-        m = self.metrics
-        outputs: list[tuple[str, bytes | None, bytes | None]] = []
+        outputs: list[Output] = []
         pending: list[Pending] = []
+        tally = Tally()
         for records in batch.values():
             for record in records:
-                m.events_in.inc()
+                tally.events_in += 1
                 try:
                     intent = decode(INPUT, record.value)
                 except RecordError as error:
@@ -247,30 +323,33 @@ class AuctionWorker:
         rounds = 0
         while pending:
             rounds += 1
-            claims = []
             began = time.perf_counter()
-            for item in pending:
-                result = self.engine.run(item.request, self._user_state(item.request, now_ms), item.refused)
-                if rounds > MAX_REFUSAL_ROUNDS and result.winners:
-                    # Refused round after round (budgets draining under us): settle as a no-fill,
-                    # which needs no reservation and so cannot be refused again.
-                    reason: NoFillReason = next(iter(item.refused.values()), "budget")
-                    result = AuctionResult(result.event_id, (), reason, result.reserve_cpm_micros)
-                item.outcome = freeze_outcome(result, now_ms, self.live.creatives, personalized=False)
-                claims.append(self._claim(item, result, day))
+            claims = [self._claim(item, self._auction(item, now_ms, rounds), now_ms) for item in pending]
             engine_seconds += time.perf_counter() - began
             auctions += len(pending)
-            answers = await self.reserver.reserve(claims)
-            retry: list[Pending] = []
-            for item, answer in zip(pending, answers, strict=True):
-                if self._settle(item, answer, outputs, now_ms):
-                    retry.append(item)
-            pending = retry
+            answers, spends = await self.reserver.reserve(claims, day)
+            self._record_spends(spends)
+            pending = [item for item, answer in zip(pending, answers, strict=True) if self._settle(item, answer, outputs, now_ms, tally)]
         if auctions:
-            m.auction_latency.observe(engine_seconds / auctions, auctions)
+            self.metrics.auction_latency.observe(engine_seconds / auctions, auctions)
+        tally.publish(self.metrics)
         return outputs
 
-    def _claim(self, item: Pending, result: AuctionResult, day: str) -> Claim:
+    def _auction(self, item: Pending, now_ms: int, rounds: int) -> AuctionResult:
+        result = self.engine.run(item.request, self.people.state_for(item.request.user_id, now_ms), item.refused)
+        if rounds > MAX_REFUSAL_ROUNDS and result.winners:
+            # Refused round after round (budgets draining under us): settle as a no-fill, which
+            # needs no reservation and so cannot be refused again.
+            reason: NoFillReason = next(iter(item.refused.values()), "budget")
+            result = AuctionResult(result.event_id, (), reason, result.reserve_cpm_micros)
+        return result
+
+    def _claim(self, item: Pending, result: AuctionResult, now_ms: int) -> Claim:
+        """Records for this result, encoded once: published as they are, and kept in Redis."""
+        decision, impressions = build_records(item.intent, result, now_ms, self.live.creatives, personalized=False)
+        item.encoded = encode_outcome(decision, impressions)
+        item.impression_ids = [impression["impression_id"] for impression in impressions]
+        item.no_fill_reason = decision["no_fill_reason"]
         reservations = []
         for winner in result.winners:
             campaign = winner.campaign
@@ -279,22 +358,26 @@ class AuctionWorker:
             reservations.append(
                 Reservation(campaign.campaign_id, winner.charge_micros, need, cap_max, cap_window, campaign.advertiser_id)
             )
-        assert item.outcome is not None
         return Claim(
             event_id=item.request.event_id,
             source=f"{item.record.partition}:{item.record.offset}",
-            day=day,
             user_id=item.request.user_id,
-            outcome=orjson.dumps(item.outcome),
+            outcome=SEPARATOR.join(item.encoded),
             reservations=reservations,
         )
 
-    def _settle(self, item: Pending, answer: Answer, outputs: list[tuple[str, bytes | None, bytes | None]], now_ms: int) -> bool:
+    def _record_spends(self, spends: list[tuple[str, int, int]]) -> None:
+        index, view = self.engine.index, self.engine.spend
+        for campaign_id, today, total in spends:
+            campaign = index.get(campaign_id)
+            if campaign is not None:
+                view.record(campaign, today, total)
+
+    def _settle(self, item: Pending, answer: Answer, outputs: list[Output], now_ms: int, tally: Tally) -> bool:
         """Turn Redis's answer into records; True when the auction must run again."""
-        m = self.metrics
         if answer.kind == "refused":
             for campaign_id, reason in answer.refused.items():
-                m.refusals.inc(reason=reason)
+                self.metrics.refusals.inc(reason=reason)
                 campaign = self.engine.index.get(campaign_id)
                 if reason == "budget":
                     item.refused[campaign_id] = "budget"
@@ -317,34 +400,28 @@ class AuctionWorker:
             outputs.append(self._dlq(item.record, error, now_ms, "duplicate"))
             return False
         if answer.kind == "replay":
-            item.outcome = orjson.loads(answer.outcome)
-            m.replays.inc()
+            # Publish exactly what the first attempt kept, whatever changed since.
+            item.encoded = split_outcome(answer.outcome)
+            item.impression_ids = [orjson.loads(raw)["impression_id"] for raw in item.encoded[1:]]
+            item.no_fill_reason = orjson.loads(item.encoded[0])["no_fill_reason"]
+            tally.replays += 1
+        decision_topic, impression_topic = self.topics["ad.decisions"], self.topics["ad.impressions"]
+        outputs.append((decision_topic, item.intent["session_id"].encode(), item.encoded[0]))
+        for impression_id, raw in zip(item.impression_ids, item.encoded[1:], strict=True):
+            outputs.append((impression_topic, impression_id.encode(), raw))
+        tally.decisions += 1
+        if item.impression_ids:
+            tally.fills += 1
+            tally.impressions += len(item.impression_ids)
         else:
-            index = self.engine.index
-            for campaign_id, today, total in answer.spends:
-                campaign = index.get(campaign_id)
-                if campaign is not None:
-                    self.engine.spend.record(campaign, today, total)
-        assert item.outcome is not None
-        decision, impressions = build_records(item.intent, item.outcome)
-        outputs.append((self.topics["ad.decisions"], decision["session_id"].encode(), encode(decision)))
-        for impression in impressions:
-            outputs.append((self.topics["ad.impressions"], impression["impression_id"].encode(), encode(impression)))
-        m.decisions.inc()
-        if impressions:
-            m.fills.inc()
-            m.impressions.inc(len(impressions))
-        else:
-            m.no_fill.inc(reason=str(decision["no_fill_reason"]))
+            tally.no_fill[str(item.no_fill_reason)] += 1
         return False
 
-    def _dlq(self, record: ConsumerRecord[bytes, bytes], error: str, now_ms: int, kind: str) -> tuple[str, bytes | None, bytes | None]:
+    def _dlq(self, record: ConsumerRecord[bytes, bytes], error: str, now_ms: int, kind: str) -> Output:
         self.metrics.dlq.inc(kind=kind)
         dead = dlq_record(self.settings.topic(INPUT), record.partition, record.offset, record.key, record.value, error, now_ms)
         return (self.topics["chat.intents.dlq"], record.key, encode(dead))
 
-    def _user_state(self, request: AuctionRequest, now_ms: int) -> UserState | None:
-        return self.people.state_for(request.user_id, now_ms)
 
 
 async def run_worker(settings: Settings, instance: str | None = None, batch_max: int = 500, linger_ms: int = 5) -> None:

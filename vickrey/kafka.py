@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
+from vickrey.partition import partition_for
 from vickrey.settings import Settings
 
 MAX_BATCH_BYTES = 512 * 1024
@@ -39,7 +39,6 @@ class BatchSender:
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
-        self.partitioner = DefaultPartitioner()
         self.partitions: dict[str, list[int]] = {}
 
     async def _partitions_of(self, topic: str) -> list[int]:
@@ -56,7 +55,10 @@ class BatchSender:
         count = 0
         for topic, key, value in records:
             partitions = await self._partitions_of(topic)
-            partition = self.partitioner(key, partitions, partitions) if key is not None else partitions[count % len(partitions)]
+            if key is None:
+                partition = partitions[count % len(partitions)]
+            else:
+                partition = partitions[partition_for(key, len(partitions))]
             grouped.setdefault((topic, partition), []).append((key, value))
             count += 1
         for (topic, partition), items in grouped.items():

@@ -31,9 +31,8 @@ def claim(event_id: str, campaign_id: str, charge: int, user: str = "u1", cap: t
     return Claim(
         event_id=event_id,
         source=source or f"0:{event_id}",
-        day=DAY,
         user_id=user,
-        outcome=b'{"winners":[]}',
+        outcome=f'{{"event_id":"{event_id}"}}'.encode(),
         reservations=[Reservation(campaign_id, charge, max(1, charge), cap[0], cap[1])],
     )
 
@@ -41,7 +40,7 @@ def claim(event_id: str, campaign_id: str, charge: int, user: str = "u1", cap: t
 async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
     client = Redis.from_url(settings.redis)
     try:
-        answers = await BudgetReserver(client, settings.namespace, 3600).reserve(claims)
+        answers, _ = await BudgetReserver(client, settings.namespace, 3600).reserve(claims, DAY)
     finally:
         await client.aclose()
     return [a.kind for a in answers]
@@ -54,7 +53,8 @@ def _reserver_process(settings: Settings, worker: int, auctions: int, charges: l
         admitted = 0
         for start in range(0, auctions, 50):
             batch = [claim(f"w{worker}-e{i}", "tight", charges[i % len(charges)]) for i in range(start, start + 50)]
-            for answer, item in zip(await reserver.reserve(batch), batch, strict=True):
+            answers, _ = await reserver.reserve(batch, DAY)
+            for answer, item in zip(answers, batch, strict=True):
                 if answer.kind == "ok":
                     admitted += item.reservations[0].charge_micros
         results.put(admitted)
@@ -121,13 +121,29 @@ async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis
     """Two winners in one auction, the second over budget: neither is charged."""
     set_budget(redis_client, settings, "rich", daily=10**9, total=10**9)
     set_budget(redis_client, settings, "poor", daily=5, total=5)
-    two = Claim("e1", "0:1", DAY, "u1", b"{}", [Reservation("rich", 50, 50), Reservation("poor", 6, 6)])
+    two = Claim("e1", "0:1", "u1", b"{}", [Reservation("rich", 50, 50), Reservation("poor", 6, 6)])
     client = Redis.from_url(settings.redis)
-    answers = await BudgetReserver(client, settings.namespace, 3600).reserve([two])
+    answers, spends = await BudgetReserver(client, settings.namespace, 3600).reserve([two], DAY)
     await client.aclose()
     assert answers[0].kind == "refused" and answers[0].refused == {"poor": "budget"}
     assert spend(redis_client, settings, "rich") == (0, 0)
     assert redis_client.get(settings.key("{e:e1}", "outcome")) is None
+    assert sorted(spends) == [("poor", 0, 0), ("rich", 0, 0)]
+
+
+async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: redis.Redis) -> None:
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    outcome = '{"a":"ünïcödé \\/ \\"quoted\\""}\n{"b":2}'.encode()
+    first = Claim("e1", "0:1", "u1", outcome, [Reservation("c", 3, 3)])
+    client = Redis.from_url(settings.redis)
+    reserver = BudgetReserver(client, settings.namespace, 3600)
+    (answer,), spends = await reserver.reserve([first], DAY)
+    assert answer.kind == "ok" and spends == [("c", 3, 3)]
+    changed = Claim("e1", "0:1", "u1", b"something else", [Reservation("c", 99, 99)])
+    (again,), _ = await reserver.reserve([changed], DAY)
+    await client.aclose()
+    assert again.kind == "replay" and again.outcome == outcome
+    assert spend(redis_client, settings, "c") == (3, 3)
 
 
 async def test_keys_expire(settings: Settings, redis_client: redis.Redis) -> None:
