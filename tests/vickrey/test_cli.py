@@ -30,6 +30,9 @@ COMMANDS = [
     ["streams"],
     ["run"],
     ["api"],
+    ["advertisers"],
+    ["advertisers", "create"],
+    ["advertisers", "list"],
 ]
 
 
