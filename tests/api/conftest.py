@@ -1,0 +1,128 @@
+"""Fixtures of the API tests: the real app (aiohttp TestServer) on this test's Redis namespace and topic
+prefix, advertisers with keys, and helpers that write reporting's minute windows into Redis."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from auction.pacing import utc_day
+from tests.conftest import ROOT
+from tests.vickrey.conftest import load_sample
+from vickrey.advertisers import create_advertiser
+from vickrey.api import create_app
+from vickrey.api.campaigns import minutes_key
+from vickrey.api.ratelimit import RateLimit
+from vickrey.campaign_store import spend_day_key, spend_total_key
+from vickrey.settings import Settings
+from vickrey.topics import delete_topics
+
+MINUTE_SCHEMA = orjson.loads((ROOT / "schemas" / "reports.campaign-minute.json").read_bytes())
+GENEROUS = RateLimit(rate_per_s=1000.0, burst=1000)
+
+
+@dataclass(frozen=True)
+class Adv:
+    advertiser_id: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def campaign(campaign_id: str = "c-test-1", sample: int = 0, **changes: Any) -> dict[str, Any]:
+    """A valid campaign body (a sample campaign) without advertiser_id, as an advertiser would send it."""
+    body = copy.deepcopy(load_sample("campaigns.json")[sample])
+    body.pop("advertiser_id", None)
+    body["campaign_id"] = campaign_id
+    for i, creative in enumerate(body["creatives"]):
+        creative["creative_id"] = f"{campaign_id}-cr{i}"
+    body.update(changes)
+    return body
+
+
+def minute_record(
+    campaign_id: str, window_start: int, impressions: int, clicks: int, spend: int
+) -> dict[str, Any]:
+    """A reports.campaign-minute record, checked against its JSON Schema."""
+    record = {
+        "schema_version": 1,
+        "campaign_id": campaign_id,
+        "window_start": window_start,
+        "window_end": window_start + 60_000,
+        "impressions": impressions,
+        "clicks": clicks,
+        "spend_micros": spend,
+        "ctr": clicks / impressions if impressions else 0.0,
+        "ecpm_micros": (spend * 1000 + impressions // 2) // impressions if impressions else 0,
+    }
+    jsonschema.validate(record, MINUTE_SCHEMA)
+    return record
+
+
+async def write_windows(settings: Settings, r: aioredis.Redis, records: list[dict[str, Any]]) -> None:
+    """What the reporting stream writes: `{ns}:{c:<id>}:minutes` field window_start → record JSON."""
+    for rec in records:
+        await r.hset(minutes_key(settings, rec["campaign_id"]), str(rec["window_start"]), orjson.dumps(rec))
+
+
+async def set_spend(
+    settings: Settings, r: aioredis.Redis, campaign_id: str, today: int, total: int, now_ms: int
+) -> None:
+    """What billing writes: spend today (UTC) and in total, in micros."""
+    await r.set(spend_day_key(settings, campaign_id, utc_day(now_ms)), today)
+    await r.set(spend_total_key(settings, campaign_id), total)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def stack(settings: Settings, redis_client: redis.Redis) -> AsyncIterator[Settings]:
+    """This test's settings; its Redis keys and Kafka topics (campaign_store creates `campaigns`) go afterwards."""
+    yield settings
+    await delete_topics(settings)
+
+
+@pytest.fixture
+async def aredis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.redis)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def client(stack: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The real app on this test's settings (a generous rate limit: the 429 test makes its own)."""
+    async with TestClient(TestServer(create_app(stack, rate_limit=GENEROUS))) as test_client:
+        yield test_client
+
+
+async def make_advertiser(settings: Settings, r: aioredis.Redis, name: str) -> Adv:
+    advertiser, key = await create_advertiser(settings, r, name)
+    return Adv(advertiser.advertiser_id, key)
+
+
+@pytest.fixture
+async def alice(stack: Settings, aredis: aioredis.Redis) -> Adv:
+    return await make_advertiser(stack, aredis, "Alice Outdoor")
+
+
+@pytest.fixture
+async def bob(stack: Settings, aredis: aioredis.Redis) -> Adv:
+    return await make_advertiser(stack, aredis, "Bob Books")
