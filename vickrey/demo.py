@@ -238,7 +238,9 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
         try:
             from vickrey.api import demo_key
 
-            print(f"  dashboard: {prefix} .venv/bin/vickrey api  →  http://127.0.0.1:8080/  (key {demo_key(settings)})")
+            key = demo_key(settings)
+            print(f"  advertiser dashboard: run `{prefix} .venv/bin/vickrey api`, then open")
+            print(f"    http://127.0.0.1:8080/#key={key}   (demo key for adv-voltbook: {key})")
         except ImportError:
             pass
     finally:
