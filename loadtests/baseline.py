@@ -1,0 +1,68 @@
+"""The benchmark's reference: a plain aiokafka consume -> decode -> produce loop.
+
+`python -m loadtests.baseline --group G --expect N` consumes the stack's `chat.intents` from the
+beginning in its own consumer group, decodes every record with `schemas.codec.decode` (the same
+validation the worker does), re-encodes it and produces it to `baseline.out` (key user_id),
+until N records went through; then flushes and exits. No transactions, no auctions, no Redis:
+what one process moves when it only does the Kafka and codec work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas.codec import RecordError, decode, encode
+from vickrey.settings import Settings
+
+OUTPUT = "baseline.out"
+
+
+async def run(settings: Settings, group: str, expect: int, batch_max: int = 500) -> int:
+    consumer = AIOKafkaConsumer(
+        settings.topic("chat.intents"),
+        bootstrap_servers=settings.kafka,
+        group_id=group,
+        auto_offset_reset="earliest",
+        max_poll_records=batch_max,
+        fetch_max_wait_ms=5,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=5, max_batch_size=512 * 1024)
+    await producer.start()
+    await consumer.start()
+    out = settings.topic(OUTPUT)
+    done = 0
+    try:
+        while done < expect:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=batch_max)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        intent = decode("chat.intents", record.value)
+                    except RecordError:
+                        continue
+                    await producer.send(out, encode(intent), key=record.key)
+                    done += 1
+        await producer.flush()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.baseline", description=__doc__)
+    parser.add_argument("--group", required=True, help="consumer group (use a new one per run)")
+    parser.add_argument("--expect", type=int, required=True, help="stop after this many records")
+    args = parser.parse_args(argv)
+    done = asyncio.run(run(Settings.from_env(), args.group, args.expect))
+    print(done)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

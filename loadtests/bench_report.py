@@ -1,0 +1,122 @@
+"""The human side of `make bench`: targets (DESIGN.md §6), the printed table, BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+# key -> (label, target, ">=" or "<=", unit)
+TARGETS: dict[str, tuple[str, float | None, str, str]] = {
+    "engine_auctions_per_s": ("engine alone, 10k campaigns, 1 core", 50_000, ">=", "auctions/s"),
+    "index_build_s_100k": ("index build, 100k campaigns", 2.0, "<=", "s"),
+    "index_bytes_per_campaign": ("index memory per campaign", 1024, "<=", "bytes"),
+    "baseline_events_per_s": ("plain aiokafka loop (baseline)", None, ">=", "events/s"),
+    "worker_events_per_s": ("auction worker, 1k campaigns", None, ">=", "events/s"),
+    "worker_ratio": ("worker / baseline", 0.6, ">=", "x (aim 0.8)"),
+    "e2e_rate_events_per_s": ("offered rate for e2e (50% of max)", None, ">=", "events/s"),
+    "e2e_p50_ms": ("end-to-end p50 at 50% of max", None, "<=", "ms"),
+    "e2e_p99_ms": ("end-to-end p99 at 50% of max", 25.0, "<=", "ms"),
+    "billing_events_per_s": ("billing (streams.bench)", None, ">=", "events/s"),
+}
+START, END = "<!-- bench:start (written by `make bench`; edit outside this block) -->", "<!-- bench:end -->"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value < 100:
+        return f"{value:,.3g}" if value < 10 else f"{value:,.1f}"
+    return f"{value:,}"
+
+
+def _target(key: str, results: dict[str, Any]) -> tuple[str, str]:
+    label, target, op, _unit = TARGETS[key]
+    value = results.get(key)
+    if key == "billing_events_per_s":
+        target = results.get("worker_impressions_per_s")
+    if target is None:
+        return "", ""
+    shown = f"{op} {_value(target)}" + (" (worker impressions/s)" if key == "billing_events_per_s" else "")
+    if value is None:
+        return shown, "n/a"
+    met = value >= target if op == ">=" else value <= target
+    return shown, "ok" if met else "MISSED"
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    out = []
+    for key, (label, _target_value, _op, unit) in TARGETS.items():
+        target, status = _target(key, results)
+        out.append((label, _value(results.get(key)), unit, target, status))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    header = ("measure", "value", "unit", "target", "")
+    body = rows(results)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i != 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+             for r in [header, *body]]
+    m = results.get("machine", {})
+    lines.append("")
+    lines.append(f"machine: {m.get('cores')} cores ({m.get('cpu') or 'cpu unknown'}), Python {m.get('python')}, "
+                 f"{m.get('platform')}; load average at start {m.get('load_average_at_start')}")
+    lines.append(f"command: {results.get('command')}")
+    for key, reason in (results.get("missing") or {}).items():
+        lines.append(f"null {key}: {reason}")
+    return "\n".join(lines)
+
+
+def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
+    m = results.get("machine", {})
+    lines = [
+        START,
+        f"Latest run: `{results.get('command')}`, {results.get('started')} ({results.get('duration_s')} s).",
+        "",
+        f"Machine: {m.get('cores')} cores ({m.get('cpu') or 'cpu unknown'}), Python {m.get('python')}, "
+        f"{m.get('platform')}; load average at start {m.get('load_average_at_start')} (a shared machine: "
+        "compare ratios within one run).",
+        "",
+        "| measure | value | unit | target | |",
+        "|---|---:|---|---|---|",
+    ]
+    lines += [f"| {label} | {value} | {unit} | {target} | {status} |" for label, value, unit, target, status in rows(results)]
+    details = results.get("details", {})
+    runs = details.get("throughput", {})
+    if runs:
+        lines += ["", f"Runs ({runs.get('throughput_events_per_run', 0):,} events each, median taken): "
+                  f"baseline {runs.get('baseline_runs')}, worker {runs.get('worker_runs')} events/s."]
+    engine = details.get("engine", {})
+    if engine:
+        lines += [f"Engine runs {engine.get('engine_runs')} auctions/s; index builds {engine.get('index_build_runs_s')} s."]
+    curve = details.get("latency_curve") or []
+    if curve:
+        lines += ["", "| offered load | offered events/s | decisions/s | p50 ms | p95 ms | p99 ms | missing |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {p['fraction_of_max']:.0%} | {p['offered_events_per_s']:,} | {p['throughput_events_per_s']:,} | "
+                  f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['missing']} |" for p in curve]
+    for key, reason in (results.get("missing") or {}).items():
+        lines += ["", f"`{key}` is null: {reason}."]
+    profile = details.get("worker_profile")
+    if profile:
+        blanks = [i for i, line in enumerate(profile) if not line]
+        areas = profile[: blanks[1]] if len(blanks) > 1 else profile  # samples and the areas
+        lines += ["", "Where the worker's time goes (py-spy --idle, last worker run; full summary in "
+                  "bench-results.json `details.worker_profile`):", "", "```", *areas, "```"]
+    if plot.exists():
+        lines += ["", f"![throughput and latency against offered load]({os.path.relpath(plot, md_dir)})"]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def update_markdown(path: Path, block: str) -> None:
+    """Replace the figures block of BENCHMARKS.md (create the file with it when missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n" + START + "\n" + END + "\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)

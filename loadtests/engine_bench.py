@@ -1,0 +1,112 @@
+"""The auction engine alone (no Kafka, no Redis): auctions/s, index build time and memory.
+
+Workload: loadtests.workload (the engine issue's: Zipf keywords, 10 per campaign, 3 per event,
+1-3 slots, budgets and caps set on the campaigns).
+
+- auctions/s: `AuctionEngine.run` over pre-normalised `AuctionRequest`s (from
+  `AuctionRequest.from_intent`, done before the clock starts), one thread, one core; the median
+  of several timed runs after a warm-up. Budgets and caps are in force the way the engine sees
+  them: the in-memory spend view (campaigns without budget left are skipped) and the per-user
+  state; the Redis round trip that reserves them belongs to the worker and is not timed here.
+- index build: `Campaign.from_record` for every validated record plus `CampaignIndex.build`
+  (validation, JSON parsing and record generation happen before the clock starts).
+- bytes per campaign: tracemalloc, memory still held once the index is built and the input
+  records are freed (campaign objects, their strings, sets and the posting lists) / campaigns.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from auction.engine import AuctionEngine
+from auction.index import CampaignIndex
+from auction.model import AuctionRequest, Campaign
+from loadtests import workload
+from schemas.campaign import validate_campaign
+
+
+def validated(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for record in records:
+        campaign, problems = validate_campaign(record)
+        if campaign is None:
+            raise ValueError(f"workload campaign {record.get('campaign_id')} is invalid: {problems}")
+        out.append(campaign)
+    return out
+
+
+def build_index(records: list[dict[str, Any]]) -> CampaignIndex:
+    return CampaignIndex.build([Campaign.from_record(record) for record in records])
+
+
+def engine_auctions_per_s(
+    campaigns: int = 10_000, auctions: int = 20_000, runs: int = 5, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    records = validated(workload.campaigns(n=campaigns))
+    engine = AuctionEngine(build_index(records))
+    now_ms = int(time.time() * 1000)
+    requests = [AuctionRequest.from_intent(intent, now_ms) for intent in workload.intents(auctions)]
+    run = engine.run
+    for request in requests[:2000]:  # warm-up
+        run(request)
+    rates = []
+    filled = 0
+    for i in range(runs):
+        gc.collect()
+        started = time.perf_counter()
+        for request in requests:
+            run(request)
+        rates.append(len(requests) / (time.perf_counter() - started))
+        if progress:
+            progress(f"engine run {i + 1}/{runs}: {rates[-1]:,.0f} auctions/s")
+    filled = sum(1 for request in requests if run(request).winners)
+    return {
+        "engine_auctions_per_s": round(statistics.median(rates)),
+        "engine_runs": [round(r) for r in rates],
+        "engine_fill_rate": round(filled / len(requests), 4),
+    }
+
+
+def index_build(campaigns: int = 100_000, runs: int = 3, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    raw = workload.campaigns(n=campaigns, advertisers=max(1, campaigns * 3 // 10))
+    if progress:
+        progress(f"validating {campaigns:,} campaign records (not timed)")
+    records = validated(raw)
+    del raw
+    times = []
+    for i in range(runs):
+        gc.collect()
+        started = time.perf_counter()
+        index = build_index(records)
+        times.append(time.perf_counter() - started)
+        assert len(index) == campaigns
+        del index
+        if progress:
+            progress(f"index build {i + 1}/{runs}: {times[-1]:.2f} s")
+    blob = orjson.dumps(records)
+    del records
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fresh = orjson.loads(blob)  # records allocated while tracing, then freed: only the index stays
+        index = build_index(fresh)
+        del fresh
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    per_campaign = held / len(index)
+    del index
+    return {
+        "index_build_s_100k": round(statistics.median(times), 3),
+        "index_build_runs_s": [round(t, 3) for t in times],
+        "index_bytes_per_campaign": round(per_campaign),
+    }
