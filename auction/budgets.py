@@ -71,13 +71,11 @@ class BudgetReserver:
         if not claims:
             return [], []
         meta = orjson.dumps(
-            [
-                {"e": claim.event_id, "src": claim.source, "u": claim.user_id, "r": [r.as_list() for r in claim.reservations]}
-                for claim in claims
-            ]
+            [[claim.event_id, claim.source, claim.user_id, [r.as_list() for r in claim.reservations]] for claim in claims]
         )
         args: list[bytes | str | int] = [self.namespace, day, self.outcome_ttl_s, meta]
-        args += [claim.outcome for claim in claims]  # binary-safe, no JSON escaping
+        # What Redis keeps per event, ready to store: "<partition>:<offset>\n" + outcome.
+        args += [b"%s\n%s" % (claim.source.encode(), claim.outcome) for claim in claims]
         raw = await self._script(keys=[], args=args)
         answers, spends = orjson.loads(raw)
         return [_answer(item) for item in answers], [(str(c), int(t), int(s)) for c, t, s in (spends or [])]

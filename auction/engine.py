@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from auction.index import CampaignIndex
 from auction.model import RANK_SCALE, AuctionRequest, AuctionResult, Campaign, NoFillReason, Winner
@@ -60,6 +61,10 @@ class UserState:
     capped_campaigns: frozenset[str] = frozenset()
 
 
+_NOBODY = UserState()  # read only: what the engine assumes of a person it knows nothing about
+_NONE_REFUSED: Mapping[str, NoFillReason] = MappingProxyType({})
+
+
 class AuctionEngine:
     def __init__(
         self,
@@ -86,11 +91,13 @@ class AuctionEngine:
 
     def gate(self, request: AuctionRequest) -> NoFillReason | None:
         """Rules checked before any auction (§4.1, §4b)."""
+        return self._gate(request, category_ancestors(request.category))
+
+    def _gate(self, request: AuctionRequest, ancestors: tuple[str, ...]) -> NoFillReason | None:
         if not request.consent_ads:
             return "no_consent"
         if request.age_bracket in MINOR_BRACKETS:
             return "minor"
-        ancestors = category_ancestors(request.category)
         if request.safety_labels and not self.policy.blocked_safety_labels.isdisjoint(request.safety_labels):
             return "brand_safety"
         if not UNSAFE_CATEGORIES.isdisjoint(ancestors):
@@ -107,12 +114,14 @@ class AuctionEngine:
     ) -> AuctionResult:
         """One auction. `refused` holds campaigns the budget/cap reservation turned down for this
         event, with the reason: they are out, and the slots go to the next candidates."""
-        blocked = self.gate(request)
+        ancestors = category_ancestors(request.category)
+        blocked = self._gate(request, ancestors)
         if blocked is not None:
             return AuctionResult(request.event_id, (), blocked, request.reserve_cpm_micros)
-        ancestors = category_ancestors(request.category)
-        user = user or UserState()
-        refused = refused or {}
+        if user is None:
+            user = _NOBODY
+        if refused is None:
+            refused = _NONE_REFUSED
         need = request.slots + 1  # the slots and the runner-up that prices the last one
         accepted: dict[str, Campaign] = {}
         rejected: set[str] = set()
@@ -141,7 +150,7 @@ class AuctionEngine:
                     slot.charge_micros,
                     ceil_div(winner.ecpm_num, winner.ecpm_den),
                     None if runner_up is None else ceil_div(runner_up.ecpm_num, runner_up.ecpm_den),
-                    tuple(k for k in winner.keywords if k in request.keywords),
+                    tuple([k for k in winner.keywords if k in request.keywords]),
                     self._matched_category(winner, ancestors),
                 )
             )

@@ -39,5 +39,9 @@ def normalize_keyword(raw: str) -> str:
     return normalized
 
 
+_BLANK = frozenset({""})
+
+
 def normalize_keywords(raw: list[str] | tuple[str, ...]) -> frozenset[str]:
-    return frozenset(k for k in map(normalize_keyword, raw) if k)
+    keywords = frozenset(map(normalize_keyword, raw))
+    return keywords - _BLANK if "" in keywords else keywords

@@ -23,6 +23,8 @@ SEPARATOR = b"\n"
 
 def pick_creative(creatives: list[Record], event_id: str, campaign_id: str) -> Record:
     """Deterministic rotation over a campaign's creatives."""
+    if len(creatives) == 1:
+        return creatives[0]  # what the hash would pick, without hashing
     return creatives[zlib.crc32(f"{event_id}\x1f{campaign_id}".encode()) % len(creatives)]
 
 

@@ -53,13 +53,19 @@ class BatchSender:
         (or an explicit flush)."""
         grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         count = 0
+        known = self.partitions
         for topic, key, value in records:
-            partitions = await self._partitions_of(topic)
+            partitions = known.get(topic)
+            if partitions is None:
+                partitions = await self._partitions_of(topic)
             if key is None:
                 partition = partitions[count % len(partitions)]
             else:
                 partition = partitions[partition_for(key, len(partitions))]
-            grouped.setdefault((topic, partition), []).append((key, value))
+            group = grouped.get((topic, partition))
+            if group is None:
+                group = grouped[(topic, partition)] = []
+            group.append((key, value))
             count += 1
         for (topic, partition), items in grouped.items():
             batch = self.producer.create_batch()
