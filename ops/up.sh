@@ -186,7 +186,7 @@ start_kafka() {
   printf '\n==== %s ops/up.sh starting kafka\n' "$(date -Is)" >>"$KAFKA_OUT"
   # Where this start's output begins, to show only its own lines if it dies.
   KAFKA_OUT_MARK=$(wc -l <"$KAFKA_OUT")
-  KAFKA_LOG_MARK=$(wc -l <"$KAFKA_LOG" 2>/dev/null || echo 0)
+  KAFKA_LOG_MARK=$( { wc -l <"$KAFKA_LOG"; } 2>/dev/null || echo 0)  # no log yet on a first start
   # New session (setsid) so the broker outlives make, the terminal and Ctrl-C; the wrapper writes
   # its own pid and then execs java, so the pid file holds the java pid itself.
   rm -f "$KAFKA_PIDFILE"
