@@ -41,8 +41,12 @@ lint: venv ## ruff + mypy (strict on auction/ and schemas/)
 	$(BIN)/ruff check .
 	$(BIN)/mypy auction schemas vickrey
 
-demo: venv up ## the whole story on a generated chat stream
-	$(BIN)/python -m vickrey.demo
+demo: venv ## the whole story on a generated chat stream; stops what it started (KEEP=1 keeps it running)
+	@was_up=0; bash ops/up.sh --status >/dev/null 2>&1 && was_up=1; \
+	bash ops/up.sh || exit 1; \
+	$(BIN)/python -m vickrey.demo $(if $(KEEP),--keep-running,); status=$$?; \
+	if [ $$was_up = 0 ] && [ -z "$(KEEP)" ]; then echo "stopping the services the demo started (KEEP=1 keeps them)"; bash ops/down.sh; fi; \
+	exit $$status
 
 bench: venv up ## measure engine, worker and streams side by side; writes bench-results.json
 	$(BIN)/python -m loadtests.bench
