@@ -151,17 +151,17 @@ async def click_some(settings: Settings, impressions: list[dict[str, Any]], shar
     return len(chosen)
 
 
-def table(ledger: list[dict[str, Any]], reports: list[dict[str, Any]], names: dict[str, str], spend: dict[str, int]) -> str:
+def table(ledger: list[dict[str, Any]], reports: dict[str, list[dict[str, Any]]], names: dict[str, str], spend: dict[str, int]) -> str:
     rows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for entry in ledger:
         row = rows[entry["campaign_id"]]
         row["impressions" if entry["kind"] == "impression" else "clicks"] += 1
         row["spend"] += entry["amount_micros"]
         row["overdelivery"] += int(entry.get("overdelivery", False))
-    windows: dict[str, int] = defaultdict(int)
-    for report in reports:
-        windows[report["campaign_id"]] += 1
-    lines = [f"  {'campaign':<24}{'advertiser':<18}{'impr':>7}{'clicks':>8}{'CTR':>8}{'spend $':>10}{'eff CPM $':>11}{'Redis $':>10}{'windows':>9}"]
+    lines = [
+        f"  {'campaign':<24}{'advertiser':<18}{'impr':>7}{'clicks':>8}{'CTR':>8}{'spend $':>10}{'eff CPM $':>11}"
+        f"{'Redis $':>10}{'report impr':>12}{'report $':>10}"
+    ]
     for campaign_id in sorted(rows, key=lambda c: -rows[c]["spend"]):
         row = rows[campaign_id]
         impressions, clicks = row["impressions"], row["clicks"]
@@ -169,7 +169,9 @@ def table(ledger: list[dict[str, Any]], reports: list[dict[str, Any]], names: di
         cpm = f"{row['spend'] / impressions / 1000:.2f}" if impressions else "-"
         lines.append(
             f"  {campaign_id:<24}{names.get(campaign_id, '?'):<18}{impressions:>7}{clicks:>8}{ctr:>8}"
-            f"{row['spend'] / 1e6:>10.2f}{cpm:>11}{spend.get(campaign_id, 0) / 1e6:>10.2f}{windows[campaign_id]:>9}"
+            f"{row['spend'] / 1e6:>10.2f}{cpm:>11}{spend.get(campaign_id, 0) / 1e6:>10.2f}"
+            f"{sum(w['impressions'] for w in reports.get(campaign_id, [])):>12}"
+            f"{sum(w['spend_micros'] for w in reports.get(campaign_id, [])) / 1e6:>10.2f}"
         )
     return "\n".join(lines)
 
@@ -223,12 +225,18 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
         print(f"  {clicks} clicks sent (3 of them double clicks)")
         ledger = await read_topic(settings, "billing.ledger", time.monotonic() + 30, want=len(impressions), idle_s=4)
         invalid = await read_topic(settings, "ad.clicks.invalid", time.monotonic() + 3, idle_s=1)
-        reports = await read_topic(settings, "reports.campaign-minute", time.monotonic() + 2, idle_s=1)
+        closed = await read_topic(settings, "reports.campaign-minute", time.monotonic() + 2, idle_s=1)
+        await asyncio.sleep(1.5)  # reporting refreshes the open minute windows about every second
         spend = {c: (await campaign_spend(settings, redis, c, int(time.time() * 1000)))["total_micros"] for c in names}
+        reports = {
+            c: [orjson.loads(w) for w in (await redis.hgetall(settings.key(f"{{c:{c}}}", "minutes"))).values()] for c in names
+        }
 
-        say("Per campaign, from the billing ledger (Redis spend beside it must match)")
+        say("Per campaign, from the billing ledger; Redis spend and the minute reports beside it must agree")
         print(table(ledger, reports, names, spend))
-        print(f"  ledger entries {len(ledger)}, invalid clicks {len(invalid)}, closed report windows {len(reports)}")
+        windows = sum(len(w) for w in reports.values())
+        print(f"  ledger entries {len(ledger)}, invalid clicks {len(invalid)}, report windows {windows} "
+              f"({len(closed)} closed and published on reports.campaign-minute; the current minute is still open)")
         say("Where to look next")
         prefix = f"VICKREY_TOPIC_PREFIX={settings.topic_prefix} VICKREY_NAMESPACE={settings.namespace}"
         print(f"  {prefix} .venv/bin/vickrey campaigns list        # live spend per campaign")
