@@ -19,6 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from streams.windows import WINDOW_MS
+from vickrey.metrics import start_site
 from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.streams.reports")
@@ -97,11 +98,6 @@ async def serve_reports(settings: Settings, redis: Redis, port: int, host: str =
     app[REDIS_KEY] = redis
     app.router.add_get("/reports/campaigns", list_campaigns)
     app.router.add_get("/reports/campaigns/{campaign_id}", campaign_windows)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port  # type: ignore[attr-defined]
+    runner, bound = await start_site(app, host, port)
     log.info("reports listening", extra={"url": f"http://{host}:{bound}/reports/campaigns"})
     return runner, bound

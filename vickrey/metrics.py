@@ -103,6 +103,16 @@ class Metrics:
         return "\n".join(line for item in self._items for line in item.render()) + "\n"
 
 
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0 picks a free port); returns the runner and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server: Any = site._server
+    return runner, (server.sockets[0].getsockname()[1] if server is not None and server.sockets else port)
+
+
 async def serve(metrics: Metrics, port: int, healthy: Callable[[], bool], host: str = "127.0.0.1") -> web.AppRunner:
     """Serve /metrics and /healthz; port 0 picks a free port (logged), so workers can share a host."""
 
@@ -116,11 +126,6 @@ async def serve(metrics: Metrics, port: int, healthy: Callable[[], bool], host: 
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", health_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server: Any = site._server
-    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+    runner, bound = await start_site(app, host, port)
     log.info("metrics listening", extra={"url": f"http://{host}:{bound}/metrics"})
     return runner
