@@ -26,11 +26,24 @@ def tag() -> str:
     return unique_tag()
 
 
+def _drop_namespace(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis)
+    try:
+        keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    except redis.RedisError:
+        pass  # Redis is not part of every test
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def settings(tag: str) -> Settings:
-    """Settings isolated to this test: topic prefix `<tag>.` and Redis namespace `<tag>`."""
+def settings(tag: str) -> Iterator[Settings]:
+    """Settings isolated to this test: topic prefix `<tag>.` and Redis namespace `<tag>`; the
+    namespace's keys are removed afterwards (workers the test ran write there too)."""
     base = Settings.from_env()
-    return Settings(
+    isolated = Settings(
         kafka=base.kafka,
         redis=base.redis,
         topic_prefix=f"{tag}.",
@@ -39,6 +52,8 @@ def settings(tag: str) -> Settings:
         partitions=int(os.environ.get("VICKREY_TEST_PARTITIONS", "3")),
         metrics_port=0,
     )
+    yield isolated
+    _drop_namespace(isolated)
 
 
 @pytest.fixture
@@ -58,12 +73,9 @@ def env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    """A real Redis client; at teardown every key of this test's namespace is removed."""
+    """A real Redis client on this test's namespace (the `settings` fixture removes its keys)."""
     client = redis.Redis.from_url(settings.redis)
     yield client
-    keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
     client.close()
 
 

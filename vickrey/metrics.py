@@ -126,6 +126,12 @@ async def serve(metrics: Metrics, port: int, healthy: Callable[[], bool], host: 
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", health_handler)
-    runner, bound = await start_site(app, host, port)
+    try:
+        runner, bound = await start_site(app, host, port)
+    except OSError as exc:
+        # Another process has the port: keep working and serve metrics on a free port instead,
+        # loudly (the URL is logged), rather than refusing to auction.
+        log.error("metrics port taken, serving on a free port", extra={"port": port, "error": str(exc)})
+        runner, bound = await start_site(app, host, 0)
     log.info("metrics listening", extra={"url": f"http://{host}:{bound}/metrics"})
     return runner

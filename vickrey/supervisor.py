@@ -34,14 +34,23 @@ class Child:
     started_at: float = 0.0
     backoff_s: float = 0.5
 
+    env: dict[str, str] | None = None
+
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
+        self.process = subprocess.Popen(self.argv, env=self.env)
         self.started_at = time.monotonic()
         log.info("started", extra={"child": self.name, "pid": self.process.pid})
 
 
 def vickrey_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "vickrey.cli", *args]
+
+
+def assign_metrics_ports(children: list[Child], base_port: int) -> None:
+    """Each child its own /metrics port: base, base+1, … (0 keeps 0: every child picks a free one)."""
+    for offset, child in enumerate(children):
+        port = 0 if base_port == 0 else base_port + offset
+        child.env = dict(os.environ, VICKREY_METRICS_PORT=str(port))
 
 
 def supervise(children: list[Child]) -> int:
@@ -97,7 +106,9 @@ def run_auction_workers(settings: Settings, args: Any) -> int:
     """`vickrey auction --workers N`: N worker processes with stable instance names."""
     logs.setup("supervisor")
     base = getattr(args, "instance", None) or f"{os.uname().nodename}-w"
-    return supervise(auction_children(args, int(args.workers), base))
+    children = auction_children(args, int(args.workers), base)
+    assign_metrics_ports(children, settings.metrics_port)
+    return supervise(children)
 
 
 def main(settings: Settings, args: Any) -> int:
@@ -106,4 +117,5 @@ def main(settings: Settings, args: Any) -> int:
     children = auction_children(args, max(1, int(getattr(args, "workers", 1) or 1)), f"{os.uname().nodename}-run")
     if not getattr(args, "no_streams", False):
         children.append(Child("streams", vickrey_argv("streams")))
+    assign_metrics_ports(children, settings.metrics_port)
     return supervise(children)
