@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from redis.asyncio import Redis
 
@@ -37,7 +37,7 @@ from auction.people import PeopleCache
 from auction.records import SEPARATOR, build_records, encode_outcome, split_outcome
 from schemas.codec import RecordError, decode, dlq_record, encode
 from vickrey import logs
-from vickrey.kafka import BatchSender, transactional_producer
+from vickrey.kafka import BatchSender, transactional_consumer, transactional_producer
 from vickrey.metrics import Metrics, serve
 from vickrey.settings import Settings
 
@@ -160,15 +160,11 @@ class AuctionWorker:
         self.people = PeopleCache()
         self.group_id = settings.group("auction")
         self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions", "chat.intents.dlq")}
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=batch_max,
+        self.consumer = transactional_consumer(
+            settings,
+            self.group_id,
+            batch_max,
             fetch_max_wait_ms=5,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
             group_instance_id=f"{settings.group('auction')}-{instance}" if instance else None,
         )
         self.producer = transactional_producer(settings, f"{settings.group('auction')}-{self.instance}", linger_ms)

@@ -38,16 +38,7 @@ def isolated(base: Settings, tag: str, partitions: int = 6) -> Settings:
 
 def env_for(settings: Settings) -> dict[str, str]:
     """Environment for `vickrey …` child processes that must see exactly this stack."""
-    return dict(
-        os.environ,
-        VICKREY_KAFKA=settings.kafka,
-        VICKREY_REDIS=settings.redis,
-        VICKREY_TOPIC_PREFIX=settings.topic_prefix,
-        VICKREY_NAMESPACE=settings.namespace,
-        VICKREY_PARTITIONS=str(settings.partitions),
-        VICKREY_PRICE_INCREMENT_MICROS=str(settings.price_increment_micros),
-        VICKREY_METRICS_PORT=str(settings.metrics_port),
-    )
+    return settings.as_env()
 
 
 def require_local(settings: Settings) -> None:

@@ -23,7 +23,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import OffsetAndMetadata
 
-from vickrey.kafka import BatchSender, transactional_producer
+from vickrey.kafka import BatchSender, transactional_consumer, transactional_producer
 from vickrey.metrics import Histogram, Metrics
 from vickrey.settings import Settings
 
@@ -73,15 +73,11 @@ class RoleMetrics:
 
 
 def make_consumer(settings: Settings, group: str, batch_max: int) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_records=batch_max,
+    return transactional_consumer(
+        settings,
+        group,
+        batch_max,
         fetch_max_wait_ms=20,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
         # A SIGKILLed member's partitions come back after this long.
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,

@@ -59,16 +59,7 @@ def settings(tag: str) -> Iterator[Settings]:
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
     """Environment for subprocesses (the CLI, workers) that must see this test's isolation."""
-    return dict(
-        os.environ,
-        VICKREY_KAFKA=settings.kafka,
-        VICKREY_REDIS=settings.redis,
-        VICKREY_TOPIC_PREFIX=settings.topic_prefix,
-        VICKREY_NAMESPACE=settings.namespace,
-        VICKREY_PRICE_INCREMENT_MICROS=str(settings.price_increment_micros),
-        VICKREY_PARTITIONS=str(settings.partitions),
-        VICKREY_METRICS_PORT="0",
-    )
+    return settings.as_env()
 
 
 @pytest.fixture

@@ -179,7 +179,7 @@ def table(ledger: list[dict[str, Any]], reports: dict[str, list[dict[str, Any]]]
 async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -> int:
     root = Path(__file__).resolve().parent.parent
     vickrey = str(Path(sys.executable).with_name("vickrey"))
-    env = dict(os.environ, VICKREY_TOPIC_PREFIX=settings.topic_prefix, VICKREY_NAMESPACE=settings.namespace, VICKREY_METRICS_PORT="0")
+    env = dataclasses.replace(settings, metrics_port=0).as_env()
     say(f"Kafka at {settings.kafka}, Redis at {settings.redis}: a clean demo stack (prefix '{settings.topic_prefix}', namespace '{settings.namespace}')")
     redis = Redis.from_url(settings.redis)
     await delete_topics(settings)

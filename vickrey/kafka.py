@@ -8,8 +8,9 @@ and works inside transactions the same way.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from vickrey.partition import partition_for
 from vickrey.settings import Settings
@@ -36,6 +37,22 @@ def transactional_producer(settings: Settings, transactional_id: str, linger_ms:
         # default) before asking again: the p99 of every decision. Ask again sooner.
         retry_backoff_ms=RETRY_BACKOFF_MS,
     )
+
+
+def transactional_consumer(settings: Settings, group: str, batch_max: int, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer for consume → produce in transactions: offsets are committed only inside the
+    producer's transaction, and only committed input is read."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka,
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_poll_records": batch_max,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
 
 
 class BatchSender:

@@ -71,6 +71,21 @@ class Settings:
             raise SystemExit("VICKREY_PARTITIONS must be >= 1")
         return settings
 
+    def as_env(self) -> dict[str, str]:
+        """The process environment plus these settings as `VICKREY_*` variables: what a child
+        `vickrey …` process needs to see exactly this stack."""
+        return dict(
+            os.environ,
+            VICKREY_KAFKA=self.kafka,
+            VICKREY_REDIS=self.redis,
+            VICKREY_TOPIC_PREFIX=self.topic_prefix,
+            VICKREY_NAMESPACE=self.namespace,
+            VICKREY_PRICE_INCREMENT_MICROS=str(self.price_increment_micros),
+            VICKREY_PARTITIONS=str(self.partitions),
+            VICKREY_METRICS_PORT=str(self.metrics_port),
+            VICKREY_EVENT_TTL_S=str(self.event_ttl_s),
+        )
+
     def topic(self, name: str) -> str:
         """Physical Kafka topic for a logical name (the prefix isolates stacks and tests)."""
         return f"{self.topic_prefix}{name}"
