@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DURATION ?= 60s
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv up down status topics test test-unit lint demo bench loadtest clean
+.PHONY: help venv native clean-native up down status topics test test-unit lint demo bench loadtest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -17,7 +17,19 @@ $(BIN)/vickrey: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(BIN)/vickrey
 
-venv: $(BIN)/vickrey ## create .venv and install Vickrey with its dev tools
+# The modules vickrey/native.py compiles with mypyc (its MODULES list).
+NATIVE_SOURCES := $(shell sed -n 's/^    "\([a-z/_]*\.py\)",$$/\1/p' vickrey/native.py)
+
+build/native-manifest.json: $(BIN)/vickrey vickrey/native.py $(NATIVE_SOURCES)
+	$(BIN)/python -m vickrey.native build -q
+
+venv: $(BIN)/vickrey build/native-manifest.json ## create .venv, install Vickrey with its dev tools, compile the hot path
+
+native: $(BIN)/vickrey ## compile the hot path with mypyc again (vickrey/native.py)
+	$(BIN)/python -m vickrey.native build -q
+
+clean-native: ## remove the compiled modules: the same source then runs interpreted
+	@test -x $(BIN)/python && $(BIN)/python -m vickrey.native clean || true
 
 up: ## start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379) unless they answer
 	@bash ops/up.sh
@@ -54,5 +66,5 @@ bench: venv up ## measure engine, worker and streams side by side; writes bench-
 loadtest: venv up ## Locust headless against the running stack (DURATION=20s)
 	$(BIN)/python -m loadtests.run --duration $(DURATION)
 
-clean: ## remove the virtualenv and caches (keeps .local/ Kafka jars and data)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: clean-native ## remove the virtualenv, caches and compiled modules (keeps .local/ Kafka jars and data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build/native build/native-manifest.json

@@ -8,13 +8,13 @@ first answer back instead of a second charge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
 
-SCRIPT = (Path(__file__).with_name("reserve.lua")).read_text()
+SCRIPT = resources.files("auction").joinpath("reserve.lua").read_text()  # works compiled too
 
 
 def user_key(namespace: str, user_id: str, *parts: str) -> str:

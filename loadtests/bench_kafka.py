@@ -152,7 +152,7 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
             decisions, dlq = ns.topic("ad.decisions"), ns.topic("chat.intents.dlq")
             start = {**await end_offsets(ns, decisions), **await end_offsets(ns, dlq),
                      **await end_offsets(ns, ns.topic("ad.impressions"))}
-            proc = start_vickrey(ns, "auction", "--batch-max", "500", log=reports / f"worker-run{run}.log")
+            proc = start_vickrey(ns, "auction", log=reports / f"worker-run{run}.log")
             spy = None
             try:
                 if not await wait_for_group(ns, ns.group("auction"), 60, proc):
@@ -273,7 +273,7 @@ async def latency(base: Settings, max_rate: float, fractions: list[float], secon
     try:
         await create_topics(stack)
         await apply(stack, workload.campaigns(n=ACTIVE_CAMPAIGNS, advertisers=300, tag="w"))
-        proc = start_vickrey(stack, "auction", "--batch-max", "500", log=reports / "worker-e2e.log")
+        proc = start_vickrey(stack, "auction", log=reports / "worker-e2e.log")
         if not await wait_for_group(stack, stack.group("auction"), 60, proc):
             raise RuntimeError(f"the worker did not start; see {reports / 'worker-e2e.log'}")
         levels = [("warm-up", 0.1, 2.0), *((f"{f:.0%}", f, seconds) for f in fractions)]

@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VICKREY_SHARED", ROOT.parent / "shared"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The suite tests what runs: stale compiled modules (older than their source) would test old
+    code, so they stop it; CI also requires the hot path compiled (VICKREY_REQUIRE_NATIVE=1)."""
+    from vickrey import native
+
+    try:
+        native.check(require=os.environ.get("VICKREY_REQUIRE_NATIVE") == "1")
+    except RuntimeError as problem:
+        pytest.exit(str(problem), returncode=3)
+
+
 def unique_tag(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 

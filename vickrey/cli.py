@@ -423,7 +423,7 @@ COMMANDS: tuple[tuple[str, str, str, Handler | None, tuple[str, ...], tuple[Arg,
      "ad.decisions and ad.impressions in Kafka transactions. Scale out by running more of them.",
      _role("auction.worker", "vickrey auction"), ALL_SETTINGS,
      (_opt("--workers", "worker processes (default 1)", type=int, default=1, metavar="N"),
-      _opt("--batch-max", "max events per batch (default 500)", type=int, default=500, metavar="N"),
+      _opt("--batch-max", "max events per batch and Kafka transaction (default 2000)", type=int, default=2000, metavar="N"),
       _opt("--linger-ms", "batch linger in ms (default 5)", type=int, default=5, metavar="MS"),
       _opt("--instance", "stable name of this worker (its transactional id and static group member id):\n"
            "a restarted worker with the same name takes over at once; default: host-pid",

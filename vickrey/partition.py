@@ -1,38 +1,40 @@
 """Kafka's default key partitioner (murmur2, as the Java client and aiokafka compute it), faster.
 
-aiokafka's pure-Python murmur2 assembles every word byte by byte (~5 µs a key); unpacking the
-words in one `struct` call does the same arithmetic in a fraction of that. Keys must land where
-other clients put them (ad.impressions and ad.clicks.raw are joined by partition), so tests
-compare this with aiokafka's implementation.
+Keys must land where other clients put them (ad.impressions and ad.clicks.raw are joined by
+partition), so tests compare this with aiokafka's implementation. Written for mypyc (see
+vickrey/native.py): with native 64-bit integers the word loop compiles to plain C arithmetic
+(~0.1 µs a key, against ~5 µs for aiokafka's pure-Python version); every product of a 32-bit
+word and the 31-bit constant fits in 63 bits.
 """
 
 from __future__ import annotations
 
-import struct
+from mypy_extensions import i64
 
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-_SEED = 0x9747B28C
+_M: i64 = 0x5BD1E995
+_MASK: i64 = 0xFFFFFFFF
+_SEED: i64 = 0x9747B28C
 
 
 def murmur2(data: bytes) -> int:
-    length = len(data)
-    h = (_SEED ^ length) & _MASK
-    words = length >> 2
-    if words:
-        for k in struct.unpack_from(f"<{words}I", data):
-            k = (k * _M) & _MASK
-            k ^= k >> 24
-            k = (k * _M) & _MASK
-            h = ((h * _M) & _MASK) ^ k
-    tail = length & 3
+    length: i64 = len(data)
+    h: i64 = (_SEED ^ length) & _MASK
+    end: i64 = length & ~3
+    i: i64 = 0
+    while i < end:
+        k: i64 = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+        i += 4
+    tail: i64 = length & 3
     if tail:
-        base = length & ~3
         if tail == 3:
-            h ^= data[base + 2] << 16
+            h ^= data[end + 2] << 16
         if tail >= 2:
-            h ^= data[base + 1] << 8
-        h ^= data[base]
+            h ^= data[end + 1] << 8
+        h ^= data[end]
         h = (h * _M) & _MASK
     h ^= h >> 13
     h = (h * _M) & _MASK
