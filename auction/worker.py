@@ -16,14 +16,12 @@ import os
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from redis.asyncio import Redis
 
 from auction.budgets import Answer, BudgetReserver, Claim, Reservation
@@ -34,11 +32,13 @@ from auction.live import LiveState
 from auction.model import AuctionRequest, AuctionResult, NoFillReason
 from auction.pacing import SpendView, utc_day
 from auction.people import PeopleCache
+from auction.rebalance import BetweenBatches
 from auction.records import SEPARATOR, build_records, encode_outcome, split_outcome
+from auction.worker_metrics import Tally, WorkerMetrics
 from schemas.codec import RecordError, decode, dlq_record, encode
 from vickrey import logs, native
 from vickrey.kafka import BatchSender, transactional_consumer, transactional_producer
-from vickrey.metrics import Metrics, serve
+from vickrey.metrics import serve
 from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.auction")
@@ -72,72 +72,6 @@ class Pending:
     encoded: list[bytes] = field(default_factory=list)  # decision, then impressions
     impression_ids: list[str] = field(default_factory=list)
     no_fill_reason: str | None = None
-
-
-@dataclass(slots=True)
-class Tally:
-    """Per-batch counts, added to the metrics once per batch rather than once per event."""
-
-    events_in: int = 0
-    decisions: int = 0
-    fills: int = 0
-    impressions: int = 0
-    replays: int = 0
-    no_fill: Counter[str] = field(default_factory=Counter)
-
-    def publish(self, metrics: WorkerMetrics) -> None:
-        metrics.events_in.inc(self.events_in)
-        metrics.decisions.inc(self.decisions)
-        metrics.fills.inc(self.fills)
-        metrics.impressions.inc(self.impressions)
-        metrics.replays.inc(self.replays)
-        for reason, count in self.no_fill.items():
-            metrics.no_fill.inc(count, reason=reason)
-
-
-class WorkerMetrics:
-    def __init__(self) -> None:
-        self.registry = Metrics()
-        m = self.registry
-        self.events_in = m.counter("vickrey_auction_events_in_total", "Intent records consumed")
-        self.decisions = m.counter("vickrey_auction_decisions_total", "Decisions published")
-        self.fills = m.counter("vickrey_auction_fills_total", "Decisions with at least one ad")
-        self.impressions = m.counter("vickrey_auction_impressions_total", "Impressions published")
-        self.no_fill = m.counter("vickrey_auction_no_fill_total", "Decisions without ads, by reason")
-        self.dlq = m.counter("vickrey_auction_dlq_total", "Records sent to the DLQ, by kind")
-        self.replays = m.counter("vickrey_auction_replayed_total", "Events whose kept outcome was republished")
-        self.refusals = m.counter("vickrey_auction_refusals_total", "Reservations Redis refused, by reason")
-        self.batch_size = m.histogram(
-            "vickrey_auction_batch_size", "Records per batch", (1, 10, 50, 100, 250, 500, 1000, 2000)
-        )
-        self.latency = m.histogram(
-            "vickrey_auction_batch_seconds",
-            "Time to auction and commit one batch",
-            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-        )
-        self.auction_latency = m.histogram(
-            "vickrey_auction_engine_seconds_per_event",
-            "Engine time per auction (batch engine time / events)",
-            (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001),
-        )
-        self.lag = m.gauge("vickrey_auction_consumer_lag", "Records behind the partition end, by partition")
-        self.campaigns = m.gauge("vickrey_auction_campaigns", "Active campaigns in the index")
-
-
-class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are only given up between batches: the batch being auctioned finishes and
-    the transaction in flight commits first."""
-
-    def __init__(self, worker: AuctionWorker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self.worker.batch_lock:
-            await self.worker._settle_commit()
-            log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in revoked)})
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
 
 
 class AuctionWorker:
@@ -195,7 +129,7 @@ class AuctionWorker:
         await self.producer.start()
         await self.consumer.start()
         await self.controls.start()
-        self.consumer.subscribe([self.settings.topic(INPUT)], listener=_Revocation(self))
+        self.consumer.subscribe([self.settings.topic(INPUT)], listener=BetweenBatches(self.batch_lock, self._settle_commit))
         self._runner = await serve(self.metrics.registry, self.settings.metrics_port, lambda: self.ready)
         self._tasks = [
             asyncio.create_task(self.live.follow_changes(self.stop_event)),

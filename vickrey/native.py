@@ -34,6 +34,8 @@ MODULES = (
     "auction/records.py",
     "auction/budgets.py",
     "auction/people.py",
+    "auction/worker_metrics.py",
+    "auction/worker.py",
     "schemas/checks.py",
     "schemas/records.py",
     "vickrey/partition.py",
