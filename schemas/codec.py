@@ -11,6 +11,7 @@ import base64
 import json
 from collections.abc import Callable
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,7 +43,7 @@ _TOPICS: Final[dict[str, tuple[Validator, int]]] = {
 _DLQ: Final[tuple[Validator, int]] = (records.check_dlq, 2 * 1024 * 1024)
 DLQ_KEEP_BYTES: Final = 256 * 1024  # of an oversized key or value, so the DLQ record fits a Kafka message
 _ERROR_MAX: Final = 1000
-SCHEMA_DIR: Final = Path(__file__).resolve().parent
+SCHEMA_DIR: Final = Path(str(resources.files("schemas")))  # not __file__: this module may be compiled
 
 
 def _topic(topic: str) -> tuple[Validator, int]:

@@ -38,6 +38,7 @@ MODULES = (
     "auction/worker.py",
     "schemas/checks.py",
     "schemas/records.py",
+    "schemas/codec.py",
     "vickrey/partition.py",
     "vickrey/kafka.py",
 )
