@@ -28,6 +28,7 @@ from loadtests.bench_report import TARGETS, markdown_block, table, update_markdo
 from loadtests.plot import bench_plot
 from loadtests.profile import summarise
 from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
+from vickrey import native
 from vickrey.settings import Settings
 
 KEYS = (
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     args.reports.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = dict.fromkeys(KEYS)
     results.update(machine=machine(), command=command, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    # What ran: the compiled hot path (vickrey/native.py) or the same source interpreted.
+    results["hot_path"] = native.check()
     missing: dict[str, str] = {}
     details: dict[str, Any] = {}
 
