@@ -54,5 +54,9 @@ class WorkerMetrics:
             "Engine time per auction (batch engine time / events)",
             (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001),
         )
+        self.full_gc = m.histogram(
+            "vickrey_auction_full_gc_seconds", "Full garbage collections, run between batches",
+            (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
         self.lag = m.gauge("vickrey_auction_consumer_lag", "Records behind the partition end, by partition")
         self.campaigns = m.gauge("vickrey_auction_campaigns", "Active campaigns in the index")
