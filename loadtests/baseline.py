@@ -3,7 +3,8 @@
 `python -m loadtests.baseline --group G --expect N` consumes the stack's `chat.intents` from the
 beginning in its own consumer group, decodes every record with `schemas.codec.decode` (the same
 validation the worker does), re-encodes it and produces it to `baseline.out` (key user_id),
-until N records went through; then flushes and exits. No transactions, no auctions, no Redis:
+until N records went through; then flushes, prints the count and its CPU seconds at the start and
+end of consuming, and exits. No transactions, no auctions, no Redis:
 what one process moves when it only does the Kafka and codec work.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -21,7 +23,8 @@ from vickrey.settings import Settings
 OUTPUT = "baseline.out"
 
 
-async def run(settings: Settings, group: str, expect: int, batch_max: int = 500) -> int:
+async def run(settings: Settings, group: str, expect: int, batch_max: int = 500) -> tuple[int, float, float]:
+    """Records moved, and this process's CPU seconds when consuming began and when it ended."""
     consumer = AIOKafkaConsumer(
         settings.topic("chat.intents"),
         bootstrap_servers=settings.kafka,
@@ -36,6 +39,7 @@ async def run(settings: Settings, group: str, expect: int, batch_max: int = 500)
     await consumer.start()
     out = settings.topic(OUTPUT)
     done = 0
+    cpu_start = time.process_time()
     try:
         while done < expect:
             batch = await consumer.getmany(timeout_ms=1000, max_records=batch_max)
@@ -48,10 +52,11 @@ async def run(settings: Settings, group: str, expect: int, batch_max: int = 500)
                     await producer.send(out, encode(intent), key=record.key)
                     done += 1
         await producer.flush()
+        cpu_end = time.process_time()
     finally:
         await consumer.stop()
         await producer.stop()
-    return done
+    return done, cpu_start, cpu_end
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", required=True, help="consumer group (use a new one per run)")
     parser.add_argument("--expect", type=int, required=True, help="stop after this many records")
     args = parser.parse_args(argv)
-    done = asyncio.run(run(Settings.from_env(), args.group, args.expect))
-    print(done)
+    done, cpu_start, cpu_end = asyncio.run(run(Settings.from_env(), args.group, args.expect))
+    print(done, f"{cpu_start:.3f}", f"{cpu_end:.3f}")  # read by loadtests.bench_kafka
     return 0
 
 

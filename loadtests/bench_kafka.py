@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from loadtests import workload
+from loadtests import cpu, workload
 from loadtests.baseline import OUTPUT
 from loadtests.stack import (
     ROOT,
@@ -127,6 +127,8 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
     worker_rates: list[float] = []
     notes: list[str] = []
     per_event = 0.0
+    baseline_cpu: list[dict[str, float | None]] = []
+    worker_cpu: list[dict[str, float | None]] = []
     try:
         await create_topics(stack, extra=[OUTPUT])
         await produce_all(stack, encoded(workload.intents(events, tag="t")), progress)
@@ -135,12 +137,17 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
             # -- the plain loop --
             out = stack.topic(OUTPUT)
             start = await end_offsets(stack, out)
+            cpu_before = await cpu.snapshot(stack, None)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "loadtests.baseline", "--group", stack.group(f"baseline-{run}"), "--expect", str(events)],
-                env=env_for(stack), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                env=env_for(stack), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             )
             await _wait_baseline(stack, out, start, events, proc, 300, f"baseline run {run + 1}/{runs}", progress)
+            cpu_after = await cpu.snapshot(stack, None)
+            # The loop reports its own CPU seconds (start and end of consuming) on stdout.
+            _, cpu_before["process"], cpu_after["process"] = (float(x) for x in proc.communicate()[0].split())
             count, first, last = await read_span(stack, out, start, timeout=120)
+            baseline_cpu.append(cpu.per_event_us(cpu_before, cpu_after, count))
             baseline_rates.append(count / max(0.001, (last - first) / 1000))
             progress(f"baseline run {run + 1}/{runs}: {baseline_rates[-1]:,.0f} events/s")
 
@@ -157,10 +164,12 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
             try:
                 if not await wait_for_group(ns, ns.group("auction"), 60, proc):
                     raise RuntimeError(f"the worker did not start; see {reports / f'worker-run{run}.log'}")
+                cpu_before = await cpu.snapshot(ns, proc.pid)
                 if profile and run == runs - 1:
                     spy = _profile(proc.pid, 8, reports / "worker-profile.txt")
                 await _wait_consumed(ns, ns.group("auction"), ns.topic("chat.intents"), proc, 600,
                                      f"worker run {run + 1}/{runs}", progress)
+                cpu_after = await cpu.snapshot(ns, proc.pid)
             finally:
                 if spy is not None:
                     spy.wait(30)
@@ -169,6 +178,7 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
             count, first, last = await read_span(ns, decisions, start, timeout=120)
             if dlq_count:
                 notes.append(f"worker run {run + 1}: {dlq_count} records went to the DLQ")
+            worker_cpu.append(cpu.per_event_us(cpu_before, cpu_after, count))
             worker_rates.append(count / max(0.001, (last - first) / 1000))
             progress(f"worker run {run + 1}/{runs}: {worker_rates[-1]:,.0f} events/s ({count:,} decisions)")
             if run == runs - 1:
@@ -188,8 +198,19 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
         "baseline_runs": [round(r) for r in baseline_rates],
         "worker_runs": [round(r) for r in worker_rates],
         "throughput_events_per_run": events,
+        # µs of CPU per event (median of the runs) of the measured process, Redis and the broker
+        "cpu_us_per_event": {"baseline": _median_parts(baseline_cpu), "worker": _median_parts(worker_cpu)},
         "notes": notes,
     }
+
+
+def _median_parts(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    parts = runs[0].keys() if runs else ()
+    out: dict[str, float | None] = {}
+    for part in parts:
+        values = [run[part] for run in runs if run.get(part) is not None]
+        out[part] = round(statistics.median([v for v in values if v is not None]), 1) if values else None
+    return out
 
 
 # -- latency ---------------------------------------------------------------------------------------

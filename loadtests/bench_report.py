@@ -87,6 +87,13 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
     if runs:
         lines += ["", f"Runs ({runs.get('throughput_events_per_run', 0):,} events each, median taken): "
                   f"baseline {runs.get('baseline_runs')}, worker {runs.get('worker_runs')} events/s."]
+    parts = runs.get("cpu_us_per_event") if runs else None
+    if parts:
+        lines += ["", "CPU per event, µs (median of the runs; the process, Redis and the broker share the cores, "
+                  "so a side's ceiling is the cores divided by its total):", "",
+                  "| side | process | Redis | broker | total |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {side} | {p.get('process')} | {p.get('redis')} | {p.get('broker')} | {p.get('total')} |"
+                  for side, p in parts.items()]
     engine = details.get("engine", {})
     if engine:
         lines += [f"Engine runs {engine.get('engine_runs')} auctions/s; index builds {engine.get('index_build_runs_s')} s."]
