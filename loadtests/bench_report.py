@@ -94,6 +94,7 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
                   "| side | process | Redis | broker | total |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {side} | {p.get('process')} | {p.get('redis')} | {p.get('broker')} | {p.get('total')} |"
                   for side, p in parts.items()]
+        lines += [""]
     engine = details.get("engine", {})
     if engine:
         lines += [f"Engine runs {engine.get('engine_runs')} auctions/s; index builds {engine.get('index_build_runs_s')} s."]
