@@ -17,8 +17,8 @@ $(BIN)/vickrey: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(BIN)/vickrey
 
-# The modules vickrey/native.py compiles with mypyc (its MODULES list).
-NATIVE_SOURCES := $(shell sed -n 's/^    "\([a-z/_]*\.py\)",$$/\1/p' vickrey/native.py)
+# The modules vickrey/native.py compiles with mypyc (its MODULES list; stdlib only, no venv needed).
+NATIVE_SOURCES := $(shell $(PY) vickrey/native.py sources)
 
 build/native-manifest.json: $(BIN)/vickrey vickrey/native.py $(NATIVE_SOURCES)
 	$(BIN)/python -m vickrey.native build -q

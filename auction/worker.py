@@ -217,10 +217,10 @@ class AuctionWorker:
     async def _step(self) -> None:
         generation = self.generation
         batch = await self._next_batch()
-        self.last_batch_at = time.monotonic() if batch else self.last_batch_at
         if not batch:
             await self._settle_commit()
             return
+        self.last_batch_at = time.monotonic()
         async with self.batch_lock:
             # A rebalance may have taken partitions between getmany() and the lock.
             assigned = self.consumer.assignment()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from loadtests.stack import ROOT
 from vickrey.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 BROKER_PIDFILE = ROOT / ".local" / "run" / "kafka.pid"
 CpuSeconds = dict[str, float | None]
 

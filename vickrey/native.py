@@ -132,9 +132,13 @@ def build(quiet: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vickrey.native", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("build", "status", "clean"), help="compile, show what runs compiled, or remove the builds")
+    parser.add_argument("command", choices=("build", "status", "clean", "sources"),
+                        help="compile, show what runs compiled, remove the builds, or list the compiled sources")
     parser.add_argument("-q", "--quiet", action="store_true", help="less compiler output")
     args = parser.parse_args(argv)
+    if args.command == "sources":  # for the Makefile's dependencies
+        print(" ".join(MODULES))
+        return 0
     if args.command == "build":
         build(args.quiet)
     elif args.command == "clean":

@@ -64,3 +64,8 @@ def test_the_loaded_module_is_the_one_status_names(source: str) -> None:
         assert loaded.endswith(native.SUFFIXES), loaded
     else:
         assert loaded.endswith(".py"), loaded
+
+
+def test_sources_lists_the_modules_for_the_makefile(capsys: pytest.CaptureFixture[str]) -> None:
+    assert native.main(["sources"]) == 0
+    assert capsys.readouterr().out.split() == list(native.MODULES)
