@@ -61,7 +61,7 @@ FETCH_MAX_WAIT_MS = 100
 # Events per batch, and so per Kafka transaction, at most. Each transaction costs the broker a
 # few milliseconds of CPU (partitions added, offsets, commit markers on every partition written):
 # at 500 events that was ~20 µs per event, at 2,000 about half. A quiet stream still commits
-# small batches at once (linger_ms), so this bounds only how much a backlog takes per commit.
+# small batches at once, so this bounds only how much a backlog takes per commit.
 BATCH_MAX = 2000
 
 
@@ -82,7 +82,7 @@ class AuctionWorker:
         settings: Settings,
         instance: str | None = None,
         batch_max: int = BATCH_MAX,
-        linger_ms: int = 5,
+        linger_ms: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -188,16 +188,20 @@ class AuctionWorker:
                 self.metrics.full_gc.observe(time.perf_counter() - began)
 
     async def _next_batch(self) -> Batch:
-        """Up to batch_max records: what is buffered now, topped up for at most linger_ms, so a
-        busy stream commits one transaction per full batch and a quiet one waits little."""
+        """Up to batch_max records: what is buffered now, topped up while the previous
+        transaction still commits (this batch could not commit before it anyway), then for at
+        most linger_ms. A quiet stream so commits an event at once, and a busy one commits
+        whatever arrived during the last commit, one transaction per commit time."""
         batch: Batch = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_max)
         count = sum(len(records) for records in batch.values())
         deadline = time.monotonic() + self.linger_ms / 1000
-        while batch and count < self.batch_max and time.monotonic() < deadline:
-            more = await self.consumer.getmany(timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)),
-                                               max_records=self.batch_max - count)
-            if not more:
+        while batch and count < self.batch_max:
+            committing = self._committing is not None and not self._committing.done()
+            left_ms = (deadline - time.monotonic()) * 1000
+            if not committing and left_ms <= 0:
                 break
+            more = await self.consumer.getmany(timeout_ms=1 if committing else max(1, int(left_ms)),
+                                               max_records=self.batch_max - count)
             for tp, records in more.items():
                 batch.setdefault(tp, []).extend(records)
                 count += len(records)
@@ -449,7 +453,7 @@ def _tune_gc() -> None:
     gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, FULL_GC_NEVER)
 
 
-async def run_worker(settings: Settings, instance: str | None = None, batch_max: int = BATCH_MAX, linger_ms: int = 5) -> None:
+async def run_worker(settings: Settings, instance: str | None = None, batch_max: int = BATCH_MAX, linger_ms: int = 0) -> None:
     worker = AuctionWorker(settings, instance=instance, batch_max=batch_max, linger_ms=linger_ms)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -473,7 +477,7 @@ def main(settings: Settings, args: Any) -> int:
             settings,
             instance=getattr(args, "instance", None),
             batch_max=getattr(args, "batch_max", BATCH_MAX),
-            linger_ms=getattr(args, "linger_ms", 5),
+            linger_ms=getattr(args, "linger_ms", 0),
         )
     )
     return 0

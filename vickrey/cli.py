@@ -424,7 +424,7 @@ COMMANDS: tuple[tuple[str, str, str, Handler | None, tuple[str, ...], tuple[Arg,
      _role("auction.worker", "vickrey auction"), ALL_SETTINGS,
      (_opt("--workers", "worker processes (default 1)", type=int, default=1, metavar="N"),
       _opt("--batch-max", "max events per batch and Kafka transaction (default 2000)", type=int, default=2000, metavar="N"),
-      _opt("--linger-ms", "batch linger in ms (default 5)", type=int, default=5, metavar="MS"),
+      _opt("--linger-ms", "extra wait for a fuller batch when no commit is in flight, in ms (default 0: a batch fills while the previous one commits)", type=int, default=0, metavar="MS"),
       _opt("--instance", "stable name of this worker (its transactional id and static group member id):\n"
            "a restarted worker with the same name takes over at once; default: host-pid",
            default=None, metavar="NAME"))),

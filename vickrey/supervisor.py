@@ -96,7 +96,7 @@ def supervise(children: list[Child]) -> int:
 
 
 def auction_children(args: Any, count: int, base: str) -> list[Child]:
-    extra = ["--batch-max", str(getattr(args, "batch_max", 2000)), "--linger-ms", str(getattr(args, "linger_ms", 5))]
+    extra = ["--batch-max", str(getattr(args, "batch_max", 2000)), "--linger-ms", str(getattr(args, "linger_ms", 0))]
     return [
         Child(f"auction-{i}", vickrey_argv("auction", "--instance", f"{base}-{i}", *extra)) for i in range(count)
     ]

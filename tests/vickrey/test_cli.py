@@ -112,7 +112,7 @@ def test_role_receives_settings_and_parsed_args(monkeypatch: pytest.MonkeyPatch)
     assert cli.main(["auction", "--workers", "2", "--batch-max", "100"]) == 3
     args = seen["args"]
     assert isinstance(args, argparse.Namespace)
-    assert (args.workers, args.batch_max, args.linger_ms) == (2, 100, 5)
+    assert (args.workers, args.batch_max, args.linger_ms) == (2, 100, 0)
     assert isinstance(seen["settings"], Settings) and seen["settings"].namespace == "nsx"
 
 
