@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -281,6 +282,24 @@ async def _offer(settings: Settings, records: list[tuple[bytes, bytes, str]], ra
     }
 
 
+async def _cpu_of_latency(settings: Settings, worker_pid: int) -> cpu.CpuSeconds:
+    """The worker's, Redis's and the broker's CPU seconds, and this process's (the load generator
+    and the measuring reader, which share the cores with what they measure)."""
+    parts = await cpu.snapshot(settings, worker_pid)
+    parts["load_generator"] = cpu.process_cpu_s(os.getpid())
+    return parts
+
+
+def latency_cpu(before: cpu.CpuSeconds, after: cpu.CpuSeconds, events: int, wall_s: float) -> dict[str, Any]:
+    """CPU per event of each process during one latency point, and how many cores were busy:
+    near the machine's core count, queueing (not the worker) sets the tail."""
+    measured = cpu.per_event_us(before, after, events)
+    per_event = {"worker": measured.pop("process"), **measured}
+    total = per_event.get("total")
+    busy = None if total is None or wall_s <= 0 else round(total * events / 1e6 / wall_s, 2)
+    return {"cpu_us_per_event": per_event, "cores_busy": busy}
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
@@ -303,7 +322,10 @@ async def latency(base: Settings, max_rate: float, fractions: list[float], secon
             intents = workload.intents(int(rate * duration), seed=100 + n, tag=f"l{n}")
             records = [(i["user_id"].encode(), orjson.dumps(i), i["event_id"]) for i in intents]
             progress(f"latency at {label} of max: {rate:,.0f} events/s for {duration:g} s")
+            cpu_before, began = await _cpu_of_latency(stack, proc.pid), time.perf_counter()
             point = await _offer(stack, records, rate, settle_s=10.0, fetch_max_wait_ms=fetch_max_wait_ms)
+            point.update(latency_cpu(cpu_before, await _cpu_of_latency(stack, proc.pid), len(records),
+                                     time.perf_counter() - began))
             if label != "warm-up":
                 point["fraction_of_max"] = fraction
                 points.append(point)

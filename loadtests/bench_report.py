@@ -100,10 +100,12 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
         lines += [f"Engine runs {engine.get('engine_runs')} auctions/s; index builds {engine.get('index_build_runs_s')} s."]
     curve = details.get("latency_curve") or []
     if curve:
-        lines += ["", "| offered load | offered events/s | decisions/s | p50 ms | p95 ms | p99 ms | missing |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| offered load | offered events/s | decisions/s | p50 ms | p95 ms | p99 ms | missing "
+                  "| cores busy | CPU µs/event: worker / load generator / Redis / broker |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {p['fraction_of_max']:.0%} | {p['offered_events_per_s']:,} | {p['throughput_events_per_s']:,} | "
-                  f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['missing']} |" for p in curve]
+                  f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['missing']} | {p.get('cores_busy')} | "
+                  f"{_cpu_parts(p.get('cpu_us_per_event'))} |" for p in curve]
     for key, reason in (results.get("missing") or {}).items():
         lines += ["", f"`{key}` is null: {reason}."]
     profile = details.get("worker_profile")
@@ -116,6 +118,12 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
         lines += ["", f"![throughput and latency against offered load]({os.path.relpath(plot, md_dir)})"]
     lines.append(END)
     return "\n".join(lines)
+
+
+def _cpu_parts(parts: dict[str, Any] | None) -> str:
+    if not parts:
+        return "n/a"
+    return " / ".join(str(parts.get(part)) for part in ("worker", "load_generator", "redis", "broker"))
 
 
 def update_markdown(path: Path, block: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import cpu
+from loadtests.bench_kafka import latency_cpu
 from loadtests.bench_report import markdown_block
 from vickrey.settings import Settings
 
@@ -51,3 +52,17 @@ def test_markdown_shows_the_cpu_table(tmp_path: Path) -> None:
     }
     block = markdown_block(results, tmp_path / "nope.png", tmp_path)
     assert "| worker | 60.0 | 33.0 | 11.0 | 104.0 |" in block and "| baseline | 18.0 | 0.0 | 5.0 | 23.0 |" in block
+
+
+def test_latency_points_report_each_process_and_cores_busy(tmp_path: Path) -> None:
+    before = {"process": 2.0, "redis": 10.0, "broker": 100.0, "load_generator": 5.0}
+    after = {"process": 2.6, "redis": 10.2, "broker": 100.5, "load_generator": 5.4}
+    point = latency_cpu(before, after, events=10_000, wall_s=2.0)
+    assert point["cpu_us_per_event"] == {"worker": 60.0, "redis": 20.0, "broker": 50.0, "load_generator": 40.0,
+                                         "total": 170.0}
+    assert point["cores_busy"] == 0.85  # 1.7 CPU seconds in 2 s of wall time
+    assert latency_cpu({**before, "broker": None}, after, 10_000, 2.0)["cores_busy"] is None
+    curve = [{"fraction_of_max": 0.5, "offered_events_per_s": 5000, "throughput_events_per_s": 4990, "p50_ms": 20.0,
+              "p95_ms": 40.0, "p99_ms": 60.0, "missing": 0, **point}]
+    block = markdown_block({"details": {"latency_curve": curve}}, tmp_path / "nope.png", tmp_path)
+    assert "| 50% | 5,000 | 4,990 | 20.0 | 40.0 | 60.0 | 0 | 0.85 | 60.0 / 40.0 / 20.0 / 50.0 |" in block
