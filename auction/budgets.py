@@ -2,11 +2,15 @@
 
 `reserve.lua` checks and reserves budgets and frequency caps for every auction of a batch in
 one EVALSHA (one round trip), and keeps each event's outcome so that a replayed batch gets the
-first answer back instead of a second charge.
+first answer back instead of a second charge. The outcomes of one call are kept together in one
+blob, which the worker lets go (`committed`) once the Kafka transaction that published them has
+committed: only a batch whose commit failed is ever replayed. What stays for the event TTL is
+where each event came from, so a reused event_id is still caught.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -21,7 +25,7 @@ def user_key(namespace: str, user_id: str, *parts: str) -> str:
     """A per-person key: under the person's hash tag, so `forget` finds and erases them all."""
     return ":".join((namespace, f"{{u:{user_id}}}", *parts))
 
-AnswerKind = Literal["ok", "replay", "dup", "refused"]
+AnswerKind = Literal["ok", "replay", "committed", "dup", "refused"]
 
 
 @dataclass(slots=True)
@@ -57,6 +61,7 @@ class Answer:
 
 
 OK = Answer("ok")
+COMMITTED = Answer("committed")
 
 
 class BudgetReserver:
@@ -64,21 +69,40 @@ class BudgetReserver:
         self.namespace = namespace
         self.outcome_ttl_s = outcome_ttl_s
         self._script = redis.register_script(SCRIPT)
+        self._redis = redis
+        self._drop: list[str] = []  # blobs whose outcomes are committed in Kafka
 
-    async def reserve(self, claims: list[Claim], day: str) -> tuple[list[Answer], list[tuple[str, int, int]]]:
-        """Answers in claim order, and (campaign_id, spend today, spend total) of every campaign
-        the batch touched, as Redis holds them afterwards."""
+    async def reserve(self, claims: list[Claim], day: str) -> tuple[list[Answer], list[tuple[str, int, int]], str]:
+        """Answers in claim order, (campaign_id, spend today, spend total) of every campaign the
+        batch touched as Redis holds them afterwards, and the id of the blob that keeps the
+        outcomes of this call (hand it to `committed` once they are published)."""
         if not claims:
-            return [], []
-        meta = orjson.dumps(
-            [[claim.event_id, claim.source, claim.user_id, [r.as_list() for r in claim.reservations]] for claim in claims]
-        )
-        args: list[bytes | str | int] = [self.namespace, day, self.outcome_ttl_s, meta]
-        # What Redis keeps per event, ready to store: "<partition>:<offset>\n" + outcome.
-        args += [b"%s\n%s" % (claim.source.encode(), claim.outcome) for claim in claims]
+            return [], [], ""
+        blob_id = os.urandom(8).hex()
+        meta: list[Any] = []
+        start = 0
+        for claim in claims:
+            length = len(claim.outcome)
+            meta.append([claim.event_id, claim.source, claim.user_id, [r.as_list() for r in claim.reservations],
+                         f"{claim.source}\n@{blob_id} {start} {length}"])
+            start += length
+        drop = self._drop[:]
+        args: list[bytes | str | int] = [self.namespace, day, self.outcome_ttl_s, orjson.dumps(meta), blob_id,
+                                         b"".join([claim.outcome for claim in claims]), *drop]
         raw = await self._script(keys=[], args=args)
+        del self._drop[: len(drop)]  # only once Redis has dropped them
         answers, spends = orjson.loads(raw)
-        return [_answer(item) for item in answers], [(str(c), int(t), int(s)) for c, t, s in (spends or [])]
+        return [_answer(item) for item in answers], [(str(c), int(t), int(s)) for c, t, s in (spends or [])], blob_id
+
+    def committed(self, blob_ids: list[str]) -> None:
+        """These blobs' outcomes are published and committed: the next call drops them."""
+        self._drop += [blob_id for blob_id in blob_ids if blob_id]
+
+    async def drop_committed(self) -> None:
+        """Drop the committed blobs now (at shutdown, when no further call would)."""
+        drop, self._drop = self._drop, []
+        if drop:
+            await self._redis.unlink(*(f"{self.namespace}:{{b:{blob_id}}}" for blob_id in drop))
 
 
 def _answer(item: list[Any]) -> Answer:
@@ -87,6 +111,8 @@ def _answer(item: list[Any]) -> Answer:
         return OK
     if kind == "replay":
         return Answer("replay", outcome=str(item[1]).encode())
+    if kind == "committed":
+        return COMMITTED
     if kind == "dup":
         return Answer("dup", first_source=str(item[1]))
     return Answer("refused", refused={str(cid): str(reason) for cid, reason in item[1]})

@@ -1,14 +1,24 @@
 -- Vickrey: atomic budget + frequency-cap reservation for a batch of auctions, idempotent per event.
 --
--- ARGV[1] namespace, ARGV[2] UTC day (YYYYMMDD), ARGV[3] outcome TTL (s),
+-- ARGV[1] namespace, ARGV[2] UTC day (YYYYMMDD), ARGV[3] TTL (s) of what is kept per event,
 -- ARGV[4] JSON list of auctions, in order:
 --   {event_id, "<partition>:<offset>", user_id,
---    {{campaign_id, charge_micros, need_micros, cap_max, cap_window_s, advertiser_id}, ...}}
--- ARGV[4 + i] what to keep for auction i: its "<partition>:<offset>", a newline, then the exact
--- bytes to publish (its outcome), handed back on replays.
+--    {{campaign_id, charge_micros, need_micros, cap_max, cap_window_s, advertiser_id}, ...},
+--    "<partition>:<offset>\n@<blob id> <start> <length>"}
+-- ARGV[5] blob id, ARGV[6] the blob: every auction's outcome (the exact bytes to publish) end to
+-- end, auction i's at <start>, <length> bytes long; ARGV[7...] ids of blobs to drop.
+--
+-- What is kept: per decided event, `{e:<event_id>}:outcome` = where it came from and where its
+-- outcome is (the last element above), for the TTL, so a reused event_id is known for that long;
+-- the outcomes themselves in one blob per call, `{b:<blob id>}`. The caller drops a blob (ARGV[7...]
+-- of a later call) once the Kafka transaction that published its outcomes has committed: an
+-- outcome is only needed to replay a batch whose commit failed, and a kept copy of every record
+-- for a day would cost Redis ~2 KB per event.
 -- For each auction, in order, all or nothing:
 --   * an event already decided: {"replay", kept outcome} when it comes from the same record (a
---     batch replayed after a crash), {"dup", first src} when another record reused the event_id;
+--     batch replayed after a crash), {"committed"} when that record's outcome was dropped (it
+--     was published and committed: the record is read again only after its offsets were reset),
+--     {"dup", first src} when another record reused the event_id;
 --   * else every reservation is checked (the person has not hidden the advertiser, remaining
 --     daily and total budget >= need, the person's frequency-cap window below its max); if one
 --     fails nothing is written and the answer is {"refused", {{campaign_id, reason}, ...}} so
@@ -28,11 +38,25 @@
 
 local ns, day, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local auctions = cjson.decode(ARGV[4])
+local blob_key = ns .. ":{b:" .. ARGV[5] .. "}"
+local any_ok = false
 local answers = {}
 local DAY_TTL = 3 * 86400
 local CHUNK = 1000  -- keys per MGET/EXISTS (unpack works on the Lua stack)
 local call = redis.call
 local find, sub, format = string.find, string.sub, string.format
+
+local function blob_of(id) return ns .. ":{b:" .. id .. "}" end
+
+-- A kept value's answer for a record from the same source: the outcome, or "committed".
+local function replayed(rest)
+  if sub(rest, 1, 1) ~= "@" then return {"replay", rest} end  -- kept whole (before blobs)
+  local id, first, length = string.match(rest, "^@(%S+) (%d+) (%d+)$")
+  first, length = tonumber(first), tonumber(length)
+  local outcome = call("GETRANGE", blob_of(id), first, first + length - 1)
+  if #outcome ~= length then return {"committed"} end
+  return {"replay", outcome}
+end
 
 local function num(value)
   if value == false or value == nil then return 0 end
@@ -49,6 +73,9 @@ local function mget(keys)
   end
   return values
 end
+
+-- 0. Blobs whose outcomes are committed in Kafka.
+for j = 7, #ARGV do call("UNLINK", blob_of(ARGV[j])) end
 
 -- 1. What each event left before this batch, in one read.
 local okeys, ukeys = {}, {}
@@ -107,16 +134,16 @@ end
 
 -- 3. The auctions, in order.
 local touched, seen, charged = {}, {}, {}
-local decided = {}  -- outcome key -> ARGV index of the event decided by this batch
+local decided = {}  -- outcome key -> what this call kept for it (read for duplicates only)
 for i, a in ipairs(auctions) do
   local okey = okeys[i]
   local kept = kept_before[i]
-  if not kept and decided[okey] then kept = ARGV[decided[okey]] end
+  if not kept and decided[okey] then kept = decided[okey] end
   if kept then
     local sep = find(kept, "\n", 1, true)
     local src = sub(kept, 1, sep - 1)
     if src == a[2] then
-      answers[i] = {"replay", sub(kept, sep + 1)}
+      answers[i] = replayed(sub(kept, sep + 1))
     else
       answers[i] = {"dup", src}
     end
@@ -165,12 +192,16 @@ for i, a in ipairs(auctions) do
           end
         end
       end
-      call("SET", okey, ARGV[4 + i], "EX", ttl)
-      decided[okey] = 4 + i
+      call("SET", okey, a[5], "EX", ttl)
+      decided[okey] = a[5]
+      any_ok = true
       answers[i] = {"ok"}
     end
   end
 end
+
+-- The outcomes, kept a little longer than the events that point to them.
+if any_ok then call("SET", blob_key, ARGV[6], "EX", ttl + 60) end
 
 -- 4. Spend, once per charged campaign: what INCRBY charge by charge would have left, with the
 -- day key's expiry set when its spend started from nothing.

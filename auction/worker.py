@@ -160,6 +160,7 @@ class AuctionWorker:
         await self.consumer.stop()
         await self.producer.stop()
         await self._runner.cleanup()
+        await self.reserver.drop_committed()
         await self.redis.aclose()
         m = self.metrics
         log.info(
@@ -169,6 +170,7 @@ class AuctionWorker:
                 "events_in": m.events_in.get(),
                 "decisions": m.decisions.get(),
                 "replayed": m.replays.get(),
+                "already_committed": m.already_committed.get(),
                 "dlq": sum(m.dlq.values.values()),
             },
         )
@@ -232,10 +234,10 @@ class AuctionWorker:
             if not batch:
                 return
             started = time.perf_counter()
-            outputs = await self.process(batch)
+            outputs, blob_ids = await self.process(batch)
             if not await self._settle_commit() or generation != self.generation:
                 return  # the consumer was sent back before this batch: it comes again
-            self._committing = asyncio.create_task(self._commit(batch, outputs, started))
+            self._committing = asyncio.create_task(self._commit(batch, outputs, blob_ids, started))
 
     async def _settle_commit(self) -> bool:
         """Wait for the transaction in flight; False when it failed (and the consumer was sent
@@ -255,7 +257,7 @@ class AuctionWorker:
         self.generation += 1
         await asyncio.sleep(0.5)
 
-    async def _commit(self, batch: Batch, outputs: list[Output], started: float) -> bool:
+    async def _commit(self, batch: Batch, outputs: list[Output], blob_ids: list[str], started: float) -> bool:
         count = sum(len(records) for records in batch.values())
         try:
             async with self.producer.transaction():
@@ -268,6 +270,7 @@ class AuctionWorker:
             log.exception("batch failed, consuming again from the committed offsets", extra={"records": count})
             await self._rewind()
             return False
+        self.reserver.committed(blob_ids)  # published for good: their kept outcomes can go
         self.metrics.batch_size.observe(count)
         self.metrics.latency.observe(time.perf_counter() - started)
         for tp, records in batch.items():
@@ -278,12 +281,14 @@ class AuctionWorker:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    async def process(self, batch: Batch) -> list[Output]:
-        """Auction a batch; returns the records to publish as (topic, key, value)."""
+    async def process(self, batch: Batch) -> tuple[list[Output], list[str]]:
+        """Auction a batch; returns the records to publish as (topic, key, value), and the ids
+        of the Redis blobs that keep their outcomes until they are committed."""
         now_ms = int(self.clock() * 1000)
         day = utc_day(now_ms)
         self.engine.spend.roll_to(day)
         outputs: list[Output] = []
+        blob_ids: list[str] = []
         pending: list[Pending] = []
         tally = Tally()
         for records in batch.values():
@@ -313,17 +318,17 @@ class AuctionWorker:
                 engine_seconds += time.perf_counter() - began
                 auctions += len(chunk)
                 if in_flight is not None:
-                    self._settle_chunk(in_flight[0], await in_flight[1], outputs, now_ms, tally, again)
+                    self._settle_chunk(in_flight[0], await in_flight[1], outputs, blob_ids, now_ms, tally, again)
                 in_flight = (chunk, asyncio.ensure_future(reserve(claims, day)))
                 for _ in range(SEND_YIELDS):  # let the request go out before the next auctions
                     await asyncio.sleep(0)
             if in_flight is not None:
-                self._settle_chunk(in_flight[0], await in_flight[1], outputs, now_ms, tally, again)
+                self._settle_chunk(in_flight[0], await in_flight[1], outputs, blob_ids, now_ms, tally, again)
             pending = again
         if auctions:
             self.metrics.auction_latency.observe(engine_seconds / auctions, auctions)
         tally.publish(self.metrics)
-        return outputs
+        return outputs, blob_ids
 
     def _auction(self, item: Pending, now_ms: int, rounds: int) -> AuctionResult:
         result = self.engine.run(item.request, self.people.state_for(item.request.user_id, now_ms), item.refused)
@@ -359,13 +364,15 @@ class AuctionWorker:
     def _settle_chunk(
         self,
         chunk: list[Pending],
-        reply: tuple[list[Answer], list[tuple[str, int, int]]],
+        reply: tuple[list[Answer], list[tuple[str, int, int]], str],
         outputs: list[Output],
+        blob_ids: list[str],
         now_ms: int,
         tally: Tally,
         again: list[Pending],
     ) -> None:
-        answers, spends = reply
+        answers, spends, blob_id = reply
+        blob_ids.append(blob_id)
         self._record_spends(spends)
         settle = self._settle
         for item, answer in zip(chunk, answers, strict=True):
@@ -404,6 +411,12 @@ class AuctionWorker:
                 f"offset {offset}); a repeated event gets no second decision or charge"
             )
             outputs.append(self._dlq(item.record, error, now_ms, "duplicate"))
+            return False
+        if answer.kind == "committed":
+            # Its decision and impressions are already in Kafka, committed: the record is read
+            # again only because the group's offsets were moved back. Publishing nothing keeps
+            # billing exactly once.
+            tally.already_committed += 1
             return False
         if answer.kind == "replay":
             # Publish exactly what the first attempt kept, whatever changed since.

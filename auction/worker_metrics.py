@@ -17,6 +17,7 @@ class Tally:
     fills: int = 0
     impressions: int = 0
     replays: int = 0
+    already_committed: int = 0
     no_fill: Counter[str] = field(default_factory=Counter)
 
     def publish(self, metrics: WorkerMetrics) -> None:
@@ -25,6 +26,7 @@ class Tally:
         metrics.fills.inc(self.fills)
         metrics.impressions.inc(self.impressions)
         metrics.replays.inc(self.replays)
+        metrics.already_committed.inc(self.already_committed)
         for reason, count in self.no_fill.items():
             metrics.no_fill.inc(count, reason=reason)
 
@@ -40,6 +42,10 @@ class WorkerMetrics:
         self.no_fill = m.counter("vickrey_auction_no_fill_total", "Decisions without ads, by reason")
         self.dlq = m.counter("vickrey_auction_dlq_total", "Records sent to the DLQ, by kind")
         self.replays = m.counter("vickrey_auction_replayed_total", "Events whose kept outcome was republished")
+        self.already_committed = m.counter(
+            "vickrey_auction_already_committed_total",
+            "Records read again after their decision was committed (offsets moved back): nothing republished",
+        )
         self.refusals = m.counter("vickrey_auction_refusals_total", "Reservations Redis refused, by reason")
         self.batch_size = m.histogram(
             "vickrey_auction_batch_size", "Records per batch", (1, 10, 50, 100, 250, 500, 1000, 2000)

@@ -40,7 +40,7 @@ def claim(event_id: str, campaign_id: str, charge: int, user: str = "u1", cap: t
 async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
     client = Redis.from_url(settings.redis)
     try:
-        answers, _ = await BudgetReserver(client, settings.namespace, 3600).reserve(claims, DAY)
+        answers, _, _ = await BudgetReserver(client, settings.namespace, 3600).reserve(claims, DAY)
     finally:
         await client.aclose()
     return [a.kind for a in answers]
@@ -53,7 +53,7 @@ def _reserver_process(settings: Settings, worker: int, auctions: int, charges: l
         admitted = 0
         for start in range(0, auctions, 50):
             batch = [claim(f"w{worker}-e{i}", "tight", charges[i % len(charges)]) for i in range(start, start + 50)]
-            answers, _ = await reserver.reserve(batch, DAY)
+            answers, _, _ = await reserver.reserve(batch, DAY)
             for answer, item in zip(answers, batch, strict=True):
                 if answer.kind == "ok":
                     admitted += item.reservations[0].charge_micros
@@ -123,7 +123,7 @@ async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis
     set_budget(redis_client, settings, "poor", daily=5, total=5)
     two = Claim("e1", "0:1", "u1", b"{}", [Reservation("rich", 50, 50), Reservation("poor", 6, 6)])
     client = Redis.from_url(settings.redis)
-    answers, spends = await BudgetReserver(client, settings.namespace, 3600).reserve([two], DAY)
+    answers, spends, _ = await BudgetReserver(client, settings.namespace, 3600).reserve([two], DAY)
     await client.aclose()
     assert answers[0].kind == "refused" and answers[0].refused == {"poor": "budget"}
     assert spend(redis_client, settings, "rich") == (0, 0)
@@ -137,10 +137,10 @@ async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: r
     first = Claim("e1", "0:1", "u1", outcome, [Reservation("c", 3, 3)])
     client = Redis.from_url(settings.redis)
     reserver = BudgetReserver(client, settings.namespace, 3600)
-    (answer,), spends = await reserver.reserve([first], DAY)
+    (answer,), spends, _ = await reserver.reserve([first], DAY)
     assert answer.kind == "ok" and spends == [("c", 3, 3)]
     changed = Claim("e1", "0:1", "u1", b"something else", [Reservation("c", 99, 99)])
-    (again,), _ = await reserver.reserve([changed], DAY)
+    (again,), _, _ = await reserver.reserve([changed], DAY)
     await client.aclose()
     assert again.kind == "replay" and again.outcome == outcome
     assert spend(redis_client, settings, "c") == (3, 3)
@@ -152,3 +152,58 @@ async def test_keys_expire(settings: Settings, redis_client: redis.Redis) -> Non
     assert 0 < redis_client.ttl(settings.key("{c:c}", "spend", "day", DAY)) <= 3 * 86400
     assert 0 < redis_client.ttl(settings.key("{e:e1}", "outcome")) <= 3600
     assert 0 < redis_client.ttl(settings.key("{u:u1}", "fc", "c")) <= 120
+
+
+def blob_keys(client: redis.Redis, settings: Settings) -> list[bytes]:
+    return list(client.scan_iter(match=settings.key("{b:*"), count=1000))
+
+
+async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: Settings, redis_client: redis.Redis) -> None:
+    """One blob per call keeps the outcomes; once the caller says they are committed the next
+    call drops it. A record read again then gets "committed" (nothing to republish, no charge);
+    a reused event_id is still a duplicate for the event TTL."""
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    client = Redis.from_url(settings.redis)
+    reserver = BudgetReserver(client, settings.namespace, 3600)
+    first = [claim(f"e{i}", "c", 5, source=f"1:{i}") for i in range(10)]
+    answers, _, blob_id = await reserver.reserve(first, DAY)
+    assert [a.kind for a in answers] == ["ok"] * 10
+    assert blob_keys(redis_client, settings) == [settings.key(f"{{b:{blob_id}}}").encode()]
+    assert 3600 < redis_client.ttl(settings.key(f"{{b:{blob_id}}}")) <= 3660  # outlives the events pointing at it
+    answers, _, _ = await reserver.reserve(first[:3], DAY)  # a failed commit: replayed from the blob
+    assert [(a.kind, a.outcome) for a in answers] == [("replay", c.outcome) for c in first[:3]]
+
+    reserver.committed([blob_id])
+    answers, _, _ = await reserver.reserve([claim("e100", "c", 5, source="1:100")], DAY)
+    assert [a.kind for a in answers] == ["ok"]
+    assert settings.key(f"{{b:{blob_id}}}").encode() not in blob_keys(redis_client, settings)
+    again, _, _ = await reserver.reserve(first[:2] + [claim("e5", "c", 5, source="2:77")], DAY)
+    assert [a.kind for a in again] == ["committed", "committed", "dup"]
+    assert again[2].first_source == "1:5"
+    assert spend(redis_client, settings, "c") == (55, 55)
+    await reserver.drop_committed()  # nothing pending: a no-op
+    await client.aclose()
+
+
+async def test_drop_committed_at_shutdown(settings: Settings, redis_client: redis.Redis) -> None:
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    client = Redis.from_url(settings.redis)
+    reserver = BudgetReserver(client, settings.namespace, 3600)
+    _, _, blob_id = await reserver.reserve([claim("e1", "c", 5)], DAY)
+    assert len(blob_keys(redis_client, settings)) == 1
+    reserver.committed([blob_id])
+    await reserver.drop_committed()
+    await client.aclose()
+    assert blob_keys(redis_client, settings) == []
+    assert redis_client.get(settings.key("{e:e1}", "outcome")) is not None  # the event is still known
+
+
+async def test_outcome_kept_whole_by_an_older_version_still_replays(settings: Settings, redis_client: redis.Redis) -> None:
+    """Keys written before outcomes moved to blobs ("<source>\n<outcome bytes>") replay as before."""
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    redis_client.set(settings.key("{e:old}", "outcome"), b'0:9\n{"event_id":"old"}', ex=3600)
+    client = Redis.from_url(settings.redis)
+    answers, _, _ = await BudgetReserver(client, settings.namespace, 3600).reserve([claim("old", "c", 5, source="0:9")], DAY)
+    await client.aclose()
+    assert (answers[0].kind, answers[0].outcome) == ("replay", b'{"event_id":"old"}')
+    assert spend(redis_client, settings, "c") == (0, 0)

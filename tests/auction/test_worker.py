@@ -18,7 +18,8 @@ import redis
 from redis.asyncio import Redis
 
 from tests.auction.factories import campaign_record, intent, load_vectors
-from tests.kafka_helpers import produce, produce_json, read_all, start_role, stop_role
+from loadtests.stack import committed, end_offsets, reset_group
+from tests.kafka_helpers import produce, produce_json, read_all, start_role, stop_role, wait_until
 from vickrey.campaign_store import apply_campaigns
 from vickrey.settings import Settings
 
@@ -152,6 +153,9 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         charged[impression["campaign_id"]] += impression["charge_micros"]
     for record in campaigns:
         assert spend_total(redis_client, settings, record["campaign_id"]) == charged[record["campaign_id"]], record["campaign_id"]
+    # Kept outcomes go once committed: a killed worker can leave those of its last batches
+    # (committed but not yet let go, or never committed and replayed by its successor).
+    assert len(list(redis_client.scan_iter(match=settings.key("{b:*"), count=1000))) <= 6 * kills
     # The killed workers did part of the work and the last one the rest (none did it all).
     last = [orjson.loads(line) for line in log.read_text().splitlines() if '"auction worker stopped"' in line][-1]
     assert 0 < last["events_in"] < total
@@ -216,3 +220,45 @@ async def test_bad_records_go_to_the_dlq_and_counts_balance(
     for _, word in bad:
         assert any(word in error for error in errors), (word, errors)
     assert all(d["source_topic"] == settings.topic("chat.intents") and d["value_b64"] is not None for d in dlq)
+
+
+async def test_kept_outcomes_go_once_committed_and_a_reread_republishes_nothing(
+    settings: Settings, env: dict[str, str], topics: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Redis keeps a batch's outcomes only until its transaction commits. Reading the stream
+    again after the group's offsets were moved back publishes nothing and charges nothing."""
+    await apply(settings, [campaign_record("c1", amount_micros=2_000_000), campaign_record("c2", amount_micros=1_500_000),
+                           campaign_record("c3")])  # runners-up: second prices above zero
+    events = [live_intent(f"again{i}", "laptop", user_id=f"p{i % 41}") for i in range(300)]
+    await produce_json(settings, "chat.intents", events, "user_id")
+    log = tmp_path / "worker.log"
+    worker = start_role(env, "auction", "--batch-max", "40", log=log)
+    try:
+        decisions = await read_all(settings, "ad.decisions", len(events), timeout=60)
+    finally:
+        assert stop_role(worker) == 0
+    assert len(decisions) == len(events)
+    assert list(redis_client.scan_iter(match=settings.key("{b:*"), count=1000)) == [], "committed outcomes kept"
+    assert redis_client.exists(settings.key(f"{{e:{events[0]['event_id']}}}", "outcome"))  # the event is still known
+    impressions = await read_all(settings, "ad.impressions", 0, timeout=10)
+    spent = sum(spend_total(redis_client, settings, c) for c in ("c1", "c2", "c3"))
+    assert spent == sum(i["charge_micros"] for i in impressions) > 0
+
+    group, topic = settings.group("auction"), settings.topic("chat.intents")
+    await reset_group(settings, group, topic)
+    worker = start_role(env, "auction", "--batch-max", "40", log=log)
+    try:
+        ends = await end_offsets(settings, topic)
+
+        async def caught_up() -> bool:
+            done = await committed(settings, group)
+            return all(done.get(tp, 0) >= end for tp, end in ends.items())
+
+        assert await wait_until(caught_up, timeout=60)
+    finally:
+        assert stop_role(worker) == 0
+    last = [orjson.loads(line) for line in log.read_text().splitlines() if '"auction worker stopped"' in line][-1]
+    assert (last["events_in"], last["decisions"], last["already_committed"]) == (len(events), 0, len(events))
+    assert len(await read_all(settings, "ad.decisions", 0, timeout=10)) == len(events)
+    assert len(await read_all(settings, "ad.impressions", 0, timeout=10)) == len(impressions)
+    assert sum(spend_total(redis_client, settings, c) for c in ("c1", "c2", "c3")) == spent
