@@ -28,20 +28,29 @@ def user_key(namespace: str, user_id: str, *parts: str) -> str:
 AnswerKind = Literal["ok", "replay", "committed", "dup", "refused"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Reservation:
     campaign_id: str
     charge_micros: int  # added to spend now (CPM); 0 for CPC
     need_micros: int  # budget that must be left: the charge, or one click for CPC
-    cap_max: int = 0  # 0: no frequency cap
-    cap_window_s: int = 0
-    advertiser_id: str = ""  # refused when the person hid this advertiser
+    cap_max: int  # 0: no frequency cap
+    cap_window_s: int
+    advertiser_id: str  # refused when the person hid this advertiser
+
+    def __init__(self, campaign_id: str, charge_micros: int, need_micros: int, cap_max: int = 0, cap_window_s: int = 0,
+                 advertiser_id: str = "") -> None:
+        self.campaign_id = campaign_id
+        self.charge_micros = charge_micros
+        self.need_micros = need_micros
+        self.cap_max = cap_max
+        self.cap_window_s = cap_window_s
+        self.advertiser_id = advertiser_id
 
     def as_list(self) -> list[Any]:
         return [self.campaign_id, self.charge_micros, self.need_micros, self.cap_max, self.cap_window_s, self.advertiser_id]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Claim:
     """One auction's tentative outcome, offered to Redis."""
 
@@ -49,7 +58,15 @@ class Claim:
     source: str  # "<partition>:<offset>" of the record, to tell a replay from a duplicate
     user_id: str
     outcome: bytes  # what to keep and hand back on replay
-    reservations: list[Reservation] = field(default_factory=list)
+    reservations: list[Reservation]
+
+    def __init__(self, event_id: str, source: str, user_id: str, outcome: bytes,
+                 reservations: list[Reservation] | None = None) -> None:
+        self.event_id = event_id
+        self.source = source
+        self.user_id = user_id
+        self.outcome = outcome
+        self.reservations = [] if reservations is None else reservations
 
 
 @dataclass(slots=True)

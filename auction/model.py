@@ -179,7 +179,7 @@ class Campaign:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class AuctionRequest:
     """The parts of an intent event the auction reads, already normalised. Read only by
     convention: not frozen because a frozen dataclass costs ~1.7 µs more to build, once per event."""
@@ -199,6 +199,26 @@ class AuctionRequest:
     personalization: bool
     age_bracket: str
     now_ms: int
+
+    def __init__(self, event_id: str, user_id: str, placement: str, slots: int, reserve_cpm_micros: int,
+                 category: str | None, keywords: frozenset[str], locale: str, country: str, device: str,
+                 safety_labels: frozenset[str], consent_ads: bool, personalization: bool, age_bracket: str,
+                 now_ms: int) -> None:
+        self.event_id = event_id
+        self.user_id = user_id
+        self.placement = placement
+        self.slots = slots
+        self.reserve_cpm_micros = reserve_cpm_micros
+        self.category = category
+        self.keywords = keywords
+        self.locale = locale
+        self.country = country
+        self.device = device
+        self.safety_labels = safety_labels
+        self.consent_ads = consent_ads
+        self.personalization = personalization
+        self.age_bracket = age_bracket
+        self.now_ms = now_ms
 
     @classmethod
     def from_intent(cls, intent: dict[str, Any], now_ms: int) -> AuctionRequest:
@@ -227,7 +247,7 @@ class AuctionRequest:
 _EMPTY: dict[str, Any] = {}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Winner:
     slot: int
     campaign: Campaign
@@ -238,10 +258,28 @@ class Winner:
     matched_keywords: tuple[str, ...]
     matched_category: str | None
 
+    def __init__(self, slot: int, campaign: Campaign, price_micros: int, charge_micros: int, ecpm_micros: int,
+                 runner_up_ecpm_micros: int | None, matched_keywords: tuple[str, ...], matched_category: str | None) -> None:
+        self.slot = slot
+        self.campaign = campaign
+        self.price_micros = price_micros
+        self.charge_micros = charge_micros
+        self.ecpm_micros = ecpm_micros
+        self.runner_up_ecpm_micros = runner_up_ecpm_micros
+        self.matched_keywords = matched_keywords
+        self.matched_category = matched_category
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class AuctionResult:
     event_id: str
     winners: tuple[Winner, ...]
     no_fill_reason: NoFillReason | None
     reserve_cpm_micros: int
+
+    def __init__(self, event_id: str, winners: tuple[Winner, ...], no_fill_reason: NoFillReason | None,
+                 reserve_cpm_micros: int) -> None:
+        self.event_id = event_id
+        self.winners = winners
+        self.no_fill_reason = no_fill_reason
+        self.reserve_cpm_micros = reserve_cpm_micros

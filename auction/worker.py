@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -65,15 +65,24 @@ FETCH_MAX_WAIT_MS = 100
 BATCH_MAX = 2000
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Pending:
     record: ConsumerRecord[bytes, bytes]
     intent: dict[str, Any]
     request: AuctionRequest
-    refused: dict[str, NoFillReason] = field(default_factory=dict)
-    encoded: list[bytes] = field(default_factory=list)  # decision, then impressions
-    impression_ids: list[str] = field(default_factory=list)
-    no_fill_reason: str | None = None
+    refused: dict[str, NoFillReason]
+    encoded: list[bytes]  # decision, then impressions
+    impression_ids: list[str]
+    no_fill_reason: str | None
+
+    def __init__(self, record: ConsumerRecord[bytes, bytes], intent: dict[str, Any], request: AuctionRequest) -> None:
+        self.record = record
+        self.intent = intent
+        self.request = request
+        self.refused = {}
+        self.encoded = []
+        self.impression_ids = []
+        self.no_fill_reason = None
 
 
 class AuctionWorker:
