@@ -12,13 +12,21 @@ from dataclasses import dataclass
 from auction.model import Campaign, tie_hash
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class SlotPrice:
     slot: int
     campaign: Campaign
     price_micros: int
     charge_micros: int
     runner_up: Campaign | None
+
+    def __init__(self, slot: int, campaign: Campaign, price_micros: int, charge_micros: int,
+                 runner_up: Campaign | None) -> None:
+        self.slot = slot
+        self.campaign = campaign
+        self.price_micros = price_micros
+        self.charge_micros = charge_micros
+        self.runner_up = runner_up
 
 
 def ceil_div(numerator: int, denominator: int) -> int:
