@@ -17,8 +17,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from tests.auction.factories import campaign_record, intent, load_vectors
 from loadtests.stack import committed, end_offsets, reset_group
+from tests.auction.factories import campaign_record, intent, load_vectors
 from tests.kafka_helpers import produce, produce_json, read_all, start_role, stop_role, wait_until
 from vickrey.campaign_store import apply_campaigns
 from vickrey.settings import Settings
