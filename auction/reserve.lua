@@ -38,7 +38,6 @@
 
 local ns, day, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local auctions = cjson.decode(ARGV[4])
-local blob_key = ns .. ":{b:" .. ARGV[5] .. "}"
 local any_ok = false
 local answers = {}
 local DAY_TTL = 3 * 86400
@@ -201,7 +200,7 @@ for i, a in ipairs(auctions) do
 end
 
 -- The outcomes, kept a little longer than the events that point to them.
-if any_ok then call("SET", blob_key, ARGV[6], "EX", ttl + 60) end
+if any_ok then call("SET", blob_of(ARGV[5]), ARGV[6], "EX", ttl + 60) end
 
 -- 4. Spend, once per charged campaign: what INCRBY charge by charge would have left, with the
 -- day key's expiry set when its spend started from nothing.
