@@ -63,6 +63,11 @@ FETCH_MAX_WAIT_MS = 100
 # at 500 events that was ~20 µs per event, at 2,000 about half. A quiet stream still commits
 # small batches at once, so this bounds only how much a backlog takes per commit.
 BATCH_MAX = 2000
+# While a commit is in flight, records are fetched every TOP_UP_MS and auctioned once PART_MIN of
+# them are in (one engine pass and one Redis call each); the rest right after the commit ends.
+# Smaller parts cost more per event (a Redis call, a pass) than their head start saves.
+TOP_UP_MS = 1
+PART_MIN = 16
 
 
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
@@ -198,31 +203,12 @@ class AuctionWorker:
                 last = time.monotonic()
                 self.metrics.full_gc.observe(time.perf_counter() - began)
 
-    async def _next_batch(self) -> Batch:
-        """Up to batch_max records: what is buffered now, topped up while the previous
-        transaction still commits (this batch could not commit before it anyway), then for at
-        most linger_ms. A quiet stream so commits an event at once, and a busy one commits
-        whatever arrived during the last commit, one transaction per commit time."""
-        batch: Batch = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_max)
-        count = sum(len(records) for records in batch.values())
-        deadline = time.monotonic() + self.linger_ms / 1000
-        while batch and count < self.batch_max:
-            committing = self._committing is not None and not self._committing.done()
-            left_ms = (deadline - time.monotonic()) * 1000
-            if not committing and left_ms <= 0:
-                break
-            more = await self.consumer.getmany(timeout_ms=1 if committing else max(1, int(left_ms)),
-                                               max_records=self.batch_max - count)
-            for tp, records in more.items():
-                batch.setdefault(tp, []).extend(records)
-                count += len(records)
-        return batch
-
     async def run(self) -> None:
         """Two batches in flight: while batch N's transaction commits (network round trips),
-        batch N+1 is auctioned. Only one transaction is open at a time, and a failed commit
-        sends the consumer back to batch N's first offsets: N and N+1 are consumed again and
-        Redis hands back their kept outcomes, so nothing is lost or doubled."""
+        batch N+1 is fetched and auctioned as it arrives, so it is ready to commit the moment N's
+        commit ends. Only one transaction is open at a time, and a failed commit sends the
+        consumer back to batch N's first offsets: N and N+1 are consumed again and Redis hands
+        back their kept outcomes, so nothing is lost or doubled."""
         try:
             while not self.stop_event.is_set():
                 await self._step()
@@ -230,21 +216,52 @@ class AuctionWorker:
             await self._settle_commit()
 
     async def _step(self) -> None:
+        """One batch: up to batch_max records, auctioned part by part as they arrive for as long
+        as the previous transaction still commits (this batch could not commit before it
+        anyway), then for at most linger_ms more; then committed. A quiet stream so commits an
+        event at once, and a busy one commits whatever arrived during the last commit, already
+        auctioned, one transaction per commit time."""
         generation = self.generation
-        batch = await self._next_batch()
-        if not batch:
+        fetched: Batch = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_max)
+        if not fetched:
             await self._settle_commit()
             return
         self.last_batch_at = time.monotonic()
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.linger_ms / 1000
+        batch: Batch = {}
+        outputs: list[Output] = []
+        blob_ids: list[str] = []
+        count = 0
         async with self.batch_lock:
-            # A rebalance may have taken partitions between getmany() and the lock.
-            assigned = self.consumer.assignment()
-            batch = {tp: records for tp, records in batch.items() if tp in assigned}
-            if not batch:
-                return
-            started = time.perf_counter()
-            outputs, blob_ids = await self.process(batch)
-            if not await self._settle_commit() or generation != self.generation:
+            fresh, fresh_count = fetched, sum(len(records) for records in fetched.values())
+            while generation == self.generation:
+                committing = self._committing is not None and not self._committing.done()
+                if fresh and (not committing or fresh_count >= PART_MIN or count + fresh_count >= self.batch_max
+                              or self.stop_event.is_set()):
+                    # A rebalance may have taken partitions between getmany() and the lock.
+                    assigned = self.consumer.assignment()
+                    part = {tp: records for tp, records in fresh.items() if tp in assigned}
+                    fresh, fresh_count = {}, 0
+                    if part:
+                        part_outputs, part_blobs = await self.process(part)
+                        outputs += part_outputs
+                        blob_ids += part_blobs
+                        for tp, records in part.items():
+                            batch.setdefault(tp, []).extend(records)
+                            count += len(records)
+                    continue  # the commit may have ended meanwhile
+                if count >= self.batch_max or self.stop_event.is_set():
+                    break
+                left_ms = (deadline - time.monotonic()) * 1000
+                if not committing and left_ms <= 0:
+                    break
+                more = await self.consumer.getmany(timeout_ms=TOP_UP_MS if committing else max(1, int(left_ms)),
+                                                   max_records=self.batch_max - count - fresh_count)
+                for tp, records in more.items():
+                    fresh.setdefault(tp, []).extend(records)
+                    fresh_count += len(records)
+            if not batch or not await self._settle_commit() or generation != self.generation:
                 return  # the consumer was sent back before this batch: it comes again
             self._committing = asyncio.create_task(self._commit(batch, outputs, blob_ids, started))
 
