@@ -163,6 +163,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             details["throughput"] = {k: v for k, v in found.items() if k not in KEYS}
             results.update({k: v for k, v in found.items() if k in KEYS})
             results["worker_impressions_per_s"] = found["worker_impressions_per_s"]
+            results.update(txn_loop_events_per_s=found["txn_loop_events_per_s"], txn_loop_ratio=found["txn_loop_ratio"])
         profile_file = args.reports / "worker-profile.txt"
         if args.profile and profile_file.exists():
             details["worker_profile"] = summarise(profile_file).splitlines()
@@ -180,6 +181,17 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             half = next(p for p in points if p["fraction_of_max"] == 0.5)
             results.update(e2e_p50_ms=half["p50_ms"], e2e_p99_ms=half["p99_ms"],
                            e2e_rate_events_per_s=half["offered_events_per_s"])
+            # The same load on the transactional loop: exactly-once on aiokafka alone, no auction.
+            try:
+                impressions = float(details.get("throughput", {}).get("impressions_per_event") or 2.0)
+                reference = asyncio.run(bench_kafka.txn_loop_latency(base, float(half["offered_events_per_s"]),
+                                                                     impressions, args.latency_seconds, progress))
+            except Exception as error:
+                traceback.print_exc()
+                failed(missing, ("txn_loop_e2e_p50_ms", "txn_loop_e2e_p99_ms"), error)
+            else:
+                details["txn_loop_latency"] = reference
+                results.update(txn_loop_e2e_p50_ms=reference["p50_ms"], txn_loop_e2e_p99_ms=reference["p99_ms"])
             caption = (f"{command} - {os.cpu_count()} cores, Python {platform.python_version()} - "
                        f"worker max {results['worker_events_per_s']:,} events/s")
             bench_plot(points, float(results["worker_events_per_s"]), float(TARGETS["e2e_p99_ms"][1] or 25), args.plot, caption)

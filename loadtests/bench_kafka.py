@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ def encoded(intents: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
     return [(intent["user_id"].encode(), orjson.dumps(intent)) for intent in intents]
 
 
-async def _wait_baseline(settings: Settings, out: str, start: dict[TopicPartition, int], expect: int,
+async def _wait_reference(settings: Settings, out: str, start: dict[TopicPartition, int], expect: int,
                          proc: subprocess.Popen[bytes], timeout: float, label: str, progress: Progress) -> None:
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
@@ -83,9 +83,26 @@ async def _wait_baseline(settings: Settings, out: str, start: dict[TopicPartitio
         await asyncio.sleep(0.5)
     if proc.poll() is None:
         proc.kill()
-        raise RuntimeError(f"{label}: the baseline did not finish in {timeout:.0f} s")
+        raise RuntimeError(f"{label}: the loop did not finish in {timeout:.0f} s")
     if proc.returncode != 0:
-        raise RuntimeError(f"{label}: the baseline failed (exit code {proc.returncode})")
+        raise RuntimeError(f"{label}: the loop failed (exit code {proc.returncode})")
+
+
+async def _reference_run(stack: Settings, module: str, args: list[str], out: str, events: int, label: str,
+                         progress: Progress) -> tuple[float, dict[str, float | None]]:
+    """One run of a reference loop (`python -m MODULE ARGS`, which prints its count and CPU seconds
+    at the start and end of consuming): its events/s from the output timestamps, and CPU per event."""
+    start = await end_offsets(stack, out)
+    cpu_before = await cpu.snapshot(stack, None)
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env_for(stack), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    await _wait_reference(stack, out, start, events, proc, 300, label, progress)
+    cpu_after = await cpu.snapshot(stack, None)
+    _, cpu_before["process"], cpu_after["process"] = (float(x) for x in proc.communicate()[0].split())
+    count, first, last = await read_span(stack, out, start, timeout=120)
+    rate = count / max(0.001, (last - first) / 1000)
+    progress(f"{label}: {rate:,.0f} events/s")
+    return rate, cpu.per_event_us(cpu_before, cpu_after, count)
 
 
 async def _wait_consumed(settings: Settings, group: str, topic: str, proc: subprocess.Popen[bytes],
@@ -124,33 +141,28 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
                      profile: bool = False) -> dict[str, Any]:
     stack = isolated(base, new_tag("benchT"), partitions=6)
     namespaces: list[Settings] = []
-    baseline_rates: list[float] = []
+    reference_rates: dict[str, list[float]] = {"baseline": [], "txn_loop": []}
+    reference_cpu: dict[str, list[dict[str, float | None]]] = {"baseline": [], "txn_loop": []}
     worker_rates: list[float] = []
     notes: list[str] = []
     per_event = 0.0
-    baseline_cpu: list[dict[str, float | None]] = []
     worker_cpu: list[dict[str, float | None]] = []
     try:
         await create_topics(stack, extra=[OUTPUT])
         await produce_all(stack, encoded(workload.intents(events, tag="t")), progress)
         campaigns = workload.campaigns(n=ACTIVE_CAMPAIGNS, advertisers=300, tag="w")
         for run in range(runs):
-            # -- the plain loop --
-            out = stack.topic(OUTPUT)
-            start = await end_offsets(stack, out)
-            cpu_before = await cpu.snapshot(stack, None)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "loadtests.baseline", "--group", stack.group(f"baseline-{run}"), "--expect", str(events)],
-                env=env_for(stack), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            )
-            await _wait_baseline(stack, out, start, events, proc, 300, f"baseline run {run + 1}/{runs}", progress)
-            cpu_after = await cpu.snapshot(stack, None)
-            # The loop reports its own CPU seconds (start and end of consuming) on stdout.
-            _, cpu_before["process"], cpu_after["process"] = (float(x) for x in proc.communicate()[0].split())
-            count, first, last = await read_span(stack, out, start, timeout=120)
-            baseline_cpu.append(cpu.per_event_us(cpu_before, cpu_after, count))
-            baseline_rates.append(count / max(0.001, (last - first) / 1000))
-            progress(f"baseline run {run + 1}/{runs}: {baseline_rates[-1]:,.0f} events/s")
+            # -- the plain loop, then the transactional loop (the least an exactly-once worker does) --
+            for side, module, extra in (
+                ("baseline", "loadtests.baseline", []),
+                ("txn_loop", "loadtests.txn_loop", ["--impressions", str(round(per_event or 2.0, 3))]),
+            ):
+                out = stack.topic(OUTPUT if side == "baseline" else "ad.decisions")
+                rate, parts = await _reference_run(stack, module, [*extra, "--group", stack.group(f"{side}-{run}"),
+                                                                   "--expect", str(events)], out, events,
+                                                   f"{side} run {run + 1}/{runs}", progress)
+                reference_rates[side].append(rate)
+                reference_cpu[side].append(parts)
 
             # -- the worker, fresh namespace (no kept outcomes) and its group reset to the start --
             ns = replace(stack, namespace=f"{stack.namespace}w{run}")
@@ -182,25 +194,30 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
             worker_cpu.append(cpu.per_event_us(cpu_before, cpu_after, count))
             worker_rates.append(count / max(0.001, (last - first) / 1000))
             progress(f"worker run {run + 1}/{runs}: {worker_rates[-1]:,.0f} events/s ({count:,} decisions)")
-            if run == runs - 1:
-                impressions = (await read_span(ns, ns.topic("ad.impressions"), start, timeout=120))[0]
-                per_event = impressions / max(1, count)
+            # The transactional loop's next run publishes as many impressions per event as this.
+            impressions = (await read_span(ns, ns.topic("ad.impressions"), start, timeout=120))[0]
+            per_event = impressions / max(1, count)
     finally:
         await cleanup(stack)
         for ns in namespaces:
             await delete_keys(ns)
-    baseline, worker = statistics.median(baseline_rates), statistics.median(worker_rates)
+    baseline, worker = statistics.median(reference_rates["baseline"]), statistics.median(worker_rates)
+    txn_loop = statistics.median(reference_rates["txn_loop"])
     return {
         "worker_impressions_per_s": round(worker * per_event),
         "impressions_per_event": round(per_event, 3),
         "baseline_events_per_s": round(baseline),
         "worker_events_per_s": round(worker),
         "worker_ratio": round(worker / baseline, 3) if baseline else None,
-        "baseline_runs": [round(r) for r in baseline_rates],
+        "txn_loop_events_per_s": round(txn_loop),
+        "txn_loop_ratio": round(txn_loop / baseline, 3) if baseline else None,
+        "baseline_runs": [round(r) for r in reference_rates["baseline"]],
+        "txn_loop_runs": [round(r) for r in reference_rates["txn_loop"]],
         "worker_runs": [round(r) for r in worker_rates],
         "throughput_events_per_run": events,
         # µs of CPU per event (median of the runs) of the measured process, Redis and the broker
-        "cpu_us_per_event": {"baseline": _median_parts(baseline_cpu), "worker": _median_parts(worker_cpu)},
+        "cpu_us_per_event": {"baseline": _median_parts(reference_cpu["baseline"]),
+                             "txn_loop": _median_parts(reference_cpu["txn_loop"]), "worker": _median_parts(worker_cpu)},
         "notes": notes,
     }
 
@@ -308,7 +325,6 @@ async def latency(base: Settings, max_rate: float, fractions: list[float], secon
                   reports: Path, fetch_max_wait_ms: int = 100) -> list[dict[str, Any]]:
     """End-to-end latency at each fraction of `max_rate`, one worker, one fresh stack."""
     stack = isolated(base, new_tag("benchE"), partitions=6)
-    points: list[dict[str, Any]] = []
     proc = None
     try:
         await create_topics(stack)
@@ -316,24 +332,59 @@ async def latency(base: Settings, max_rate: float, fractions: list[float], secon
         proc = start_vickrey(stack, "auction", log=reports / "worker-e2e.log")
         if not await wait_for_group(stack, stack.group("auction"), 60, proc):
             raise RuntimeError(f"the worker did not start; see {reports / 'worker-e2e.log'}")
-        levels = [("warm-up", 0.1, 2.0), *((f"{f:.0%}", f, seconds) for f in fractions)]
-        for n, (label, fraction, duration) in enumerate(levels):
-            rate = max(1.0, fraction * max_rate)
-            intents = workload.intents(int(rate * duration), seed=100 + n, tag=f"l{n}")
-            records = [(i["user_id"].encode(), orjson.dumps(i), i["event_id"]) for i in intents]
-            progress(f"latency at {label} of max: {rate:,.0f} events/s for {duration:g} s")
-            cpu_before, began = await _cpu_of_latency(stack, proc.pid), time.perf_counter()
-            point = await _offer(stack, records, rate, settle_s=10.0, fetch_max_wait_ms=fetch_max_wait_ms)
-            point.update(latency_cpu(cpu_before, await _cpu_of_latency(stack, proc.pid), len(records),
-                                     time.perf_counter() - began))
-            if label != "warm-up":
-                point["fraction_of_max"] = fraction
-                points.append(point)
-                progress(f"latency at {label}: p50 {point['p50_ms']} ms, p99 {point['p99_ms']} ms, "
-                         f"{point['throughput_events_per_s']:,}/s")
-            await asyncio.sleep(1.0)
+        levels = [(f"{f:.0%} of max", f, f * max_rate) for f in fractions]
+        return await _latency_points(stack, proc, levels, 0.1 * max_rate, seconds, progress, fetch_max_wait_ms)
     finally:
         if proc is not None:
             stop_process(proc)
         await cleanup(stack)
+
+
+async def txn_loop_latency(base: Settings, rate: float, impressions: float, seconds: float, progress: Progress,
+                           fetch_max_wait_ms: int = 100) -> dict[str, Any]:
+    """End-to-end latency of the transactional loop (loadtests.txn_loop) at `rate`, measured as the
+    worker's: what exactly-once on aiokafka alone costs on this machine at that load."""
+    stack = isolated(base, new_tag("benchX"), partitions=6)
+    proc = None
+    try:
+        await create_topics(stack)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.txn_loop", "--group", stack.group("auction"), "--from-end",
+             "--impressions", str(round(impressions, 3))],
+            env=env_for(stack), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        if not await wait_for_group(stack, stack.group("auction"), 60, proc):
+            raise RuntimeError("the transactional loop did not start")
+        points = await _latency_points(stack, proc, [("transactional loop", None, rate)], 0.2 * rate, seconds,
+                                       progress, fetch_max_wait_ms)
+        return points[0]
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        await cleanup(stack)
+
+
+async def _latency_points(stack: Settings, proc: subprocess.Popen[bytes],
+                          levels: Sequence[tuple[str, float | None, float]], warm_up_rate: float, seconds: float,
+                          progress: Progress, fetch_max_wait_ms: int) -> list[dict[str, Any]]:
+    """Offer each (label, fraction of max, events/s) level to the running process `proc`, after a
+    2 s warm-up at `warm_up_rate`; one latency point per level."""
+    points: list[dict[str, Any]] = []
+    warm_up = ("warm-up", None, warm_up_rate)
+    for n, (label, fraction, rate) in enumerate([warm_up, *levels]):
+        rate = max(1.0, rate)
+        duration = 2.0 if label == "warm-up" else seconds
+        intents = workload.intents(int(rate * duration), seed=100 + n, tag=f"l{n}")
+        records = [(i["user_id"].encode(), orjson.dumps(i), i["event_id"]) for i in intents]
+        progress(f"latency, {label}: {rate:,.0f} events/s for {duration:g} s")
+        cpu_before, began = await _cpu_of_latency(stack, proc.pid), time.perf_counter()
+        point = await _offer(stack, records, rate, settle_s=10.0, fetch_max_wait_ms=fetch_max_wait_ms)
+        point.update(latency_cpu(cpu_before, await _cpu_of_latency(stack, proc.pid), len(records),
+                                 time.perf_counter() - began))
+        if label != "warm-up":
+            point["fraction_of_max"] = fraction
+            points.append(point)
+            progress(f"latency, {label}: p50 {point['p50_ms']} ms, p99 {point['p99_ms']} ms, "
+                     f"{point['throughput_events_per_s']:,}/s")
+        await asyncio.sleep(1.0)
     return points

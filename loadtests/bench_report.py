@@ -12,11 +12,15 @@ TARGETS: dict[str, tuple[str, float | None, str, str]] = {
     "index_build_s_100k": ("index build, 100k campaigns", 2.0, "<=", "s"),
     "index_bytes_per_campaign": ("index memory per campaign", 1024, "<=", "bytes"),
     "baseline_events_per_s": ("plain aiokafka loop (baseline)", None, ">=", "events/s"),
+    "txn_loop_events_per_s": ("transactional loop (no auction, no Redis)", None, ">=", "events/s"),
+    "txn_loop_ratio": ("transactional loop / baseline", None, ">=", "x"),
     "worker_events_per_s": ("auction worker, 1k campaigns", None, ">=", "events/s"),
     "worker_ratio": ("worker / baseline", 0.6, ">=", "x (aim 0.8)"),
     "e2e_rate_events_per_s": ("offered rate for e2e (50% of max)", None, ">=", "events/s"),
     "e2e_p50_ms": ("end-to-end p50 at 50% of max", None, "<=", "ms"),
     "e2e_p99_ms": ("end-to-end p99 at 50% of max", 25.0, "<=", "ms"),
+    "txn_loop_e2e_p50_ms": ("transactional loop e2e p50, same rate", None, "<=", "ms"),
+    "txn_loop_e2e_p99_ms": ("transactional loop e2e p99, same rate", None, "<=", "ms"),
     "billing_events_per_s": ("billing (streams.bench)", None, ">=", "events/s"),
 }
 START, END = "<!-- bench:start (written by `make bench`; edit outside this block) -->", "<!-- bench:end -->"
@@ -86,7 +90,8 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
     runs = details.get("throughput", {})
     if runs:
         lines += ["", f"Runs ({runs.get('throughput_events_per_run', 0):,} events each, median taken): "
-                  f"baseline {runs.get('baseline_runs')}, worker {runs.get('worker_runs')} events/s."]
+                  f"baseline {runs.get('baseline_runs')}, transactional loop {runs.get('txn_loop_runs')}, "
+                  f"worker {runs.get('worker_runs')} events/s."]
     parts = runs.get("cpu_us_per_event") if runs else None
     if parts:
         lines += ["", "CPU per event, µs (median of the runs; the process, Redis and the broker share the cores, "

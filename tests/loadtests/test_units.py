@@ -131,3 +131,18 @@ def test_profile_summary(tmp_path: Path) -> None:
     )
     text = summarise(raw)
     assert "samples: 100" in text and "60.0%  auction engine" in text and "30.0%  decode + validate" in text
+
+
+def test_table_shows_the_transactional_loop_beside_the_worker(tmp_path: Path) -> None:
+    results = {
+        "baseline_events_per_s": 40000, "txn_loop_events_per_s": 20000, "txn_loop_ratio": 0.5,
+        "worker_events_per_s": 10000, "worker_ratio": 0.25, "e2e_p99_ms": 80.0, "txn_loop_e2e_p99_ms": 30.0,
+        "details": {"throughput": {"throughput_events_per_run": 1000, "baseline_runs": [40000],
+                                   "txn_loop_runs": [20000], "worker_runs": [10000]}},
+    }
+    text = table(results)
+    assert "transactional loop / baseline" in text and "transactional loop e2e p99, same rate" in text
+    block = markdown_block(results, tmp_path / "nope.png", tmp_path)
+    assert "| transactional loop / baseline | 0.5 | x |  |  |" in block
+    assert "| transactional loop e2e p99, same rate | 30.0 | ms |  |  |" in block
+    assert "transactional loop [20000]" in block
