@@ -1,8 +1,9 @@
 """`make bench` (`python -m loadtests.bench`): every performance figure, side by side, one run.
 
 Stages: the auction engine alone (auctions/s, index build, bytes per campaign); the plain
-aiokafka loop vs the auction worker on the same pre-filled topic; end-to-end latency at several
-fractions of the worker's maximum (the 50% point gives the e2e keys); billing (streams.bench).
+aiokafka loop, the transactional loop (no auction, no Redis) and the auction worker on the same
+pre-filled topic; end-to-end latency at several fractions of the worker's maximum (the 50% point
+gives the e2e keys), and of the transactional loop at that 50% rate; billing (streams.bench).
 Writes bench-results.json, docs/bench.png and the figures block of BENCHMARKS.md, prints a table.
 Each Kafka stage runs on its own topic prefix and Redis namespace and removes them afterwards.
 """

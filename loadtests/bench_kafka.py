@@ -1,14 +1,17 @@
-"""Benchmarks on the real broker: the plain loop vs the auction worker, and end-to-end latency.
+"""Benchmarks on the real broker: the plain loop, the transactional loop and the auction worker,
+and end-to-end latency.
 
 Throughput: one stack (own topic prefix) whose `chat.intents` (6 partitions) is filled once with
-N workload intents. Each run, the baseline (loadtests.baseline, 1 process) and the worker
+N workload intents. Each run, the baseline (loadtests.baseline, 1 process), the transactional
+loop (loadtests.txn_loop, 1 process: exactly-once without auctions or Redis) and the worker
 (`vickrey auction`, 1 process, 1,000 active campaigns, a fresh Redis namespace) consume that
 topic from the beginning in their own consumer groups; throughput = records out / (last output
 timestamp - first output timestamp), so process start-up and group joins are not counted.
-Runs alternate baseline, worker, baseline, worker ... so machine noise hits both alike.
+Runs alternate baseline, loop, worker, baseline, ... so machine noise hits all alike.
 
 Latency: a fresh stack with one worker; a paced producer offers intents at a fixed rate and a
-read_committed consumer in the same process notes when each decision becomes readable.
+read_committed consumer in the same process notes when each decision becomes readable. The
+transactional loop gets the worker's 50 % rate the same way, in a stack of its own.
 """
 
 from __future__ import annotations

@@ -111,6 +111,12 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
         lines += [f"| {p['fraction_of_max']:.0%} | {p['offered_events_per_s']:,} | {p['throughput_events_per_s']:,} | "
                   f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['missing']} | {p.get('cores_busy')} | "
                   f"{_cpu_parts(p.get('cpu_us_per_event'))} |" for p in curve]
+        reference = details.get("txn_loop_latency")
+        if reference:  # the same 50% load on the transactional loop (no auction, no Redis)
+            p = reference
+            lines += [f"| transactional loop, 50% rate | {p['offered_events_per_s']:,} | {p['throughput_events_per_s']:,} | "
+                      f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['missing']} | {p.get('cores_busy')} | "
+                      f"{_cpu_parts(p.get('cpu_us_per_event'))} (loop) |"]
     for key, reason in (results.get("missing") or {}).items():
         lines += ["", f"`{key}` is null: {reason}."]
     profile = details.get("worker_profile")
