@@ -68,6 +68,8 @@ BATCH_MAX = 2000
 # Smaller parts cost more per event (a Redis call, a pass) than their head start saves.
 TOP_UP_MS = 1
 PART_MIN = 16
+# Slack over a fetch's own timeout before it is given up (only while a rebalance is under way).
+FETCH_GUARD_S = 0.02
 
 
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
@@ -222,7 +224,7 @@ class AuctionWorker:
         event at once, and a busy one commits whatever arrived during the last commit, already
         auctioned, one transaction per commit time."""
         generation = self.generation
-        fetched: Batch = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_max)
+        fetched = await self._fetch(generation, 100, self.batch_max)
         if not fetched:
             await self._settle_commit()
             return
@@ -256,14 +258,34 @@ class AuctionWorker:
                 left_ms = (deadline - time.monotonic()) * 1000
                 if not committing and left_ms <= 0:
                     break
-                more = await self.consumer.getmany(timeout_ms=TOP_UP_MS if committing else max(1, int(left_ms)),
-                                                   max_records=self.batch_max - count - fresh_count)
+                more = await self._fetch(generation, TOP_UP_MS if committing else max(1, int(left_ms)),
+                                         self.batch_max - count - fresh_count)
                 for tp, records in more.items():
                     fresh.setdefault(tp, []).extend(records)
                     fresh_count += len(records)
-            if not batch or not await self._settle_commit() or generation != self.generation:
+            # Settled even when nothing was gathered: a failure left for the next batch would void it.
+            settled = await self._settle_commit()
+            if not batch or not settled or generation != self.generation:
                 return  # the consumer was sent back before this batch: it comes again
             self._committing = asyncio.create_task(self._commit(batch, outputs, blob_ids, started))
+
+    async def _fetch(self, generation: int, timeout_ms: int, max_records: int) -> Batch:
+        """getmany(), bounded in time: while a rebalance is under way aiokafka's getmany waits for
+        the new assignment, which waits for the batch lock that a batch being gathered holds.
+        Records that arrive after a rewind (a newer generation than the batch's) are handed back
+        with a seek, so the next batch reads them again instead of the position passing them."""
+        try:
+            async with asyncio.timeout(timeout_ms / 1000 + FETCH_GUARD_S):
+                fetched: Batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except TimeoutError:
+            return {}
+        if fetched and generation != self.generation:
+            assigned = self.consumer.assignment()
+            for tp, records in fetched.items():
+                if tp in assigned:
+                    self.consumer.seek(tp, records[0].offset)
+            return {}
+        return fetched
 
     async def _settle_commit(self) -> bool:
         """Wait for the transaction in flight; False when it failed (and the consumer was sent
@@ -273,14 +295,19 @@ class AuctionWorker:
 
     async def _rewind(self) -> None:
         """Back to the committed offsets on every partition: whatever was fetched or auctioned
-        since is consumed again (and gets its kept outcome back from Redis)."""
+        since is consumed again (and gets its kept outcome back from Redis). The offsets are read
+        first; the generation bump and every seek then happen with no await between them, so a
+        batch being gathered sees the rewind whole or not at all (see _fetch)."""
+        targets: dict[TopicPartition, int | None] = {}
         for tp in self.consumer.assignment():
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
+            targets[tp] = await self.consumer.committed(tp)
+        never = [tp for tp, offset in targets.items() if offset is None]
+        firsts = await self.consumer.beginning_offsets(never) if never else {}
         self.generation += 1
+        assigned = self.consumer.assignment()
+        for tp, offset in targets.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset if offset is not None else firsts[tp])
         await asyncio.sleep(0.5)
 
     async def _commit(self, batch: Batch, outputs: list[Output], blob_ids: list[str], started: float) -> bool:
