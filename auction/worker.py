@@ -68,8 +68,6 @@ BATCH_MAX = 2000
 # Smaller parts cost more per event (a Redis call, a pass) than their head start saves.
 TOP_UP_MS = 1
 PART_MIN = 16
-# Slack over a fetch's own timeout before it is given up (only while a rebalance is under way).
-FETCH_GUARD_S = 0.02
 
 
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
@@ -258,8 +256,8 @@ class AuctionWorker:
                 left_ms = (deadline - time.monotonic()) * 1000
                 if not committing and left_ms <= 0:
                     break
-                more = await self._fetch(generation, TOP_UP_MS if committing else max(1, int(left_ms)),
-                                         self.batch_max - count - fresh_count)
+                more = await self._fetch(generation, TOP_UP_MS if committing else max(1, min(TOP_UP_MS, int(left_ms))),
+                                         self.batch_max - count - fresh_count, locked=True)
                 for tp, records in more.items():
                     fresh.setdefault(tp, []).extend(records)
                     fresh_count += len(records)
@@ -269,16 +267,24 @@ class AuctionWorker:
                 return  # the consumer was sent back before this batch: it comes again
             self._committing = asyncio.create_task(self._commit(batch, outputs, blob_ids, started))
 
-    async def _fetch(self, generation: int, timeout_ms: int, max_records: int) -> Batch:
-        """getmany(), bounded in time: while a rebalance is under way aiokafka's getmany waits for
-        the new assignment, which waits for the batch lock that a batch being gathered holds.
-        Records that arrive after a rewind (a newer generation than the batch's) are handed back
-        with a seek, so the next batch reads them again instead of the position passing them."""
-        try:
-            async with asyncio.timeout(timeout_ms / 1000 + FETCH_GUARD_S):
-                fetched: Batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except TimeoutError:
-            return {}
+    async def _fetch(self, generation: int, timeout_ms: int, max_records: int, locked: bool = False) -> Batch:
+        """getmany(). Records that arrive after a rewind (a newer generation than the batch's) are
+        handed back with a seek, so the next batch reads them again instead of the position
+        passing them.
+
+        `locked`: the batch lock is held. While a rebalance is under way aiokafka's getmany waits
+        for the new assignment, which waits for that lock (the rebalance listener): so under the
+        lock only what is already fetched is taken (timeout 0, no wait), nothing while a
+        rebalance is under way, and the waiting is done here, in steps of at most timeout_ms."""
+        if locked:
+            fetched: Batch = {}
+            if not self.consumer._subscription.reassignment_in_progress:  # what getmany would wait on
+                fetched = await self.consumer.getmany(timeout_ms=0, max_records=max_records)
+            if not fetched:
+                await asyncio.sleep(timeout_ms / 1000)
+                return {}
+        else:
+            fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         if fetched and generation != self.generation:
             assigned = self.consumer.assignment()
             for tp, records in fetched.items():
