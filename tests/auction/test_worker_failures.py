@@ -1,6 +1,7 @@
-"""A worker whose Kafka commits fail now and then, in-process on the real Kafka and Redis: every
-failed batch is consumed again from the committed offsets while the next batch is being gathered,
-and still every event is decided once and charged once."""
+"""Workers under failure and change, in-process on the real Kafka and Redis: commits that fail
+mid-stream (the batch is consumed again from the committed offsets while the next is being
+gathered) and workers joining and leaving while a commit is in flight. Every event is still
+decided once and charged once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncio
 import gc
 import random
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +29,80 @@ from vickrey.settings import Settings
 pytestmark = pytest.mark.integration
 
 
+def stream_events(prefix: str, total: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [
+        live_intent(f"{prefix}{i}", f"topic{rng.randrange(8)}", slots=rng.randint(1, 3), user_id=f"user{rng.randrange(200)}")
+        for i in range(total)
+    ]
+
+
+@asynccontextmanager
+async def running(worker: AuctionWorker) -> AsyncIterator[None]:
+    """The worker in this process, run until the block ends (its GC settings undone after)."""
+    thresholds = gc.get_threshold()
+    await worker.start()
+    task = asyncio.create_task(worker.run())
+    try:
+        yield
+    finally:
+        worker.stop_event.set()
+        await asyncio.wait_for(task, 60)
+        await worker.close()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+async def feed_and_catch_up(settings: Settings, events: list[dict[str, Any]],
+                            at: Callable[[int], Awaitable[None]] | None = None) -> None:
+    """A steady stream in bursts of 10, smaller than a part (PART_MIN), so that failures and
+    rebalances land while a batch is being gathered; `at(i)` runs before event i's burst. Then
+    until the group has committed every offset."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=0)
+    await producer.start()
+    try:
+        for start in range(0, len(events), 10):
+            if at is not None:
+                await at(start)
+            for event in events[start : start + 10]:
+                await producer.send(settings.topic("chat.intents"), orjson.dumps(event), key=event["user_id"].encode())
+            await asyncio.sleep(0.005)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    group, topic = settings.group("auction"), settings.topic("chat.intents")
+    ends = await end_offsets(settings, topic)
+
+    async def caught_up() -> bool:
+        done = await committed(settings, group)
+        return all(done.get(tp, 0) >= end for tp, end in ends.items())
+
+    assert await wait_until(caught_up, timeout=120), "the workers stopped consuming"
+
+
+async def assert_once_each(settings: Settings, redis_client: redis.Redis, events: list[dict[str, Any]],
+                           campaigns: list[dict[str, Any]]) -> None:
+    """One decision per event, each impression once, Redis spend = the impressions' charges."""
+    decisions = await read_all(settings, "ad.decisions", len(events), timeout=60, settle=2)
+    impressions = await read_all(settings, "ad.impressions", 0, timeout=10, settle=2)
+    per_event = Counter(d["event_id"] for d in decisions)
+    assert set(per_event) == {e["event_id"] for e in events}, "an event has no decision"
+    assert max(per_event.values()) == 1, "an event was decided twice"
+    assert max(Counter(i["impression_id"] for i in impressions).values()) == 1
+    assert sum(len(d["ads"]) for d in decisions) == len(impressions)
+    charged: Counter[str] = Counter()
+    for impression in impressions:
+        charged[impression["campaign_id"]] += impression["charge_micros"]
+    for record in campaigns:
+        assert spend_total(redis_client, settings, record["campaign_id"]) == charged[record["campaign_id"]], record["campaign_id"]
+
+
 async def test_failed_commits_are_consumed_again_and_lose_nothing(
     settings: Settings, topics: Settings, redis_client: redis.Redis
 ) -> None:
-    rng = random.Random(7)
     campaigns = crash_campaigns()
     await apply(settings, campaigns)
-    total = 3000
-    events = [
-        live_intent(f"flaky{i}", f"topic{rng.randrange(8)}", slots=rng.randint(1, 3), user_id=f"user{rng.randrange(200)}")
-        for i in range(total)
-    ]
+    events = stream_events("flaky", 3000, seed=7)
     worker = AuctionWorker(settings, instance="flaky", batch_max=100)
     # The offsets step of these transactions fails, as a broker error would: aiokafka aborts the
     # transaction and the worker goes back to the committed offsets.
@@ -50,112 +116,36 @@ async def test_failed_commits_are_consumed_again_and_lose_nothing(
             raise KafkaError("injected: the offsets could not be added to the transaction")
         return await send_offsets(offsets, group_id)
 
-    worker.producer.send_offsets_to_transaction = flaky_send_offsets  # type: ignore[method-assign]
-    thresholds = gc.get_threshold()
-    await worker.start()
-    running = asyncio.create_task(worker.run())
-    try:
-        # A steady stream in bursts smaller than a part (PART_MIN): failures land while the next
-        # batch is being gathered, with or without a part auctioned yet.
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=0)
-        await producer.start()
-        try:
-            for start in range(0, total, 10):
-                for event in events[start : start + 10]:
-                    await producer.send(settings.topic("chat.intents"), orjson.dumps(event), key=event["user_id"].encode())
-                await asyncio.sleep(0.005)
-            await producer.flush()
-        finally:
-            await producer.stop()
-        group, topic = settings.group("auction"), settings.topic("chat.intents")
-        ends = await end_offsets(settings, topic)
-
-        async def caught_up() -> bool:
-            done = await committed(settings, group)
-            return all(done.get(tp, 0) >= end for tp, end in ends.items())
-
-        assert await wait_until(caught_up, timeout=120)
-    finally:
-        worker.stop_event.set()
-        await running
-        await worker.close()
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
+    worker.producer.send_offsets_to_transaction = flaky_send_offsets
+    async with running(worker):
+        await feed_and_catch_up(settings, events)
 
     assert calls["failed"] == len(fail_at), calls
-    decisions = await read_all(settings, "ad.decisions", total, timeout=60, settle=2)
-    impressions = await read_all(settings, "ad.impressions", 0, timeout=10, settle=2)
-    per_event = Counter(d["event_id"] for d in decisions)
-    assert set(per_event) == {e["event_id"] for e in events}, "an event has no decision"
-    assert max(per_event.values()) == 1, "an event was decided twice"
-    assert max(Counter(i["impression_id"] for i in impressions).values()) == 1
-    assert sum(len(d["ads"]) for d in decisions) == len(impressions)
     assert worker.metrics.replays.get() > 0  # failed batches came back from Redis's kept outcomes
-    charged: Counter[str] = Counter()
-    for impression in impressions:
-        charged[impression["campaign_id"]] += impression["charge_micros"]
-    for record in campaigns:
-        assert spend_total(redis_client, settings, record["campaign_id"]) == charged[record["campaign_id"]], record["campaign_id"]
+    await assert_once_each(settings, redis_client, events, campaigns)
 
 
 async def test_workers_joining_and_leaving_mid_stream_lose_and_double_nothing(
     settings: Settings, env: dict[str, str], topics: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """Rebalances while a worker is busy (a commit in flight, the next batch being gathered):
-    partitions move only between batches, and the busy worker goes on."""
-    rng = random.Random(11)
+    partitions move only between batches, and the busy worker goes on. (Before the batch lock
+    stopped covering fetches that wait on a rebalance, this hung the busy worker.)"""
     campaigns = crash_campaigns()
     await apply(settings, campaigns)
-    total = 4000
-    events = [
-        live_intent(f"join{i}", f"topic{rng.randrange(8)}", slots=rng.randint(1, 3), user_id=f"user{rng.randrange(200)}")
-        for i in range(total)
-    ]
-    worker = AuctionWorker(settings, instance="steady", batch_max=100)
-    thresholds = gc.get_threshold()
-    await worker.start()
-    running = asyncio.create_task(worker.run())
-    other = None
+    events = stream_events("join", 4000, seed=11)
+    others: list[Any] = []
+
+    async def join_then_leave(i: int) -> None:
+        if i == len(events) // 4:
+            others.append(start_role(env, "auction", "--instance", "joiner", "--batch-max", "100", log=tmp_path / "joiner.log"))
+        if i == 3 * len(events) // 4:
+            assert stop_role(others.pop()) == 0
+
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=0)
-        await producer.start()
-        try:
-            for start in range(0, total, 10):
-                if start == total // 4:
-                    other = start_role(env, "auction", "--instance", "joiner", "--batch-max", "100", log=tmp_path / "joiner.log")
-                if start == 3 * total // 4 and other is not None:
-                    assert stop_role(other) == 0
-                    other = None
-                for event in events[start : start + 10]:
-                    await producer.send(settings.topic("chat.intents"), orjson.dumps(event), key=event["user_id"].encode())
-                await asyncio.sleep(0.005)
-            await producer.flush()
-        finally:
-            await producer.stop()
-        group, topic = settings.group("auction"), settings.topic("chat.intents")
-        ends = await end_offsets(settings, topic)
-
-        async def caught_up() -> bool:
-            done = await committed(settings, group)
-            return all(done.get(tp, 0) >= end for tp, end in ends.items())
-
-        assert await wait_until(caught_up, timeout=120), "the worker stopped consuming"
+        async with running(AuctionWorker(settings, instance="steady", batch_max=100)):
+            await feed_and_catch_up(settings, events, at=join_then_leave)
     finally:
-        if other is not None:
+        for other in others:
             stop_role(other)
-        worker.stop_event.set()
-        await asyncio.wait_for(running, 60)
-        await worker.close()
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
-
-    decisions = await read_all(settings, "ad.decisions", total, timeout=60, settle=2)
-    per_event = Counter(d["event_id"] for d in decisions)
-    assert set(per_event) == {e["event_id"] for e in events}, "an event has no decision"
-    assert max(per_event.values()) == 1, "an event was decided twice"
-    impressions = await read_all(settings, "ad.impressions", 0, timeout=10, settle=2)
-    charged: Counter[str] = Counter()
-    for impression in impressions:
-        charged[impression["campaign_id"]] += impression["charge_micros"]
-    for record in campaigns:
-        assert spend_total(redis_client, settings, record["campaign_id"]) == charged[record["campaign_id"]], record["campaign_id"]
+    await assert_once_each(settings, redis_client, events, campaigns)
