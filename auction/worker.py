@@ -256,8 +256,7 @@ class AuctionWorker:
                 left_ms = (deadline - time.monotonic()) * 1000
                 if not committing and left_ms <= 0:
                     break
-                more = await self._fetch(generation, TOP_UP_MS if committing else max(1, min(TOP_UP_MS, int(left_ms))),
-                                         self.batch_max - count - fresh_count, locked=True)
+                more = await self._fetch(generation, TOP_UP_MS, self.batch_max - count - fresh_count, locked=True)
                 for tp, records in more.items():
                     fresh.setdefault(tp, []).extend(records)
                     fresh_count += len(records)

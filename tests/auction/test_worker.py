@@ -46,6 +46,22 @@ def spend_total(client: redis.Redis, settings: Settings, campaign_id: str) -> in
     return int(client.get(settings.key(f"{{c:{campaign_id}}}", "spend", "total")) or 0)
 
 
+def assert_once_each(client: redis.Redis, settings: Settings, events: list[dict[str, Any]], campaigns: list[dict[str, Any]],
+                     decisions: list[dict[str, Any]], impressions: list[dict[str, Any]]) -> None:
+    """Exactly once: one decision per event, each impression once and in its decision, and Redis
+    spend equal to the impressions' charges for every campaign."""
+    per_event = Counter(d["event_id"] for d in decisions)
+    assert set(per_event) == {e["event_id"] for e in events}, "an event has no decision"
+    assert max(per_event.values()) == 1, "an event was decided twice"
+    assert max(Counter(i["impression_id"] for i in impressions).values()) == 1
+    assert sum(len(d["ads"]) for d in decisions) == len(impressions)
+    charged: Counter[str] = Counter()
+    for impression in impressions:
+        charged[impression["campaign_id"]] += impression["charge_micros"]
+    for record in campaigns:
+        assert spend_total(client, settings, record["campaign_id"]) == charged[record["campaign_id"]], record["campaign_id"]
+
+
 @pytest.mark.parametrize("increment", [0, 10_000])
 async def test_vectors_live(settings: Settings, env: dict[str, str], topics: Settings, redis_client: redis.Redis, increment: int, tmp_path: Path) -> None:
     """Every public vector as live campaigns: allocations and prices on the topics equal the
@@ -141,18 +157,8 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     dlq = await read_all(settings, "chat.intents.dlq", 0, timeout=5)
 
     assert kills == 4
-    per_event = Counter(d["event_id"] for d in decisions)
-    assert set(per_event) == {e["event_id"] for e in events}, "an event has no decision"
-    assert max(per_event.values()) == 1, "an event was decided twice"
     assert dlq == []
-    per_impression = Counter(i["impression_id"] for i in impressions)
-    assert max(per_impression.values()) == 1
-    assert sum(len(d["ads"]) for d in decisions) == len(impressions)
-    charged: Counter[str] = Counter()
-    for impression in impressions:
-        charged[impression["campaign_id"]] += impression["charge_micros"]
-    for record in campaigns:
-        assert spend_total(redis_client, settings, record["campaign_id"]) == charged[record["campaign_id"]], record["campaign_id"]
+    assert_once_each(redis_client, settings, events, campaigns, decisions, impressions)
     # Kept outcomes go once committed: a killed worker can leave those of its last batches
     # (committed but not yet let go, or never committed and replayed by its successor).
     assert len(list(redis_client.scan_iter(match=settings.key("{b:*"), count=1000))) <= 6 * kills
