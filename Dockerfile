@@ -12,12 +12,13 @@ WORKDIR /app
 # Only what the package needs (never .venv/ or .local/, which hold Kafka jars and data).
 COPY pyproject.toml README.md ./
 COPY vickrey ./vickrey
+COPY core ./core
 COPY auction ./auction
 COPY streams ./streams
 COPY schemas ./schemas
 COPY loadtests ./loadtests
 
-RUN pip install . \
+RUN pip install ".[load]" \
     && useradd --create-home --uid 10001 vickrey
 
 # The source tree stays first on the path too, so data files the wheel may not carry

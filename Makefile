@@ -17,19 +17,19 @@ $(BIN)/vickrey: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(BIN)/vickrey
 
-# The modules vickrey/native.py compiles with mypyc (its MODULES list; stdlib only, no venv needed).
-NATIVE_SOURCES := $(shell $(PY) vickrey/native.py sources)
+# The modules core/native.py compiles with mypyc (its MODULES list; stdlib only, no venv needed).
+NATIVE_SOURCES := $(shell $(PY) core/native.py sources)
 
-build/native-manifest.json: $(BIN)/vickrey vickrey/native.py $(NATIVE_SOURCES)
-	$(BIN)/python -m vickrey.native build -q
+build/native-manifest.json: $(BIN)/vickrey core/native.py $(NATIVE_SOURCES)
+	$(BIN)/python -m core.native build -q
 
 venv: $(BIN)/vickrey build/native-manifest.json ## create .venv, install Vickrey with its dev tools, compile the hot path
 
-native: $(BIN)/vickrey ## compile the hot path with mypyc again (vickrey/native.py)
-	$(BIN)/python -m vickrey.native build -q
+native: $(BIN)/vickrey ## compile the hot path with mypyc again (core/native.py)
+	$(BIN)/python -m core.native build -q
 
 clean-native: ## remove the compiled modules: the same source then runs interpreted
-	@test -x $(BIN)/python && $(BIN)/python -m vickrey.native clean || true
+	@test -x $(BIN)/python && $(BIN)/python -m core.native clean || true
 
 up: ## start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379) unless they answer
 	@bash ops/up.sh

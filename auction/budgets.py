@@ -18,12 +18,10 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
+from core.keys import Keys
+
 SCRIPT = resources.files("auction").joinpath("reserve.lua").read_text()  # works compiled too
 
-
-def user_key(namespace: str, user_id: str, *parts: str) -> str:
-    """A per-person key: under the person's hash tag, so `forget` finds and erases them all."""
-    return ":".join((namespace, f"{{u:{user_id}}}", *parts))
 
 AnswerKind = Literal["ok", "replay", "committed", "dup", "refused"]
 
@@ -82,8 +80,9 @@ COMMITTED = Answer("committed")
 
 
 class BudgetReserver:
-    def __init__(self, redis: Redis, namespace: str, outcome_ttl_s: int) -> None:
-        self.namespace = namespace
+    def __init__(self, redis: Redis, keys: Keys, outcome_ttl_s: int) -> None:
+        self.keys = keys
+        self._templates = orjson.dumps(keys.lua_templates())
         self.outcome_ttl_s = outcome_ttl_s
         self._script = redis.register_script(SCRIPT)
         self._redis = redis
@@ -104,7 +103,7 @@ class BudgetReserver:
                          f"{claim.source}\n@{blob_id} {start} {length}"])
             start += length
         drop = self._drop[:]
-        args: list[bytes | str | int] = [self.namespace, day, self.outcome_ttl_s, orjson.dumps(meta), blob_id,
+        args: list[bytes | str | int] = [self._templates, day, self.outcome_ttl_s, orjson.dumps(meta), blob_id,
                                          b"".join([claim.outcome for claim in claims]), *drop]
         raw = await self._script(keys=[], args=args)
         del self._drop[: len(drop)]  # only once Redis has dropped them
@@ -119,7 +118,7 @@ class BudgetReserver:
         """Drop the committed blobs now (at shutdown, when no further call would)."""
         drop, self._drop = self._drop, []
         if drop:
-            await self._redis.unlink(*(f"{self.namespace}:{{b:{blob_id}}}" for blob_id in drop))
+            await self._redis.unlink(*(self.keys.blob(blob_id) for blob_id in drop))
 
 
 def _answer(item: list[Any]) -> Answer:

@@ -20,9 +20,8 @@ from redis.asyncio import Redis
 from auction.engine import AuctionEngine, Policy
 from auction.index import CampaignIndex
 from auction.model import Campaign, blended_pctr
-from auction.pacing import utc_day
-from vickrey.campaign_store import campaigns_key, changes_key, spend_day_key, spend_total_key
-from vickrey.settings import Settings
+from core.clock import utc_day
+from core.settings import Settings
 
 log = logging.getLogger("vickrey.auction.live")
 SPEND_REFRESH_S = 1.0
@@ -45,16 +44,13 @@ class LiveState:
     def index(self) -> CampaignIndex:
         return self.engine.index
 
-    def _ctr_key(self, campaign_id: str) -> str:
-        return self.settings.key(f"{{c:{campaign_id}}}", "ctr")
-
     async def load(self) -> None:
         """Initial snapshot. The stream position is taken first, so a change racing the
         snapshot is applied again afterwards (upserts are idempotent) rather than missed."""
-        last = await self.redis.xrevrange(changes_key(self.settings), count=1)
+        last = await self.redis.xrevrange(self.settings.keys.campaign_changes(), count=1)
         if last:
             self.last_change_id = last[0][0].decode()
-        raw = await self.redis.hgetall(campaigns_key(self.settings))
+        raw = await self.redis.hgetall(self.settings.keys.campaigns())
         campaigns = []
         for value in raw.values():
             record = orjson.loads(value)
@@ -67,7 +63,7 @@ class LiveState:
         log.info("campaigns loaded", extra={"campaigns": len(self.engine.index)})
 
     async def apply_change(self, campaign_id: str) -> None:
-        raw = await self.redis.hget(campaigns_key(self.settings), campaign_id)
+        raw = await self.redis.hget(self.settings.keys.campaigns(), campaign_id)
         if raw is None:
             self.index.remove(campaign_id)
             self.creatives.pop(campaign_id, None)
@@ -80,7 +76,7 @@ class LiveState:
         self.applied_changes += 1
 
     async def follow_changes(self, stop: asyncio.Event) -> None:
-        stream = changes_key(self.settings)
+        stream = self.settings.keys.campaign_changes()
         while not stop.is_set():
             try:
                 entries = await self.redis.xread({stream: self.last_change_id}, block=250, count=500)
@@ -105,8 +101,8 @@ class LiveState:
             keys = []
             for campaign in chunk:
                 keys += [
-                    spend_day_key(self.settings, campaign.campaign_id, day),
-                    spend_total_key(self.settings, campaign.campaign_id),
+                    self.settings.keys.spend_day(campaign.campaign_id, day),
+                    self.settings.keys.spend_total(campaign.campaign_id),
                 ]
             values = await self.redis.mget(keys)
             for position, campaign in enumerate(chunk):
@@ -120,16 +116,16 @@ class LiveState:
             chunk = cpc[start : start + CHUNK]
             pipe = self.redis.pipeline(transaction=False)
             for campaign in chunk:
-                pipe.hmget(self._ctr_key(campaign.campaign_id), "impressions", "clicks")
+                pipe.hmget(self.settings.keys.ctr(campaign.campaign_id), "impressions", "clicks")
             for campaign, (impressions, clicks) in zip(chunk, await pipe.execute(), strict=True):
                 pctr = blended_pctr(campaign.prior_pctr, int(impressions or 0), int(clicks or 0))
                 self.index.set_pctr(campaign.campaign_id, pctr)
 
     async def refresh_policy(self) -> None:
-        version = int(await self.redis.get(self.settings.key("policy", "version")) or 0)
+        version = int(await self.redis.get(self.settings.keys.policy_version()) or 0)
         if version == self.policy_version:
             return
-        raw = await self.redis.get(self.settings.key("policy"))
+        raw = await self.redis.get(self.settings.keys.policy())
         self.policy_version = version
         if raw is None:
             self.engine.policy = Policy()

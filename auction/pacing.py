@@ -7,21 +7,15 @@ refused reservation.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from auction.model import Campaign, tie_hash
+from core.clock import DAY_MS
 
-DAY_MS = 86_400_000
 # Even pacing may run ahead of the elapsed share of the day by this share of the daily budget
 # before it sits out every auction; in between it sits out a proportional share.
 PACING_TOLERANCE_BP = 200  # 2 % of the daily budget
 BASIS_POINTS = 10_000
-
-
-def utc_day(now_ms: int) -> str:
-    """The UTC day key (YYYYMMDD) that daily budgets roll over on."""
-    return time.strftime("%Y%m%d", time.gmtime(now_ms // 1000))
 
 
 def pacing_allows(campaign: Campaign, spend_today_micros: int, now_ms: int, event_id: str) -> bool:

@@ -1,6 +1,7 @@
 -- Vickrey: atomic budget + frequency-cap reservation for a batch of auctions, idempotent per event.
 --
--- ARGV[1] namespace, ARGV[2] UTC day (YYYYMMDD), ARGV[3] TTL (s) of what is kept per event,
+-- ARGV[1] JSON of the key templates (core/keys.py `lua_templates`: the script builds no key itself),
+-- ARGV[2] UTC day (YYYYMMDD), ARGV[3] TTL (s) of what is kept per event,
 -- ARGV[4] JSON list of auctions, in order:
 --   {event_id, "<partition>:<offset>", user_id,
 --    {{campaign_id, charge_micros, need_micros, cap_max, cap_window_s, advertiser_id}, ...},
@@ -36,7 +37,7 @@
 -- counters) and spend is written once per campaign at the end. The script runs atomically, so
 -- the state it leaves is exactly that of reading and writing key by key.
 
-local ns, day, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local K, day, ttl = cjson.decode(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local auctions = cjson.decode(ARGV[4])
 local any_ok = false
 local answers = {}
@@ -45,7 +46,7 @@ local CHUNK = 1000  -- keys per MGET/EXISTS (unpack works on the Lua stack)
 local call = redis.call
 local find, sub, format = string.find, string.sub, string.format
 
-local function blob_of(id) return ns .. ":{b:" .. id .. "}" end
+local function blob_of(id) return format(K.blob, id) end
 
 -- A kept value's answer for a record from the same source: the outcome, or "committed".
 local function replayed(rest)
@@ -77,10 +78,10 @@ end
 for j = 7, #ARGV do call("UNLINK", blob_of(ARGV[j])) end
 
 -- 1. What each event left before this batch, in one read.
-local okeys, ukeys = {}, {}
+local okeys, hkeys = {}, {}  -- outcome and hidden-advertisers key of each auction
 for i, a in ipairs(auctions) do
-  okeys[i] = ns .. ":{e:" .. a[1] .. "}:outcome"
-  ukeys[i] = ns .. ":{u:" .. a[3] .. "}:"
+  okeys[i] = format(K.outcome, a[1])
+  hkeys[i] = format(K.hidden, a[3])
 end
 local kept_before = mget(okeys)
 
@@ -91,18 +92,17 @@ local fc = {}  -- frequency-cap key -> current count
 local cids, spend_keys, fkeys, hidden_keys = {}, {}, {}, {}
 for i, a in ipairs(auctions) do
   if not kept_before[i] and #a[4] > 0 then
-    hidden_keys[#hidden_keys + 1] = ukeys[i] .. "hidden"
+    hidden_keys[#hidden_keys + 1] = hkeys[i]
     for _, r in ipairs(a[4]) do
       local cid = r[1]
       if limits[cid] == nil then
         limits[cid] = false
         cids[#cids + 1] = cid
-        local prefix = ns .. ":{c:" .. cid .. "}:"
-        spend_keys[#spend_keys + 1] = prefix .. "spend:day:" .. day
-        spend_keys[#spend_keys + 1] = prefix .. "spend:total"
+        spend_keys[#spend_keys + 1] = format(K.spend_day, cid, day)
+        spend_keys[#spend_keys + 1] = format(K.spend_total, cid)
       end
       if r[4] > 0 then
-        local fkey = ukeys[i] .. "fc:" .. cid
+        local fkey = format(K.frequency, a[3], cid)
         if fc[fkey] == nil then
           fc[fkey] = 0
           fkeys[#fkeys + 1] = fkey
@@ -112,7 +112,7 @@ for i, a in ipairs(auctions) do
   end
 end
 for _, cid in ipairs(cids) do
-  local l = call("HMGET", ns .. ":{c:" .. cid .. "}:budget", "daily_micros", "total_micros")
+  local l = call("HMGET", format(K.budget, cid), "daily_micros", "total_micros")
   if l[1] and l[2] then limits[cid] = {tonumber(l[1]), tonumber(l[2])} end
 end
 local spent = mget(spend_keys)
@@ -148,9 +148,9 @@ for i, a in ipairs(auctions) do
     end
   else
     local refused = {}
-    local ukey = ukeys[i]
+    local user, hkey = a[3], hkeys[i]
     local reservations = a[4]
-    local any_hidden = anyone_hidden and #reservations > 0 and call("EXISTS", ukey .. "hidden") == 1
+    local any_hidden = anyone_hidden and #reservations > 0 and call("EXISTS", hkey) == 1
     for _, r in ipairs(reservations) do
       local cid, need = r[1], r[3]
       if not seen[cid] then
@@ -158,11 +158,11 @@ for i, a in ipairs(auctions) do
         touched[#touched + 1] = cid
       end
       local limit = limits[cid]
-      if any_hidden and call("SISMEMBER", ukey .. "hidden", r[6]) == 1 then
+      if any_hidden and call("SISMEMBER", hkey, r[6]) == 1 then
         refused[#refused + 1] = {cid, "user_hidden"}
       elseif not limit or today[cid] + need > limit[1] or total[cid] + need > limit[2] then
         refused[#refused + 1] = {cid, "budget"}
-      elseif r[4] > 0 and fc[ukey .. "fc:" .. cid] >= r[4] then
+      elseif r[4] > 0 and fc[format(K.frequency, user, cid)] >= r[4] then
         refused[#refused + 1] = {cid, "frequency_cap"}
       end
     end
@@ -177,14 +177,15 @@ for i, a in ipairs(auctions) do
           charged[cid] = true
         end
         if r[4] > 0 then
-          local fkey = ukey .. "fc:" .. cid
+          local fkey = format(K.frequency, user, cid)
           local count = fc[fkey] + 1
           fc[fkey] = count
           if count == 1 then
             call("SET", fkey, 1, "EX", r[5])
-            call("SADD", ukey .. "keys", fkey)
-            if call("TTL", ukey .. "keys") < r[5] then
-              call("EXPIRE", ukey .. "keys", r[5])
+            local listed = format(K.person_keys, user)
+            call("SADD", listed, fkey)
+            if call("TTL", listed) < r[5] then
+              call("EXPIRE", listed, r[5])
             end
           else
             call("INCR", fkey)
@@ -208,13 +209,13 @@ local spends = {}
 for j, cid in ipairs(touched) do
   local t, s = format("%d", today[cid]), format("%d", total[cid])
   if charged[cid] then
-    local prefix = ns .. ":{c:" .. cid .. "}:"
+    local day_key = format(K.spend_day, cid, day)
     if day_was[cid] == 0 then
-      call("SET", prefix .. "spend:day:" .. day, t, "EX", DAY_TTL)
+      call("SET", day_key, t, "EX", DAY_TTL)
     else
-      call("SET", prefix .. "spend:day:" .. day, t, "KEEPTTL")
+      call("SET", day_key, t, "KEEPTTL")
     end
-    call("SET", prefix .. "spend:total", s, "KEEPTTL")
+    call("SET", format(K.spend_total, cid), s, "KEEPTTL")
   end
   spends[j] = {cid, t, s}
 end

@@ -17,8 +17,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
-from vickrey.settings import Settings
 
 OUTPUT = "baseline.out"
 

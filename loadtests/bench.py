@@ -24,13 +24,13 @@ from typing import Any
 
 import orjson
 
+from core import native
+from core.settings import Settings
 from loadtests import bench_kafka, engine_bench
 from loadtests.bench_report import TARGETS, markdown_block, table, update_markdown
 from loadtests.plot import bench_plot
 from loadtests.profile import summarise
 from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
-from vickrey import native
-from vickrey.settings import Settings
 
 KEYS = (
     "engine_auctions_per_s", "index_build_s_100k", "index_bytes_per_campaign", "baseline_events_per_s",
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     args.reports.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = dict.fromkeys(KEYS)
     results.update(machine=machine(), command=command, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    # What ran: the compiled hot path (vickrey/native.py) or the same source interpreted.
+    # What ran: the compiled hot path (core/native.py) or the same source interpreted.
     results["hot_path"] = native.check()
     missing: dict[str, str] = {}
     details: dict[str, Any] = {}

@@ -25,13 +25,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from core.settings import Settings
 from loadtests import cpu, workload
 from loadtests.baseline import OUTPUT
 from loadtests.stack import (
@@ -53,7 +53,6 @@ from loadtests.stack import (
     wait_for_group,
 )
 from loadtests.summary import percentile
-from vickrey.settings import Settings
 
 Progress = Callable[[str], None]
 ACTIVE_CAMPAIGNS = 1_000
@@ -168,7 +167,7 @@ async def throughput(base: Settings, events: int, runs: int, progress: Progress,
                 reference_cpu[side].append(parts)
 
             # -- the worker, fresh namespace (no kept outcomes) and its group reset to the start --
-            ns = replace(stack, namespace=f"{stack.namespace}w{run}")
+            ns = stack.with_(namespace=f"{stack.namespace}w{run}")
             namespaces.append(ns)
             await apply(ns, campaigns)
             await reset_group(ns, ns.group("auction"), ns.topic("chat.intents"))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from loadtests.stack import ROOT
-from vickrey.settings import Settings
 
 BROKER_PIDFILE = ROOT / ".local" / "run" / "kafka.pid"
 CpuSeconds = dict[str, float | None]

@@ -31,13 +31,13 @@ import orjson
 from locust import LoadTestShape, User, constant_throughput, events, task
 from locust.env import Environment
 
+from core.settings import Settings
 from loadtests.bridge import AsyncBridge
 from loadtests.generator import IntentGenerator
 from loadtests.shapes import Profile, profile_from_env
 from loadtests.stack import require_local
 from loadtests.summary import LatencyStats
 from vickrey.client import ChatAdsClient, DecisionTimeout
-from vickrey.settings import Settings
 
 
 def _env_float(name: str, default: float) -> float:

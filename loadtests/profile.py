@@ -27,12 +27,12 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("redis/", "Redis reservation (client side)"),
     ("schemas/", "decode + validate"),
     ("orjson", "JSON"),
-    ("vickrey/kafka.py", "Kafka produce (batches)"),
+    ("core/kafka.py", "Kafka produce (batches)"),
     ("aiokafka/producer", "Kafka produce (batches)"),
     ("aiokafka/record", "Kafka produce (batches)"),
     ("aiokafka/consumer", "Kafka consume"),
     ("aiokafka/", "Kafka client (other)"),
-    ("vickrey/metrics.py", "metrics"),
+    ("core/metrics.py", "metrics"),
 )
 # Frames every stack passes through: an area only when nothing more specific is inside them.
 GENERIC: tuple[tuple[str, str], ...] = (

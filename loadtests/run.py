@@ -18,12 +18,13 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from core.settings import Settings
+from core.topics import ensure_topics
 from loadtests import generator
 from loadtests.shapes import SHAPES, parse_duration
 from loadtests.stack import (
@@ -36,8 +37,6 @@ from loadtests.stack import (
     stop_process,
     wait_for_group,
 )
-from vickrey.settings import Settings
-from vickrey.topics import ensure_topics
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 SAMPLES = ROOT / "vickrey" / "samples" / "campaigns.json"
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  starting the pipeline (`vickrey run`) for this run; log: " + str(reports / "pipeline.log"))
         run_args = ["run", "--no-streams"] if args.no_streams else ["run"]
         # metrics on a free port: a demo or another stack may hold the default one
-        pipeline = start_vickrey(replace(settings, metrics_port=0), *run_args, log=reports / "pipeline.log")
+        pipeline = start_vickrey(settings.with_(metrics_port=0), *run_args, log=reports / "pipeline.log")
         if not asyncio.run(wait_for_group(settings, group, timeout=90, proc=pipeline)):
             stop_process(pipeline)
             print("  the auction worker did not join its consumer group; see pipeline.log", file=sys.stderr)

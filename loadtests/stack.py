@@ -12,16 +12,15 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
+from core.settings import Settings
+from core.topics import admin_client, delete_topics, ensure_topics
 from vickrey.campaign_store import apply_campaigns
-from vickrey.settings import Settings
-from vickrey.topics import admin_client, delete_topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -33,7 +32,7 @@ def new_tag(prefix: str) -> str:
 
 def isolated(base: Settings, tag: str, partitions: int = 6) -> Settings:
     """Settings of a stack of its own: topics `<tag>.*`, Redis keys `<tag>:*`."""
-    return replace(base, topic_prefix=f"{tag}.", namespace=tag, partitions=partitions, metrics_port=0)
+    return base.with_(topic_prefix=f"{tag}.", namespace=tag, partitions=partitions, metrics_port=0)
 
 
 def env_for(settings: Settings) -> dict[str, str]:
@@ -66,7 +65,7 @@ async def apply(settings: Settings, records: Sequence[dict[str, Any]]) -> int:
 async def campaign_count(settings: Settings) -> int:
     client = Redis.from_url(settings.redis)
     try:
-        return int(await client.hlen(settings.key("campaigns")))
+        return int(await client.hlen(settings.keys.campaigns()))
     finally:
         await client.aclose()
 

@@ -1,8 +1,8 @@
 """Click attribution: ad.clicks.raw ⋈ ad.impressions (both keyed by impression_id, co-partitioned)
 → ad.clicks (billable, with the CPC charge) or ad.clicks.invalid (with the reason).
 
-Plain aiokafka transactions, like billing: each batch's clicks and invalid clicks are published
-with the consumed offsets of both inputs in one transaction. The impression table lives in a local
+On the shared exactly-once loop, like billing: each batch's clicks and invalid clicks are
+published with the consumed offsets of both inputs in one transaction. The impression table lives in a local
 RocksDB (attribution_store.py); its writes are replay-safe (the same impression, the same bytes),
 and every click's first verdict is kept with the position of the record that earned it, so a
 batch replayed after a crash republishes the same verdicts, while the same click_id from another
@@ -17,7 +17,6 @@ keeps exactly-once without any extra topic: a crash simply re-reads the held cli
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -26,11 +25,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.codec import RecordError, decode, dlq_record, encode
+from core.loop import Batch, Committed, KafkaRecord, Loop, LoopOptions, Output, Position, RoleBase, Step
+from core.metrics import Metrics
+from core.settings import Settings
+from schemas.codec import RecordError, decode, encode
 from streams.attribution_store import AttributionStore, StoredImpression, default_state_dir
-from streams.common import Batch, Output, Record, Step, StreamRole, committed_offsets
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.streams.attribution")
 IMPRESSIONS = "ad.impressions"
@@ -57,41 +56,47 @@ class HeldClick:
     since: float  # monotonic time first held
 
 
-class Attribution(StreamRole):
+class Attribution(RoleBase):
     name = "attribution"
     inputs = (IMPRESSIONS, RAW_CLICKS)
-    tick_s = 0.1
 
     def __init__(
         self,
         settings: Settings,
-        registry: Metrics,
-        stop: asyncio.Event,
+        metrics: Metrics,
         batch_max: int = 2000,
         state_dir: Path | None = None,
         window_ms: int = ATTRIBUTION_WINDOW_MS,
         grace_s: float = HOLD_GRACE_S,
     ) -> None:
-        super().__init__(settings, registry, stop, batch_max)
+        self.settings = settings
+        # Range assignment keeps partition N of both inputs on one member: the join relies on it.
+        self.options = LoopOptions(batch_max=batch_max, tick_s=0.1, fetch_max_wait_ms=20, session_timeout_ms=6_000,
+                                   heartbeat_interval_ms=1_000, assignor="range")
         self.state_dir = state_dir or default_state_dir(settings.topic_prefix)
         self.window_ms = window_ms
         self.grace_s = grace_s
-        self.impressions_topic = self.topic(IMPRESSIONS)
-        self.raw_topic = self.topic(RAW_CLICKS)
+        self.impressions_topic = settings.topic(IMPRESSIONS)
+        self.raw_topic = settings.topic(RAW_CLICKS)
         self.watermark: dict[int, int] = {}  # partition → latest impression ts applied
         self.impressions_next: dict[int, int] = {}  # partition → next impression offset to apply
         self.held: dict[TopicPartition, HeldClick] = {}
-        self.valid = registry.counter("vickrey_streams_attribution_valid_total", "Clicks published as billable")
-        self.invalid = registry.counter("vickrey_streams_attribution_invalid_total", "Invalid clicks, by reason")
-        self.held_total = registry.counter("vickrey_streams_attribution_held_total", "Clicks held for their impression")
-        self.restored = registry.counter("vickrey_streams_attribution_restored_total", "Records replayed into the table")
+        self.impressions_caught_up: set[int] = set()  # partitions with nothing left to read, as of this part
+        self.valid = metrics.counter("vickrey_attribution_valid_total", "Clicks published as billable")
+        self.invalid = metrics.counter("vickrey_attribution_invalid_total", "Invalid clicks, by reason", ("reason",))
+        self.held_total = metrics.counter("vickrey_attribution_held_total", "Clicks held for their impression")
+        self.restored = metrics.counter("vickrey_attribution_restored_total", "Records replayed into the table")
+        self.unreadable = metrics.counter(
+            "vickrey_attribution_unreadable_impressions_total", "Impressions that could not be read (billing DLQs them)"
+        )
         self.store: AttributionStore | None = None
 
-    async def setup(self) -> None:
+    async def start(self, loop: Loop) -> None:
+        await super().start(loop)
         self.store = AttributionStore(self.state_dir, self.window_ms // 1000 + STORE_MARGIN_S)
         log.info("attribution store open", extra={"path": str(self.store.path)})
 
-    async def teardown(self) -> None:
+    async def close(self) -> None:
         if self.store is not None:
             self.store.close()
 
@@ -103,24 +108,28 @@ class Attribution(StreamRole):
     # -- one batch -------------------------------------------------------------------------------
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
-        step = Step()
+        step = Step(offsets={})  # exact positions only: a held or paused partition stays where it is
+        self.impressions_caught_up = {
+            tp.partition for tp in self.loop.consumer.assignment()
+            if tp.topic == self.impressions_topic and await self.loop.caught_up(tp)
+        }
         for tp, records in batch.items():
             if tp.topic == self.impressions_topic:
                 self._apply_impressions(tp, records, step)
         for tp, records in batch.items():
-            if tp.topic == self.raw_topic and tp not in self.consumer.paused():
+            if tp.topic == self.raw_topic and tp not in self.loop.consumer.paused():
                 self._attribute_clicks(tp, records, step, now_ms)
         self._release_due_holds()
         return step
 
-    def _apply_impressions(self, tp: TopicPartition, records: list[Record], step: Step) -> None:
+    def _apply_impressions(self, tp: TopicPartition, records: list[KafkaRecord], step: Step) -> None:
         rows: list[tuple[str, bytes]] = []
         latest = self.watermark.get(tp.partition, 0)
         for record in records:
             try:
                 impression = decode(IMPRESSIONS, record.value)
             except RecordError:
-                self.metrics.unreadable.inc(topic=tp.topic)  # billing sends it to the DLQ
+                self.unreadable.inc()  # billing sends it to the DLQ
                 continue
             rows.append((impression["impression_id"], StoredImpression.of(impression)))
             latest = max(latest, impression["ts"])
@@ -128,17 +137,15 @@ class Attribution(StreamRole):
         self.db.put_impressions(rows, {(tp.topic, tp.partition): following})
         self.watermark[tp.partition] = latest
         self.impressions_next[tp.partition] = following
-        step.offsets[tp] = following
+        _offsets(step)[tp] = following
 
-    def _attribute_clicks(self, tp: TopicPartition, records: list[Record], step: Step, now_ms: int) -> None:
+    def _attribute_clicks(self, tp: TopicPartition, records: list[KafkaRecord], step: Step, now_ms: int) -> None:
         following: int | None = None  # next offset of this partition once the batch commits
         for record in records:
             try:
                 click = decode(RAW_CLICKS, record.value)
             except RecordError as error:
-                self.metrics.unreadable.inc(topic=tp.topic)
-                dead = dlq_record(tp.topic, tp.partition, record.offset, record.key, record.value, error, now_ms)
-                step.outputs.append((self.topic(f"{RAW_CLICKS}.dlq"), record.key, encode(dead)))
+                step.outputs.append(self.loop.dlq(record, error, now_ms))
                 following = record.offset + 1
                 continue
             held = self.held.get(tp)
@@ -151,14 +158,14 @@ class Attribution(StreamRole):
                     self.held_total.inc()
                 self.held[tp] = held
                 following = record.offset
-                self.consumer.seek(tp, record.offset)
-                self.consumer.pause(tp)
+                self.loop.consumer.seek(tp, record.offset)
+                self.loop.consumer.pause(tp)
                 break
             self.held.pop(tp, None)
             step.outputs.append(self._output(click, verdict, impression))
             following = record.offset + 1
         if following is not None:
-            step.offsets[tp] = following
+            _offsets(step)[tp] = following
             self.db.set_checkpoint(tp.topic, tp.partition, following)
 
     def _verdict(self, click: dict[str, Any], src: str, held: HeldClick) -> tuple[str, StoredImpression | None]:
@@ -204,50 +211,43 @@ class Attribution(StreamRole):
                 advertiser_id=impression.advertiser_id,
                 charge_micros=impression.click_charge_micros,
             )
-            return (self.topic(CLICKS), key, encode(base))
+            return (self.settings.topic(CLICKS), key, encode(base))
         reason = verdict if verdict != VALID else "unknown_impression"  # kept valid, table expired under it
-        self.invalid.inc(reason=reason)
-        return (self.topic(INVALID), key, encode({**base, "reason": reason}))
+        self.invalid.labels(reason).inc()
+        return (self.settings.topic(INVALID), key, encode({**base, "reason": reason}))
 
     # -- holding ---------------------------------------------------------------------------------
 
     def _due(self, held: HeldClick) -> bool:
         """Has the click waited long enough for its impression?"""
-        partition = TopicPartition(self.impressions_topic, held.partition)
-        if self.watermark.get(partition.partition, -1) >= held.ts + self.grace_s * 1000:
+        if self.watermark.get(held.partition, -1) >= held.ts + self.grace_s * 1000:
             return True  # impressions well past the click's time have been applied
         waited = time.monotonic() - held.since
         if waited >= MAX_HOLD_S:
             return True
-        end = self.consumer.last_stable_offset(partition)
-        applied = self.impressions_next.get(partition.partition, 0)
-        caught_up = end is None or applied >= end
-        return waited >= self.grace_s and caught_up
+        return waited >= self.grace_s and held.partition in self.impressions_caught_up
 
     def _release_due_holds(self) -> None:
-        paused = self.consumer.paused()
+        consumer = self.loop.consumer
+        paused = consumer.paused()
         for tp, held in list(self.held.items()):
             if tp in paused and (self.db.has_impression(held.impression_id) or self._due(held)):
-                self.consumer.resume(tp)  # the held click is read again from its offset
+                consumer.resume(tp)  # the held click is read again from its offset
 
     # -- rebalance and restore -------------------------------------------------------------------
 
-    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
+    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
             self.held.pop(tp, None)
             if tp.topic == self.impressions_topic:
                 self.watermark.pop(tp.partition, None)
                 self.impressions_next.pop(tp.partition, None)
-        self.consumer.resume(*[tp for tp in revoked if tp in self.consumer.paused()])
 
-    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.paused()])
-        committed = await committed_offsets(self.consumer, assigned)
+    async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
         plan: dict[TopicPartition, tuple[int | None, int]] = {}  # what to replay: (from, to)
         raw_done: dict[TopicPartition, int] = {}
-        for tp in assigned:
-            found = committed.get(tp)
-            done = found.offset if found is not None and found.offset >= 0 else None
+        for tp, found in committed.items():
+            done = found.offset if found is not None else None
             if tp.topic == self.impressions_topic and done is not None:
                 self.impressions_next[tp.partition] = done
             checkpoint = self.db.checkpoint(tp.topic, tp.partition)
@@ -256,12 +256,13 @@ class Attribution(StreamRole):
             if tp.topic == self.impressions_topic:
                 plan[tp] = (checkpoint, done)
             else:  # billable clicks of these raw clicks: the one-click-per-impression state
-                plan[TopicPartition(self.topic(CLICKS), tp.partition)] = (None, -1)
+                plan[TopicPartition(self.settings.topic(CLICKS), tp.partition)] = (None, -1)
                 raw_done[tp] = done
         if plan:
             await self._restore(plan)
         for tp, done in raw_done.items():
             self.db.set_checkpoint(tp.topic, tp.partition, done)
+        return {}
 
     async def _restore(self, plan: dict[TopicPartition, tuple[int | None, int]]) -> None:
         """Replay the window's impressions (and billable clicks) of partitions this store missed."""
@@ -306,7 +307,7 @@ class Attribution(StreamRole):
         finally:
             await reader.stop()
 
-    def _restore_records(self, tp: TopicPartition, records: list[Record]) -> None:
+    def _restore_records(self, tp: TopicPartition, records: list[KafkaRecord]) -> None:
         if tp.topic == self.impressions_topic:
             rows = []
             for record in records:
@@ -324,3 +325,8 @@ class Attribution(StreamRole):
                 continue
             self.db.set_clicked(click["impression_id"], click["click_id"])
             self.db.set_verdict(click["click_id"], "", VALID)  # "" never equals a live record's position
+
+
+def _offsets(step: Step) -> dict[TopicPartition, Position]:
+    assert step.offsets is not None, "process() makes its step with exact offsets"
+    return step.offsets

@@ -8,7 +8,6 @@ removes both afterwards: it never writes into the stack it was given.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 import tempfile
 import time
@@ -19,21 +18,21 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from core.kafka import BatchSender
+from core.loop import Role
+from core.metrics import Metrics
+from core.settings import Settings
+from core.topics import delete_topics, ensure_topics
 from streams.attribution import Attribution
 from streams.billing import Billing
-from streams.common import StreamRole
-from streams.runner import ensure_stream_topics, running
-from vickrey.kafka import BatchSender
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
-from vickrey.topics import delete_topics
+from streams.runner import running
 
 CAMPAIGNS = 1000
 
 
 def isolated(settings: Settings) -> Settings:
     tag = f"bench{uuid.uuid4().hex[:8]}"
-    return dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}{tag}.", namespace=f"{settings.namespace}-{tag}", metrics_port=0)
+    return settings.with_(topic_prefix=f"{settings.topic_prefix}{tag}.", namespace=f"{settings.namespace}-{tag}", metrics_port=0)
 
 
 def _impression(n: int, ts: int) -> bytes:
@@ -82,21 +81,22 @@ async def measure_attribution_ingest(settings: Settings, n: int = 50_000, timeou
 
 async def _measure(settings: Settings, n: int, role_name: str, timeout_s: float) -> float:
     bench = isolated(settings)
-    await ensure_stream_topics(bench)
+    await ensure_topics(bench)
     try:
         await prefill_impressions(bench, n)
         with tempfile.TemporaryDirectory() as state_dir:
-            role: StreamRole
+            metrics = Metrics()
+            role: Role
             if role_name == "billing":
-                role = Billing(bench, Metrics(), asyncio.Event())
+                role = Billing(bench, metrics)
             else:
-                role = Attribution(bench, Metrics(), asyncio.Event(), state_dir=Path(state_dir))
+                role = Attribution(bench, metrics, state_dir=Path(state_dir))
             impressions = bench.topic("ad.impressions")
             first: float | None = None
-            async with running([role]):
+            async with running(bench, [role], metrics):
                 deadline = time.monotonic() + timeout_s
-                while role.metrics.records_done.get() < n:
-                    if first is None and role.metrics.records_in.get(topic=impressions) > 0:
+                while metrics.value("vickrey_records_committed_total", role=role_name) < n:
+                    if first is None and metrics.value("vickrey_records_in_total", role=role_name, topic=impressions) > 0:
                         first = time.perf_counter()
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{role_name} did not finish {n} impressions in {timeout_s} s")
@@ -106,7 +106,7 @@ async def _measure(settings: Settings, n: int, role_name: str, timeout_s: float)
     finally:
         await delete_topics(bench)
         client = aioredis.Redis.from_url(bench.redis)
-        keys = [key async for key in client.scan_iter(match=f"{bench.namespace}:*", count=1000)]
+        keys = [key async for key in client.scan_iter(match=bench.keys.everything(), count=1000)]
         if keys:
             await client.delete(*keys)
         await client.aclose()

@@ -1,30 +1,30 @@
 """CTR feedback: ad.impressions + ad.clicks → per-campaign counts in Redis, where the auction worker
 reads them to learn pCTR (`auction/live.py refresh_ctr`).
 
-`{ns}:{c:<campaign_id>}:ctr` hash, fields `impressions` and `clicks` (HINCRBY, one Lua call per
-batch). Exactly once without Kafka transactions: Redis keeps, next to the counts, the next offset
-counted per input partition (`{ns}:streams:feedback:offsets`, field `<topic>:<partition>`), and
-feedback.lua adds a batch only if those positions are what this process expects, all in one atomic
-step. A restarted or newly assigned process seeks to the positions Redis holds, so a record is
-counted once whatever crashes where; Kafka commits are only for lag monitoring.
+The campaign's `ctr` hash (core/keys.py), fields `impressions` and `clicks` (HINCRBY, one Lua call
+per part). Exactly once by position: Redis keeps, next to the counts, the next offset counted per
+input partition (`feedback_positions`, field `<topic>:<partition>`), and feedback.lua adds a part
+only if those positions are what this process expects, all in one atomic step. Redis, not the
+group's commit, is the authority: an assigned partition resumes where Redis says, a record
+before that position is skipped, and the loop's commit of the offsets (with no outputs) only
+keeps the group's lag honest.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from pathlib import Path
+from importlib import resources
 
 import orjson
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
-from streams.common import Batch, Step, StreamRole
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
+from core.loop import Batch, Committed, Loop, LoopOptions, RoleBase, Step
+from core.metrics import Metrics
+from core.settings import Settings
 
 log = logging.getLogger("vickrey.streams.feedback")
-FEEDBACK_SCRIPT = Path(__file__).with_name("feedback.lua").read_text()
+FEEDBACK_SCRIPT = resources.files("streams").joinpath("feedback.lua").read_text()
 IMPRESSIONS = "ad.impressions"
 CLICKS = "ad.clicks"
 
@@ -33,26 +33,27 @@ class PositionMoved(RuntimeError):
     """Redis holds other positions than this process expected: re-read them and resume there."""
 
 
-class Feedback(StreamRole):
+class Feedback(RoleBase):
     name = "feedback"
     inputs = (IMPRESSIONS, CLICKS)
-    transactional = False
 
-    def __init__(self, settings: Settings, registry: Metrics, stop: asyncio.Event, batch_max: int = 2000) -> None:
-        super().__init__(settings, registry, stop, batch_max)
-        self.clicks_topic = self.topic(CLICKS)
-        self.positions_key = settings.key("streams", "feedback", "offsets")
-        self.applied: dict[TopicPartition, int | None] = {}  # next offset counted, as Redis has it
-        self.pending: dict[TopicPartition, int] = {}  # positions after the batch being committed
-        self.counted = registry.counter("vickrey_streams_feedback_counted_total", "Records counted into CTR, by kind")
+    def __init__(self, settings: Settings, metrics: Metrics, batch_max: int = 2000) -> None:
+        self.settings = settings
+        self.options = LoopOptions(batch_max=batch_max, fetch_max_wait_ms=20, session_timeout_ms=6_000,
+                                   heartbeat_interval_ms=1_000)
+        self.clicks_topic = settings.topic(CLICKS)
+        self.positions_key = settings.keys.feedback_positions()
+        self.counted_at: dict[TopicPartition, int | None] = {}  # next offset counted, as Redis has it
+        self.counted = metrics.counter("vickrey_feedback_counted_total", "Records counted into CTR, by kind", ("kind",))
+        self.unreadable = metrics.counter("vickrey_feedback_unreadable_total", "Records without a readable campaign_id")
         self.redis: Redis | None = None
-        self._increments: dict[str, list[int]] = {}
 
-    async def setup(self) -> None:
+    async def start(self, loop: Loop) -> None:
+        await super().start(loop)
         self.redis = Redis.from_url(self.settings.redis)
-        self._apply = self.redis.register_script(FEEDBACK_SCRIPT)
+        self._count = self.redis.register_script(FEEDBACK_SCRIPT)
 
-    async def teardown(self) -> None:
+    async def close(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -60,23 +61,29 @@ class Feedback(StreamRole):
     def _field(tp: TopicPartition) -> str:
         return f"{tp.topic}:{tp.partition}"
 
-    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+    async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
+        """Resume where Redis says the counts are."""
         assert self.redis is not None
-        stored = await self.redis.hmget(self.positions_key, [self._field(tp) for tp in assigned])
-        for tp, value in zip(assigned, stored, strict=True):
-            self.applied[tp] = None if value is None else int(value)
+        partitions = list(committed)
+        stored = await self.redis.hmget(self.positions_key, [self._field(tp) for tp in partitions]) if partitions else []
+        resume: dict[TopicPartition, int] = {}
+        for tp, value in zip(partitions, stored, strict=True):
+            self.counted_at[tp] = None if value is None else int(value)
             if value is not None:
-                self.consumer.seek(tp, int(value))  # Redis, not the group commit, says what was counted
+                resume[tp] = int(value)
+        return resume
 
-    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
-            self.applied.pop(tp, None)
+    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.counted_at.pop(tp, None)
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
+        """Count the part into Redis with its positions, at once (Redis is the authority)."""
+        assert self.redis is not None
         increments: dict[str, list[int]] = {}
-        self.pending = {}
+        moves: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
-            expected = self.applied.get(tp)
+            expected = self.counted_at.get(tp)
             slot = 1 if tp.topic == self.clicks_topic else 0
             for record in records:
                 if expected is not None and record.offset < expected:
@@ -86,34 +93,25 @@ class Feedback(StreamRole):
                     if not isinstance(campaign_id, str):
                         raise TypeError(campaign_id)
                 except (orjson.JSONDecodeError, KeyError, TypeError):
-                    self.metrics.unreadable.inc(topic=tp.topic)
+                    self.unreadable.inc()
                     continue
                 increments.setdefault(campaign_id, [0, 0])[slot] += 1
             if expected is None or records[-1].offset + 1 > expected:
-                self.pending[tp] = records[-1].offset + 1
-        self._increments = increments
-        return Step(offsets=dict(self.pending))
-
-    async def commit(self, step: Step) -> None:
-        """Counts and positions in one Lua call; then the group commit, for lag only."""
-        payload = orjson.dumps(
-            {
-                "p": [[self._field(tp), _text(self.applied.get(tp)), str(nxt)] for tp, nxt in self.pending.items()],
-                "c": [[self.settings.key(f"{{c:{cid}}}", "ctr"), imps, clicks] for cid, (imps, clicks) in self._increments.items()],
-            }
-        )
-        answer = await self._apply(keys=[], args=[self.positions_key, payload])
-        if answer != b"ok":
-            raise PositionMoved(f"CTR positions in Redis moved under this process ({answer!r})")
-        for tp, nxt in self.pending.items():
-            self.applied[tp] = nxt
-        for imps, clicks in self._increments.values():
-            self.counted.inc(imps, kind="impression")
-            self.counted.inc(clicks, kind="click")
-        try:
-            await self.consumer.commit({tp: nxt for tp, nxt in self.pending.items()})
-        except Exception as exc:  # only monitoring depends on it
-            log.warning("group commit failed", extra={"error": str(exc)})
+                moves[tp] = records[-1].offset + 1
+        if moves:
+            keys = self.settings.keys
+            payload = orjson.dumps({
+                "p": [[self._field(tp), _text(self.counted_at.get(tp)), str(nxt)] for tp, nxt in moves.items()],
+                "c": [[keys.ctr(cid), imps, clicks] for cid, (imps, clicks) in increments.items()],
+            })
+            answer = await self._count(keys=[], args=[self.positions_key, payload])
+            if answer != b"ok":
+                raise PositionMoved(f"CTR positions in Redis moved under this process ({answer!r})")
+            self.counted_at.update(moves)
+            for imps, clicks in increments.values():
+                self.counted.labels("impression").inc(imps)
+                self.counted.labels("click").inc(clicks)
+        return Step()
 
 
 def _text(position: int | None) -> str:

@@ -18,9 +18,9 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
+from core.metrics import start_site
+from core.settings import Settings
 from streams.windows import WINDOW_MS
-from vickrey.metrics import start_site
-from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.streams.reports")
 RECENT_WINDOWS = 10
@@ -29,14 +29,6 @@ MAX_WINDOWS = 7 * 1440
 CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings", Settings)
 REDIS_KEY: web.AppKey[Redis] = web.AppKey("redis", Redis)
-
-
-def minutes_key(settings: Settings, campaign_id: str) -> str:
-    return settings.key(f"{{c:{campaign_id}}}", "minutes")
-
-
-def reported_campaigns_key(settings: Settings) -> str:
-    return settings.key("reports", "campaigns")
 
 
 def window_starts(from_ms: int, to_ms: int) -> list[int]:
@@ -48,7 +40,7 @@ async def read_windows(redis: Redis, settings: Settings, campaign_ids: list[str]
     fields = [str(start) for start in starts]
     async with redis.pipeline(transaction=False) as pipe:
         for campaign_id in campaign_ids:
-            pipe.hmget(minutes_key(settings, campaign_id), fields)
+            pipe.hmget(settings.keys.minutes(campaign_id), fields)
         results = await pipe.execute() if campaign_ids and fields else []
     return {
         campaign_id: [orjson.loads(value) for value in values if value is not None]
@@ -65,7 +57,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
     now = int(time.time() * 1000)
     current = now - now % WINDOW_MS
     starts = [current - i * WINDOW_MS for i in range(RECENT_WINDOWS - 1, -1, -1)]
-    members = await redis.smembers(reported_campaigns_key(settings))
+    members = await redis.smembers(settings.keys.reported_campaigns())
     campaign_ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
     windows = await read_windows(redis, settings, campaign_ids, starts)
     campaigns = [{"campaign_id": cid, "windows": windows.get(cid, [])} for cid in campaign_ids]
@@ -85,7 +77,7 @@ async def campaign_windows(request: web.Request) -> web.Response:
         return _json({"error": "from and to must be integer epoch milliseconds"}, 400)
     if from_ms > to_ms:
         return _json({"error": f"from ({from_ms}) is after to ({to_ms})"}, 400)
-    if not await redis.exists(minutes_key(settings, campaign_id)):
+    if not await redis.exists(settings.keys.minutes(campaign_id)):
         return _json({"error": f"no reports for campaign {campaign_id!r}"}, 404)
     windows = await read_windows(redis, settings, [campaign_id], window_starts(from_ms, to_ms))
     return _json({"campaign_id": campaign_id, "from": from_ms, "to": to_ms, "windows": windows.get(campaign_id, [])})

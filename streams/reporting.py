@@ -4,8 +4,8 @@ the HTTP endpoints (report_api.py).
 Everything comes from the ledger: it has one entry per impression and per billable click, with the
 event's ts, its kind and the amount charged, keyed by campaign, so counts and spend agree with
 billing by construction and a campaign's windows live on one partition. Windows and exactly-once
-emission: see windows.py; the output goes out in a Kafka transaction with the consumed offsets and
-the watermark (as offset metadata).
+emission: see windows.py; the loop publishes the output in a Kafka transaction with the consumed
+offsets and the watermark (as offset metadata).
 
 Redis (`{ns}` = namespace): `{ns}:{c:<campaign_id>}:minutes` hash, field window_start (ms) → the
 report record JSON; a window still open carries `"partial": true` and is rewritten at most every
@@ -15,7 +15,6 @@ report record JSON; a window still open carries `"partial": true` and is rewritt
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -25,12 +24,12 @@ from aiohttp import web
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
+from core.loop import Batch, Committed, Loop, LoopOptions, Output, RoleBase, Step
+from core.metrics import Metrics
+from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
-from streams.common import Batch, Output, Step, StreamRole, committed_offsets
-from streams.report_api import minutes_key, reported_campaigns_key, serve_reports
+from streams.report_api import serve_reports
 from streams.windows import GRACE_MS, PartitionWindows, Window
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.streams.reporting")
 LEDGER = "billing.ledger"
@@ -43,36 +42,39 @@ PARTIAL_FLUSH_S = 1.0
 IDLE_CLOSE_MS = 30_000
 
 
-class Reporting(StreamRole):
+class Reporting(RoleBase):
     name = "reporting"
     inputs = (LEDGER,)
 
     def __init__(
         self,
         settings: Settings,
-        registry: Metrics,
-        stop: asyncio.Event,
+        metrics: Metrics,
         batch_max: int = 2000,
         port: int | None = 8081,
         grace_ms: int = GRACE_MS,
         idle_close_ms: int | None = IDLE_CLOSE_MS,
     ) -> None:
-        super().__init__(settings, registry, stop, batch_max)
+        self.settings = settings
+        self.options = LoopOptions(batch_max=batch_max, tick_s=0.2, fetch_max_wait_ms=20, session_timeout_ms=6_000,
+                                   heartbeat_interval_ms=1_000)
         self.port = port
         self.port_fallback = False  # True when the port is the default, not asked for
         self.grace_ms = grace_ms
         self.idle_close_ms = idle_close_ms
         self.partitions: dict[TopicPartition, PartitionWindows] = {}
         self.next_offset: dict[TopicPartition, int] = {}
-        self.reports_topic = self.topic(REPORTS)
-        self.windows_closed = registry.counter("vickrey_streams_reporting_windows_total", "Windows emitted")
-        self.late = registry.counter("vickrey_streams_reporting_late_total", "Ledger entries after their window closed")
+        self.reports_topic = settings.topic(REPORTS)
+        self.windows_closed = metrics.counter("vickrey_reporting_windows_total", "Windows emitted")
+        self.late = metrics.counter("vickrey_reporting_late_total", "Ledger entries after their window closed")
+        self.unreadable = metrics.counter("vickrey_reporting_unreadable_total", "Ledger entries that could not be read")
         self.redis: Redis | None = None
         self.http: web.AppRunner | None = None
         self.http_port: int | None = None
         self._last_flush = 0.0
 
-    async def setup(self) -> None:
+    async def start(self, loop: Loop) -> None:
+        await super().start(loop)
         self.redis = Redis.from_url(self.settings.redis)
         if self.port is not None:
             try:
@@ -84,7 +86,7 @@ class Reporting(StreamRole):
                 self.http, self.http_port = await serve_reports(self.settings, self.redis, 0)
                 log.warning("default reports port taken, using another", extra={"port": self.http_port})
 
-    async def teardown(self) -> None:
+    async def close(self) -> None:
         if self.http is not None:
             await self.http.cleanup()
         if self.redis is not None:
@@ -92,25 +94,24 @@ class Reporting(StreamRole):
 
     # -- rebalance -------------------------------------------------------------------------------
 
-    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        committed = await committed_offsets(self.consumer, assigned)
-        for tp in assigned:
-            found = committed.get(tp)
+    async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
+        for tp, found in committed.items():
             watermark = 0
-            if found is not None and found.offset >= 0:
+            if found is not None:
                 self.next_offset[tp] = found.offset
                 watermark = committed_watermark(found.metadata)
             self.partitions[tp] = PartitionWindows(watermark=watermark, grace_ms=self.grace_ms)
+        return {}
 
-    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
+    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
             self.partitions.pop(tp, None)
             self.next_offset.pop(tp, None)
 
     # -- one batch -------------------------------------------------------------------------------
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
-        step = Step()
+        step = Step(offsets={})
         touched: set[TopicPartition] = set()
         for tp, records in batch.items():
             windows = self.partitions.setdefault(tp, PartitionWindows(grace_ms=self.grace_ms))
@@ -118,7 +119,7 @@ class Reporting(StreamRole):
                 try:
                     entry = decode(LEDGER, record.value)
                 except RecordError:
-                    self.metrics.unreadable.inc(topic=tp.topic)
+                    self.unreadable.inc()
                     continue
                 if not windows.add(entry["campaign_id"], entry["ts"], entry["kind"], entry["amount_micros"], record.offset):
                     self.late.inc()
@@ -126,7 +127,7 @@ class Reporting(StreamRole):
             touched.add(tp)
         closed: list[Window] = []
         for tp, windows in self.partitions.items():
-            if self.idle_close_ms is not None and self._caught_up(tp):
+            if self.idle_close_ms is not None and await self.loop.caught_up(tp):
                 windows.advance(now_ms - self.idle_close_ms)
             done = windows.close_due()
             if done:
@@ -134,21 +135,19 @@ class Reporting(StreamRole):
                 touched.add(tp)
         step.outputs.extend(window_outputs(self.reports_topic, closed))
         self.windows_closed.inc(len(closed))
+        offsets = step.offsets
+        assert offsets is not None
         for tp in touched:
             if tp in self.next_offset:
                 windows = self.partitions[tp]
                 metadata = orjson.dumps({"wm": windows.watermark}).decode()
-                step.offsets[tp] = (windows.commit_offset(self.next_offset[tp]), metadata)
+                offsets[tp] = (windows.commit_offset(self.next_offset[tp]), metadata)
         # Final windows go to Redis before the commit: a replay rebuilds the very same records.
         await self._store(closed, partial=False)
         if time.monotonic() - self._last_flush >= PARTIAL_FLUSH_S:
             self._last_flush = time.monotonic()
             await self._store([w for pw in self.partitions.values() for w in pw.take_changed()], partial=True)
         return step
-
-    def _caught_up(self, tp: TopicPartition) -> bool:
-        end = self.consumer.last_stable_offset(tp)
-        return end is not None and self.next_offset.get(tp, 0) >= end
 
     async def _store(self, windows: list[Window], partial: bool) -> None:
         if not windows:
@@ -157,7 +156,7 @@ class Reporting(StreamRole):
         async with self.redis.pipeline(transaction=False) as pipe:
             keys: list[str] = []
             for window in windows:
-                key = minutes_key(self.settings, window.campaign_id)
+                key = self.settings.keys.minutes(window.campaign_id)
                 record: dict[str, Any] = window.record()
                 if partial:
                     record["partial"] = True
@@ -165,7 +164,7 @@ class Reporting(StreamRole):
                 pipe.expire(key, MINUTES_TTL_S)
                 pipe.hlen(key)
                 keys.append(key)
-            pipe.sadd(reported_campaigns_key(self.settings), *{w.campaign_id for w in windows})
+            pipe.sadd(self.settings.keys.reported_campaigns(), *{w.campaign_id for w in windows})
             results = await pipe.execute()
         lengths = dict(zip(keys, results[2::3], strict=False))
         for key, length in lengths.items():

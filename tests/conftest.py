@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from vickrey.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VICKREY_SHARED", ROOT.parent / "shared"))
@@ -20,7 +20,7 @@ SHARED = Path(os.environ.get("VICKREY_SHARED", ROOT.parent / "shared"))
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The suite tests what runs: stale compiled modules (older than their source) would test old
     code, so they stop it; CI also requires the hot path compiled (VICKREY_REQUIRE_NATIVE=1)."""
-    from vickrey import native
+    from core import native
 
     try:
         native.check(require=os.environ.get("VICKREY_REQUIRE_NATIVE") == "1")
@@ -54,14 +54,8 @@ def settings(tag: str) -> Iterator[Settings]:
     """Settings isolated to this test: topic prefix `<tag>.` and Redis namespace `<tag>`; the
     namespace's keys are removed afterwards (workers the test ran write there too)."""
     base = Settings.from_env()
-    isolated = Settings(
-        kafka=base.kafka,
-        redis=base.redis,
-        topic_prefix=f"{tag}.",
-        namespace=tag,
-        price_increment_micros=base.price_increment_micros,
-        partitions=int(os.environ.get("VICKREY_TEST_PARTITIONS", "3")),
-        metrics_port=0,
+    isolated = base.with_(
+        topic_prefix=f"{tag}.", namespace=tag, partitions=int(os.environ.get("VICKREY_TEST_PARTITIONS", "3")), metrics_port=0
     )
     yield isolated
     _drop_namespace(isolated)
@@ -84,7 +78,7 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
 @pytest.fixture
 async def topics(settings: Settings) -> AsyncIterator[Settings]:
     """Create every contract topic under this test's prefix; delete them afterwards."""
-    from vickrey.topics import delete_topics, ensure_topics
+    from core.topics import delete_topics, ensure_topics
 
     await ensure_topics(settings)
     yield settings

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from vickrey.settings import Settings
+from core.settings import Settings
+from core.topics import topic_partitions
 
 ROOT = Path(__file__).resolve().parent.parent
 VICKREY = str(ROOT / ".venv" / "bin" / "vickrey")
@@ -49,7 +50,7 @@ async def read_all(settings: Settings, topic: str, expect: int = 0, timeout: flo
     await consumer.start()
     name = settings.topic(topic)
     try:
-        partitions = [TopicPartition(name, p) for p in sorted(await consumer._client._wait_on_metadata(name) and consumer.partitions_for_topic(name) or [])]
+        partitions = await topic_partitions(settings, name)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         out: list[dict[str, Any]] = []

@@ -16,13 +16,13 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from tests.auction.factories import campaign_record, intent
 from tests.auction.test_worker import apply
 from tests.kafka_helpers import produce_json, read_all, start_role, stop_role
 from vickrey.advertisers import create_advertiser
 from vickrey.api import create_app
 from vickrey.api.ratelimit import RateLimit
-from vickrey.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ async def test_nothing_advertiser_facing_carries_a_person(
                 facing.append(await response.read())
         finally:
             await api.close()
-        windows = redis_client.hgetall(settings.key("{c:agg-1}", "minutes"))
+        windows = redis_client.hgetall(settings.keys.minutes("agg-1"))
         assert windows, "reporting wrote no minute windows"
         facing += list(windows.values())
         facing += [orjson.dumps(r) for r in await read_all(settings, "reports.campaign-minute", 0, timeout=3)]

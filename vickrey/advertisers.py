@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 from redis.asyncio import Redis
 
-from vickrey.settings import Settings
+from core.settings import Settings
 
 KEY_PREFIX: Final = "vk_"
 KEY_RANDOM_BYTES: Final = 24  # 24 bytes -> 32 URL-safe base64 characters
@@ -67,14 +67,6 @@ class Advertiser:
         return cls(str(data["advertiser_id"]), str(data["name"]), int(data["created_ms"]))
 
 
-def advertisers_key(settings: Settings) -> str:
-    return settings.key("advertisers")
-
-
-def advertiser_key(settings: Settings, advertiser_id: str) -> str:
-    return settings.key("advertiser", advertiser_id)
-
-
 def hash_key(api_key: str) -> str:
     """The stored form of an API key: its SHA-256 hex digest."""
     return hashlib.sha256(api_key.encode()).hexdigest()
@@ -105,7 +97,7 @@ def clean_name(name: str) -> str:
 
 
 async def _claim(settings: Settings, r: Redis, advertiser: Advertiser, api_key: str) -> bool:
-    keys = [advertiser_key(settings, advertiser.advertiser_id), advertisers_key(settings)]
+    keys = [settings.keys.advertiser(advertiser.advertiser_id), settings.keys.advertisers()]
     created = await r.eval(_CREATE, 2, *keys, advertiser.to_json(), hash_key(api_key))
     return bool(created)
 
@@ -131,7 +123,7 @@ async def create_advertiser(
 
 
 async def get_advertiser(settings: Settings, r: Redis, advertiser_id: str) -> Advertiser | None:
-    raw = await r.get(advertiser_key(settings, advertiser_id))
+    raw = await r.get(settings.keys.advertiser(advertiser_id))
     return None if raw is None else Advertiser.from_json(raw)
 
 
@@ -141,7 +133,7 @@ async def add_key(settings: Settings, r: Redis, advertiser_id: str) -> str:
     if advertiser is None:
         raise AdvertiserError(f"no advertiser with id {advertiser_id!r}")
     api_key = new_api_key()
-    await r.hset(advertisers_key(settings), hash_key(api_key), advertiser.to_json())
+    await r.hset(settings.keys.advertisers(), hash_key(api_key), advertiser.to_json())
     return api_key
 
 
@@ -149,13 +141,13 @@ async def authenticate(settings: Settings, r: Redis, api_key: str) -> Advertiser
     """The owner of `api_key`, or None for a malformed or unknown key."""
     if not KEY_PATTERN.fullmatch(api_key):
         return None
-    raw = await r.hget(advertisers_key(settings), hash_key(api_key))
+    raw = await r.hget(settings.keys.advertisers(), hash_key(api_key))
     return None if raw is None else Advertiser.from_json(raw)
 
 
 async def list_advertisers(settings: Settings, r: Redis) -> list[tuple[Advertiser, int]]:
     """Every advertiser that holds a key, with its number of keys, sorted by id."""
-    stored: dict[Any, Any] = await r.hgetall(advertisers_key(settings))
+    stored: dict[Any, Any] = await r.hgetall(settings.keys.advertisers())
     found: dict[str, tuple[Advertiser, int]] = {}
     for raw in stored.values():
         adv = Advertiser.from_json(raw)

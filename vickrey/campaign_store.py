@@ -33,11 +33,11 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from auction.pacing import utc_day
+from core.clock import utc_day
+from core.settings import Settings
+from core.topics import ensure_topics
 from schemas.campaign import restricted_vertical_problem, validate_campaign
 from vickrey.policy_store import get_policy
-from vickrey.settings import Settings
-from vickrey.topics import ensure_topics
 
 CHANGES_MAXLEN = 100_000
 MAX_WATCH_RETRIES = 50
@@ -50,39 +50,6 @@ class UnknownCampaign(LookupError):
     def __init__(self, campaign_id: str) -> None:
         super().__init__(f"no campaign with id {campaign_id!r}")
         self.campaign_id = campaign_id
-
-
-# ---- keys -----------------------------------------------------------------------------------------
-
-
-def campaigns_key(settings: Settings) -> str:
-    return settings.key("campaigns")
-
-
-def changes_key(settings: Settings) -> str:
-    return settings.key("campaigns", "changes")
-
-
-def version_key(settings: Settings) -> str:
-    return settings.key("campaigns", "version")
-
-
-def campaign_tag(campaign_id: str) -> str:
-    """The Redis Cluster hash tag of one campaign's keys: `{c:<id>}`."""
-    return f"{{c:{campaign_id}}}"
-
-
-def budget_key(settings: Settings, campaign_id: str) -> str:
-    return settings.key(campaign_tag(campaign_id), "budget")
-
-
-def spend_total_key(settings: Settings, campaign_id: str) -> str:
-    return settings.key(campaign_tag(campaign_id), "spend", "total")
-
-
-def spend_day_key(settings: Settings, campaign_id: str, day: str) -> str:
-    """Spend of one UTC day; `day` is `YYYYMMDD` (see `utc_day`)."""
-    return settings.key(campaign_tag(campaign_id), "spend", "day", day)
 
 
 def encode_campaign(campaign: dict[str, Any]) -> bytes:
@@ -136,13 +103,13 @@ def _decode(raw: bytes | str) -> dict[str, Any]:
 
 async def get_campaign(settings: Settings, r: Redis, campaign_id: str) -> dict[str, Any] | None:
     """The stored campaign, or None."""
-    raw = await r.hget(campaigns_key(settings), campaign_id)
+    raw = await r.hget(settings.keys.campaigns(), campaign_id)
     return None if raw is None else _decode(raw)
 
 
 async def list_campaigns(settings: Settings, r: Redis) -> list[dict[str, Any]]:
     """Every stored campaign, sorted by campaign_id."""
-    stored: dict[Any, Any] = await r.hgetall(campaigns_key(settings))
+    stored: dict[Any, Any] = await r.hgetall(settings.keys.campaigns())
     campaigns = [_decode(raw) for raw in stored.values()]
     return sorted(campaigns, key=lambda c: str(c.get("campaign_id", "")))
 
@@ -161,8 +128,8 @@ async def campaigns_spend(
     day = utc_day(now_ms)
     pipe = r.pipeline(transaction=False)
     for cid in campaign_ids:
-        pipe.get(spend_day_key(settings, cid, day))
-        pipe.get(spend_total_key(settings, cid))
+        pipe.get(settings.keys.spend_day(cid, day))
+        pipe.get(settings.keys.spend_total(cid))
     values = await pipe.execute()
     return {
         cid: {"today_micros": int(values[2 * i] or 0), "total_micros": int(values[2 * i + 1] or 0)}
@@ -214,11 +181,11 @@ async def apply_campaigns(
     good, refused = _validate(items, await get_policy(settings, r))
     result = ApplyResult(refused=refused)
     if good:
-        hkey = campaigns_key(settings)
+        hkey = settings.keys.campaigns()
 
         async def plan(pipe: Any) -> list[Change]:
             stored = await pipe.hmget(hkey, [c["campaign_id"] for _, c in good])
-            version = int(await pipe.get(version_key(settings)) or 0)
+            version = int(await pipe.get(settings.keys.campaigns_version()) or 0)
             changes: list[Change] = []
             result.created, conflicts = [], []
             for (item_no, campaign), old_raw in zip(good, stored, strict=True):
@@ -278,7 +245,7 @@ async def _write(
 async def _transact(
     settings: Settings, r: Redis, plan: Callable[[Any], Awaitable[list[Change]]]
 ) -> list[Change]:
-    keys = (campaigns_key(settings), version_key(settings))
+    keys = (settings.keys.campaigns(), settings.keys.campaigns_version())
     async with r.pipeline(transaction=True) as raw_pipe:
         pipe: Any = raw_pipe  # redis-py leaves multi()/reset() untyped
         for _attempt in range(MAX_WATCH_RETRIES):
@@ -297,7 +264,7 @@ async def _transact(
 
 
 def _queue_budget(settings: Settings, pipe: Any, campaign: dict[str, Any]) -> None:
-    key = budget_key(settings, campaign["campaign_id"])
+    key = settings.keys.budget(campaign["campaign_id"])
     budget = campaign.get("budget") or {}
     limits = {f: budget[f] for f in ("daily_micros", "total_micros") if budget.get(f) is not None}
     pipe.delete(key)
@@ -307,14 +274,14 @@ def _queue_budget(settings: Settings, pipe: Any, campaign: dict[str, Any]) -> No
 
 def _queue_change(settings: Settings, pipe: Any, change: Change) -> None:
     fields = {"campaign_id": change.campaign_id, "op": change.op, "version": change.version}
-    pipe.xadd(changes_key(settings), fields, maxlen=CHANGES_MAXLEN, approximate=True)
+    pipe.xadd(settings.keys.campaign_changes(), fields, maxlen=CHANGES_MAXLEN, approximate=True)
 
 
 async def _change_one(
     settings: Settings, r: Redis, campaign_id: str, status: str | None, *, announce: bool
 ) -> Change | None:
     """Set the status of (or, with status None, delete) one campaign; None when nothing changed."""
-    hkey = campaigns_key(settings)
+    hkey = settings.keys.campaigns()
 
     async def plan(pipe: Any) -> list[Change]:
         raw = await pipe.hget(hkey, campaign_id)
@@ -323,12 +290,12 @@ async def _change_one(
         campaign = _decode(raw)
         if status is not None and campaign.get("status") == status:
             return []
-        version = int(await pipe.get(version_key(settings)) or 0) + 1
+        version = int(await pipe.get(settings.keys.campaigns_version()) or 0) + 1
         pipe.multi()
         if status is None:
             change = Change(campaign_id, "delete", version, None)
             pipe.hdel(hkey, campaign_id)
-            pipe.delete(budget_key(settings, campaign_id))
+            pipe.delete(settings.keys.budget(campaign_id))
         else:
             change = Change(campaign_id, "upsert", version, dict(campaign, status=status))
             pipe.hset(hkey, campaign_id, encode_campaign(_campaign_of(change)))

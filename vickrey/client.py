@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from core.settings import Settings
 from schemas.codec import validate
-from vickrey.settings import Settings
 
 __all__ = ["ChatAdsClient", "DecisionTimeout"]
 

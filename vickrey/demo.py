@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import random
@@ -23,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
+from core.settings import Settings
+from core.topics import delete_topics, ensure_topics, topic_partitions
 from vickrey.campaign_store import apply_campaigns, campaign_spend
-from vickrey.settings import Settings
-from vickrey.topics import delete_topics, ensure_topics
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 # What people say to the assistant, as the chat service would publish it: (what they typed,
@@ -95,8 +94,7 @@ async def read_topic(settings: Settings, topic: str, until: float, want: int = 0
     await consumer.start()
     try:
         name = settings.topic(topic)
-        await consumer._client._wait_on_metadata(name)
-        partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
+        partitions = await topic_partitions(settings, name)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         out: list[dict[str, Any]] = []
@@ -179,7 +177,7 @@ def table(ledger: list[dict[str, Any]], reports: dict[str, list[dict[str, Any]]]
 async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -> int:
     root = Path(__file__).resolve().parent.parent
     vickrey = str(Path(sys.executable).with_name("vickrey"))
-    env = dataclasses.replace(settings, metrics_port=0).as_env()
+    env = settings.with_(metrics_port=0).as_env()
     say(f"Kafka at {settings.kafka}, Redis at {settings.redis}: a clean demo stack (prefix '{settings.topic_prefix}', namespace '{settings.namespace}')")
     redis = Redis.from_url(settings.redis)
     await delete_topics(settings)
@@ -229,7 +227,7 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
         await asyncio.sleep(1.5)  # reporting refreshes the open minute windows about every second
         spend = {c: (await campaign_spend(settings, redis, c, int(time.time() * 1000)))["total_micros"] for c in names}
         reports = {
-            c: [orjson.loads(w) for w in (await redis.hgetall(settings.key(f"{{c:{c}}}", "minutes"))).values()] for c in names
+            c: [orjson.loads(w) for w in (await redis.hgetall(settings.keys.minutes(c))).values()] for c in names
         }
 
         say("Per campaign, from the billing ledger; Redis spend and the minute reports beside it must agree")
@@ -271,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-running", action="store_true", help="leave the pipeline running at the end")
     args = parser.parse_args(argv)
     base = Settings.from_env()
-    settings = dataclasses.replace(
-        base,
+    settings = base.with_(
         topic_prefix=os.environ.get("VICKREY_TOPIC_PREFIX") or "demo.",
         namespace=os.environ.get("VICKREY_NAMESPACE") or "demo",
     )

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from schemas.campaign import DEFAULT_POLICY, validate_policy
-from vickrey.settings import Settings
 
 
 class InvalidPolicy(ValueError):
@@ -28,28 +28,20 @@ class InvalidPolicy(ValueError):
         self.problems = problems
 
 
-def policy_key(settings: Settings) -> str:
-    return settings.key("policy")
-
-
-def policy_version_key(settings: Settings) -> str:
-    return settings.key("policy", "version")
-
-
 async def get_policy(settings: Settings, r: Redis) -> dict[str, Any]:
     """The policy in force (a copy of DEFAULT_POLICY when none was applied)."""
-    raw = await r.get(policy_key(settings))
+    raw = await r.get(settings.keys.policy())
     if raw is None:
         return copy.deepcopy(dict(DEFAULT_POLICY))
     policy = orjson.loads(raw)
     if not isinstance(policy, dict):
-        raise ValueError(f"{policy_key(settings)} does not hold a JSON object")
+        raise ValueError(f"{settings.keys.policy()} does not hold a JSON object")
     return policy
 
 
 async def get_policy_version(settings: Settings, r: Redis) -> int:
     """The policy version (0 when no policy was ever applied)."""
-    return int(await r.get(policy_version_key(settings)) or 0)
+    return int(await r.get(settings.keys.policy_version()) or 0)
 
 
 async def apply_policy(settings: Settings, r: Redis, obj: Any) -> tuple[dict[str, Any], int]:
@@ -58,7 +50,7 @@ async def apply_policy(settings: Settings, r: Redis, obj: Any) -> tuple[dict[str
     if policy is None or problems:
         raise InvalidPolicy(list(problems) or ["(policy): invalid"])
     async with r.pipeline(transaction=True) as pipe:
-        pipe.set(policy_key(settings), orjson.dumps(policy))
-        pipe.incr(policy_version_key(settings))
+        pipe.set(settings.keys.policy(), orjson.dumps(policy))
+        pipe.incr(settings.keys.policy_version())
         _ok, version = await pipe.execute()
     return policy, int(version)

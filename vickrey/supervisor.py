@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from vickrey import logs
-from vickrey.settings import Settings
+from auction.worker import BATCH_MAX
+from core import logs
+from core.settings import Settings
 
 log = logging.getLogger("vickrey.supervisor")
 STOP_GRACE_S = 30.0
@@ -95,27 +96,24 @@ def supervise(children: list[Child]) -> int:
     return 0
 
 
-def auction_children(args: Any, count: int, base: str) -> list[Child]:
-    extra = ["--batch-max", str(getattr(args, "batch_max", 2000)), "--linger-ms", str(getattr(args, "linger_ms", 0))]
-    return [
-        Child(f"auction-{i}", vickrey_argv("auction", "--instance", f"{base}-{i}", *extra)) for i in range(count)
-    ]
+def auction_children(count: int, base: str, batch_max: int, linger_ms: int) -> list[Child]:
+    extra = ["--batch-max", str(batch_max), "--linger-ms", str(linger_ms)]
+    return [Child(f"auction-{i}", vickrey_argv("auction", "--instance", f"{base}-{i}", *extra)) for i in range(count)]
 
 
-def run_auction_workers(settings: Settings, args: Any) -> int:
+def run_auction_workers(settings: Settings, workers: int, instance: str | None, batch_max: int, linger_ms: int) -> int:
     """`vickrey auction --workers N`: N worker processes with stable instance names."""
     logs.setup("supervisor")
-    base = getattr(args, "instance", None) or f"{os.uname().nodename}-w"
-    children = auction_children(args, int(args.workers), base)
+    children = auction_children(workers, instance or f"{os.uname().nodename}-w", batch_max, linger_ms)
     assign_metrics_ports(children, settings.metrics_port)
     return supervise(children)
 
 
-def main(settings: Settings, args: Any) -> int:
-    """`vickrey run`: the auction worker(s) and every stream role, supervised."""
+def run_everything(settings: Settings, streams: bool = True) -> int:
+    """`vickrey run`: the auction worker and every stream role, supervised."""
     logs.setup("supervisor")
-    children = auction_children(args, max(1, int(getattr(args, "workers", 1) or 1)), f"{os.uname().nodename}-run")
-    if not getattr(args, "no_streams", False):
+    children = auction_children(1, f"{os.uname().nodename}-run", BATCH_MAX, 0)
+    if streams:
         children.append(Child("streams", vickrey_argv("streams")))
     assign_metrics_ports(children, settings.metrics_port)
     return supervise(children)

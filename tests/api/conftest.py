@@ -16,16 +16,14 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from auction.pacing import utc_day
+from core.clock import utc_day
+from core.settings import Settings
+from core.topics import delete_topics
 from tests.conftest import ROOT
 from tests.vickrey.conftest import load_sample
 from vickrey.advertisers import create_advertiser
 from vickrey.api import create_app
-from vickrey.api.campaigns import minutes_key
 from vickrey.api.ratelimit import RateLimit
-from vickrey.campaign_store import spend_day_key, spend_total_key
-from vickrey.settings import Settings
-from vickrey.topics import delete_topics
 
 MINUTE_SCHEMA = orjson.loads((ROOT / "schemas" / "reports.campaign-minute.json").read_bytes())
 GENEROUS = RateLimit(rate_per_s=1000.0, burst=1000)
@@ -74,15 +72,15 @@ def minute_record(
 async def write_windows(settings: Settings, r: aioredis.Redis, records: list[dict[str, Any]]) -> None:
     """What the reporting stream writes: `{ns}:{c:<id>}:minutes` field window_start → record JSON."""
     for rec in records:
-        await r.hset(minutes_key(settings, rec["campaign_id"]), str(rec["window_start"]), orjson.dumps(rec))
+        await r.hset(settings.keys.minutes(rec["campaign_id"]), str(rec["window_start"]), orjson.dumps(rec))
 
 
 async def set_spend(
     settings: Settings, r: aioredis.Redis, campaign_id: str, today: int, total: int, now_ms: int
 ) -> None:
     """What billing writes: spend today (UTC) and in total, in micros."""
-    await r.set(spend_day_key(settings, campaign_id, utc_day(now_ms)), today)
-    await r.set(spend_total_key(settings, campaign_id), total)
+    await r.set(settings.keys.spend_day(campaign_id, utc_day(now_ms)), today)
+    await r.set(settings.keys.spend_total(campaign_id), total)
 
 
 def free_port() -> int:

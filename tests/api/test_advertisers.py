@@ -14,12 +14,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from core.settings import Settings
 from tests.api.conftest import free_port
 from tests.conftest import ROOT
 from tests.vickrey.conftest import run_cli, vickrey_bin
 from vickrey import advertisers as adv
 from vickrey.api import DEMO_ADVERTISER_ID, demo_key
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +43,10 @@ async def test_ids_are_unique_slugs_and_only_key_hashes_are_stored(
     with pytest.raises(adv.AdvertiserError, match="name"):
         await adv.create_advertiser(settings, aredis, "   ")
 
-    stored: Any = redis_client.hgetall(adv.advertisers_key(settings))
+    stored: Any = redis_client.hgetall(settings.keys.advertisers())
     for advertiser in (first, second):
         stored[advertiser.advertiser_id] = redis_client.get(
-            adv.advertiser_key(settings, advertiser.advertiser_id)
+            settings.keys.advertiser(advertiser.advertiser_id)
         )
     dump = repr(stored).encode()
     assert key1.encode() not in dump and key2.encode() not in dump  # only hashes are kept

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -10,11 +9,11 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import test_utils
 
+from core.settings import Settings
 from tests.api.conftest import Adv, campaign
 from tests.vickrey.conftest import read_topic
 from vickrey import campaign_store as store
 from vickrey.api import create_app
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 Client = test_utils.TestClient[Any, Any]
@@ -37,7 +36,7 @@ async def stored_ids(settings: Settings, r: aioredis.Redis) -> list[str]:
 
 
 async def change_count(settings: Settings, r: aioredis.Redis) -> int:
-    return int(await r.xlen(store.changes_key(settings)))
+    return int(await r.xlen(settings.keys.campaign_changes()))
 
 
 async def test_create_show_list_replace_pause_resume(
@@ -78,7 +77,7 @@ async def test_create_show_list_replace_pause_resume(
     assert status == 200 and resumed["status"] == "active"
 
     # The workers' change stream has every change, and Kafka's compacted `campaigns` topic the latest.
-    entries: Any = await aredis.xrange(store.changes_key(stack))
+    entries: Any = await aredis.xrange(stack.keys.campaign_changes())
     assert [e[1][b"campaign_id"] for e in entries].count(b"c-a1") == 5  # create, 2 replaces, pause, resume
     seen = await read_topic(stack, "campaigns", {"c-a1", "c-a2"})
     latest = orjson.loads(seen["c-a1"] or b"null")
@@ -245,7 +244,7 @@ async def test_unknown_routes_and_methods_answer_json(client: Client, alice: Adv
 
 
 async def test_redis_down_answers_503(settings: Settings) -> None:
-    down = replace(settings, redis="redis://127.0.0.1:1/0")
+    down = settings.with_(redis="redis://127.0.0.1:1/0")
     async with test_utils.TestClient(test_utils.TestServer(create_app(down))) as client:
         for path in ("/healthz", "/v1/campaigns"):
             async with client.get(path, headers={"Authorization": "Bearer vk_" + "B" * 32}) as resp:

@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import test_utils
 
+from core.settings import Settings
 from tests.api.conftest import GENEROUS, Adv, campaign, free_port, minute_record, set_spend, write_windows
 from tests.conftest import ROOT
 from vickrey.api import create_app
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,14 +19,14 @@ import schemathesis
 from aiohttp import web
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from core.settings import Settings
+from core.topics import delete_topics
 from tests.api.conftest import GENEROUS, campaign, free_port
 from tests.conftest import unique_tag
 from vickrey.advertisers import create_advertiser
 from vickrey.api import create_app
 from vickrey.api.openapi import openapi_document
 from vickrey.campaign_store import apply_campaigns
-from vickrey.settings import Settings
-from vickrey.topics import delete_topics
 
 pytestmark = pytest.mark.integration
 SEEDED = "c-123"  # the example campaign_id of the document: it exists and is the test advertiser's

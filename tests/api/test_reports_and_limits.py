@@ -11,12 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import test_utils
 
+from core.settings import Settings
 from tests.api.conftest import Adv, campaign, make_advertiser, minute_record, set_spend, write_windows
 from vickrey import campaign_store as store
 from vickrey.api import create_app
-from vickrey.api.campaigns import minutes_key
 from vickrey.api.ratelimit import RateLimit
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 Client = test_utils.TestClient[Any, Any]
@@ -84,7 +83,7 @@ async def test_report_shows_aggregates_only_and_skips_unreadable_windows(
         assert resp.status == 201
     start = int(time.time() * 1000) // MINUTE * MINUTE - 5 * MINUTE
     leaky = dict(minute_record("c-s", start, 10, 1, 1000), user_id="u-1", session_id="s-1", chat="hi")
-    key = minutes_key(stack, "c-s")
+    key = stack.keys.minutes("c-s")
     await aredis.hset(key, str(start), orjson.dumps(leaky))
     await aredis.hset(key, str(start + MINUTE), b"{not json")
     await aredis.hset(key, str(start + 2 * MINUTE), orjson.dumps({"impressions": "many"}))

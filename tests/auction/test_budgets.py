@@ -11,19 +11,19 @@ import redis
 from redis.asyncio import Redis
 
 from auction.budgets import BudgetReserver, Claim, Reservation
-from vickrey.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 DAY = "20261127"
 
 
 def set_budget(client: redis.Redis, settings: Settings, campaign_id: str, daily: int, total: int) -> None:
-    client.hset(settings.key(f"{{c:{campaign_id}}}", "budget"), mapping={"daily_micros": daily, "total_micros": total})
+    client.hset(settings.keys.budget(campaign_id), mapping={"daily_micros": daily, "total_micros": total})
 
 
 def spend(client: redis.Redis, settings: Settings, campaign_id: str) -> tuple[int, int]:
-    today = client.get(settings.key(f"{{c:{campaign_id}}}", "spend", "day", DAY))
-    total = client.get(settings.key(f"{{c:{campaign_id}}}", "spend", "total"))
+    today = client.get(settings.keys.spend_day(campaign_id, DAY))
+    total = client.get(settings.keys.spend_total(campaign_id))
     return int(today or 0), int(total or 0)
 
 
@@ -40,7 +40,7 @@ def claim(event_id: str, campaign_id: str, charge: int, user: str = "u1", cap: t
 async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
     client = Redis.from_url(settings.redis)
     try:
-        answers, _, _ = await BudgetReserver(client, settings.namespace, 3600).reserve(claims, DAY)
+        answers, _, _ = await BudgetReserver(client, settings.keys, 3600).reserve(claims, DAY)
     finally:
         await client.aclose()
     return [a.kind for a in answers]
@@ -49,7 +49,7 @@ async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
 def _reserver_process(settings: Settings, worker: int, auctions: int, charges: list[int], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     async def run() -> None:
         client = Redis.from_url(settings.redis)
-        reserver = BudgetReserver(client, settings.namespace, 3600)
+        reserver = BudgetReserver(client, settings.keys, 3600)
         admitted = 0
         for start in range(0, auctions, 50):
             batch = [claim(f"w{worker}-e{i}", "tight", charges[i % len(charges)]) for i in range(start, start + 50)]
@@ -96,7 +96,7 @@ async def test_frequency_cap_gives_exactly_n(settings: Settings, redis_client: r
     kinds = await reserve(settings, claims)
     per_user = {f"user{u}": sum(1 for c, k in zip(claims, kinds, strict=True) if k == "ok" and c.user_id == f"user{u}") for u in range(3)}
     assert per_user == {"user0": 4, "user1": 4, "user2": 4}
-    assert redis_client.ttl(settings.key("{u:user0}", "fc", "capped")) > 3500
+    assert redis_client.ttl(settings.keys.frequency("user0", "capped")) > 3500
 
 
 async def test_replayed_batch_changes_nothing(settings: Settings, redis_client: redis.Redis) -> None:
@@ -104,10 +104,10 @@ async def test_replayed_batch_changes_nothing(settings: Settings, redis_client: 
     batch = [claim(f"e{i}", "c", 7, cap=(100, 60), source=f"3:{i}") for i in range(20)]
     first = await reserve(settings, batch)
     assert first == ["ok"] * 20
-    before = spend(redis_client, settings, "c"), redis_client.get(settings.key("{u:u1}", "fc", "c"))
+    before = spend(redis_client, settings, "c"), redis_client.get(settings.keys.frequency("u1", "c"))
     again = await reserve(settings, batch)
     assert again == ["replay"] * 20
-    assert (spend(redis_client, settings, "c"), redis_client.get(settings.key("{u:u1}", "fc", "c"))) == before
+    assert (spend(redis_client, settings, "c"), redis_client.get(settings.keys.frequency("u1", "c"))) == before
     assert before[0] == (140, 140)
 
 
@@ -123,11 +123,11 @@ async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis
     set_budget(redis_client, settings, "poor", daily=5, total=5)
     two = Claim("e1", "0:1", "u1", b"{}", [Reservation("rich", 50, 50), Reservation("poor", 6, 6)])
     client = Redis.from_url(settings.redis)
-    answers, spends, _ = await BudgetReserver(client, settings.namespace, 3600).reserve([two], DAY)
+    answers, spends, _ = await BudgetReserver(client, settings.keys, 3600).reserve([two], DAY)
     await client.aclose()
     assert answers[0].kind == "refused" and answers[0].refused == {"poor": "budget"}
     assert spend(redis_client, settings, "rich") == (0, 0)
-    assert redis_client.get(settings.key("{e:e1}", "outcome")) is None
+    assert redis_client.get(settings.keys.outcome("e1")) is None
     assert sorted(spends) == [("poor", 0, 0), ("rich", 0, 0)]
 
 
@@ -136,7 +136,7 @@ async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: r
     outcome = '{"a":"ünïcödé \\/ \\"quoted\\""}\n{"b":2}'.encode()
     first = Claim("e1", "0:1", "u1", outcome, [Reservation("c", 3, 3)])
     client = Redis.from_url(settings.redis)
-    reserver = BudgetReserver(client, settings.namespace, 3600)
+    reserver = BudgetReserver(client, settings.keys, 3600)
     (answer,), spends, _ = await reserver.reserve([first], DAY)
     assert answer.kind == "ok" and spends == [("c", 3, 3)]
     changed = Claim("e1", "0:1", "u1", b"something else", [Reservation("c", 99, 99)])
@@ -149,13 +149,13 @@ async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: r
 async def test_keys_expire(settings: Settings, redis_client: redis.Redis) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     await reserve(settings, [claim("e1", "c", 7, cap=(3, 120))])
-    assert 0 < redis_client.ttl(settings.key("{c:c}", "spend", "day", DAY)) <= 3 * 86400
-    assert 0 < redis_client.ttl(settings.key("{e:e1}", "outcome")) <= 3600
-    assert 0 < redis_client.ttl(settings.key("{u:u1}", "fc", "c")) <= 120
+    assert 0 < redis_client.ttl(settings.keys.spend_day("c", DAY)) <= 3 * 86400
+    assert 0 < redis_client.ttl(settings.keys.outcome("e1")) <= 3600
+    assert 0 < redis_client.ttl(settings.keys.frequency("u1", "c")) <= 120
 
 
 def blob_keys(client: redis.Redis, settings: Settings) -> list[bytes]:
-    return list(client.scan_iter(match=settings.key("{b:*"), count=1000))
+    return list(client.scan_iter(match=settings.keys.blob("*"), count=1000))
 
 
 async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: Settings, redis_client: redis.Redis) -> None:
@@ -164,19 +164,19 @@ async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: 
     a reused event_id is still a duplicate for the event TTL."""
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     client = Redis.from_url(settings.redis)
-    reserver = BudgetReserver(client, settings.namespace, 3600)
+    reserver = BudgetReserver(client, settings.keys, 3600)
     first = [claim(f"e{i}", "c", 5, source=f"1:{i}") for i in range(10)]
     answers, _, blob_id = await reserver.reserve(first, DAY)
     assert [a.kind for a in answers] == ["ok"] * 10
-    assert blob_keys(redis_client, settings) == [settings.key(f"{{b:{blob_id}}}").encode()]
-    assert 3600 < redis_client.ttl(settings.key(f"{{b:{blob_id}}}")) <= 3660  # outlives the events pointing at it
+    assert blob_keys(redis_client, settings) == [settings.keys.blob(blob_id).encode()]
+    assert 3600 < redis_client.ttl(settings.keys.blob(blob_id)) <= 3660  # outlives the events pointing at it
     answers, _, _ = await reserver.reserve(first[:3], DAY)  # a failed commit: replayed from the blob
     assert [(a.kind, a.outcome) for a in answers] == [("replay", c.outcome) for c in first[:3]]
 
     reserver.committed([blob_id])
     answers, _, _ = await reserver.reserve([claim("e100", "c", 5, source="1:100")], DAY)
     assert [a.kind for a in answers] == ["ok"]
-    assert settings.key(f"{{b:{blob_id}}}").encode() not in blob_keys(redis_client, settings)
+    assert settings.keys.blob(blob_id).encode() not in blob_keys(redis_client, settings)
     again, _, _ = await reserver.reserve(first[:2] + [claim("e5", "c", 5, source="2:77")], DAY)
     assert [a.kind for a in again] == ["committed", "committed", "dup"]
     assert again[2].first_source == "1:5"
@@ -188,22 +188,22 @@ async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: 
 async def test_drop_committed_at_shutdown(settings: Settings, redis_client: redis.Redis) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     client = Redis.from_url(settings.redis)
-    reserver = BudgetReserver(client, settings.namespace, 3600)
+    reserver = BudgetReserver(client, settings.keys, 3600)
     _, _, blob_id = await reserver.reserve([claim("e1", "c", 5)], DAY)
     assert len(blob_keys(redis_client, settings)) == 1
     reserver.committed([blob_id])
     await reserver.drop_committed()
     await client.aclose()
     assert blob_keys(redis_client, settings) == []
-    assert redis_client.get(settings.key("{e:e1}", "outcome")) is not None  # the event is still known
+    assert redis_client.get(settings.keys.outcome("e1")) is not None  # the event is still known
 
 
 async def test_outcome_kept_whole_by_an_older_version_still_replays(settings: Settings, redis_client: redis.Redis) -> None:
     """Keys written before outcomes moved to blobs ("<source>\n<outcome bytes>") replay as before."""
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
-    redis_client.set(settings.key("{e:old}", "outcome"), b'0:9\n{"event_id":"old"}', ex=3600)
+    redis_client.set(settings.keys.outcome("old"), b'0:9\n{"event_id":"old"}', ex=3600)
     client = Redis.from_url(settings.redis)
-    answers, _, _ = await BudgetReserver(client, settings.namespace, 3600).reserve([claim("old", "c", 5, source="0:9")], DAY)
+    answers, _, _ = await BudgetReserver(client, settings.keys, 3600).reserve([claim("old", "c", 5, source="0:9")], DAY)
     await client.aclose()
     assert (answers[0].kind, answers[0].outcome) == ("replay", b'{"event_id":"old"}')
     assert spend(redis_client, settings, "c") == (0, 0)

@@ -14,11 +14,11 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from tests.auction.factories import campaign_record, intent
 from tests.auction.test_worker import apply
 from tests.kafka_helpers import produce_json, read_all, start_role, stop_role
 from vickrey.policy_store import apply_policy
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,6 @@ points, two workers on one small budget, bad records mixed into good ones."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import signal
 import time
@@ -17,11 +16,11 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from loadtests.stack import committed, end_offsets, reset_group
 from tests.auction.factories import campaign_record, intent, load_vectors
 from tests.kafka_helpers import produce, produce_json, read_all, start_role, stop_role, wait_until
 from vickrey.campaign_store import apply_campaigns
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +42,7 @@ def live_intent(event_id: str, keyword: str, **extra: Any) -> dict[str, Any]:
 
 
 def spend_total(client: redis.Redis, settings: Settings, campaign_id: str) -> int:
-    return int(client.get(settings.key(f"{{c:{campaign_id}}}", "spend", "total")) or 0)
+    return int(client.get(settings.keys.spend_total(campaign_id)) or 0)
 
 
 def assert_once_each(client: redis.Redis, settings: Settings, events: list[dict[str, Any]], campaigns: list[dict[str, Any]],
@@ -66,7 +65,7 @@ def assert_once_each(client: redis.Redis, settings: Settings, events: list[dict[
 async def test_vectors_live(settings: Settings, env: dict[str, str], topics: Settings, redis_client: redis.Redis, increment: int, tmp_path: Path) -> None:
     """Every public vector as live campaigns: allocations and prices on the topics equal the
     engine's (which the vector tests check against the published answers)."""
-    settings = dataclasses.replace(settings, price_increment_micros=increment)
+    settings = settings.with_(price_increment_micros=increment)
     env = dict(env, VICKREY_PRICE_INCREMENT_MICROS=str(increment))
     cases = [c for c in load_vectors() if c.get("increment_micros", 10_000) == increment]
     campaigns = []
@@ -161,7 +160,7 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     assert_once_each(redis_client, settings, events, campaigns, decisions, impressions)
     # Kept outcomes go once committed: a killed worker can leave those of its last batches
     # (committed but not yet let go, or never committed and replayed by its successor).
-    assert len(list(redis_client.scan_iter(match=settings.key("{b:*"), count=1000))) <= 6 * kills
+    assert len(list(redis_client.scan_iter(match=settings.keys.blob("*"), count=1000))) <= 6 * kills
     # The killed workers did part of the work and the last one the rest (none did it all).
     last = [orjson.loads(line) for line in log.read_text().splitlines() if '"auction worker stopped"' in line][-1]
     assert 0 < last["events_in"] < total
@@ -244,8 +243,8 @@ async def test_kept_outcomes_go_once_committed_and_a_reread_republishes_nothing(
     finally:
         assert stop_role(worker) == 0
     assert len(decisions) == len(events)
-    assert list(redis_client.scan_iter(match=settings.key("{b:*"), count=1000)) == [], "committed outcomes kept"
-    assert redis_client.exists(settings.key(f"{{e:{events[0]['event_id']}}}", "outcome"))  # the event is still known
+    assert list(redis_client.scan_iter(match=settings.keys.blob("*"), count=1000)) == [], "committed outcomes kept"
+    assert redis_client.exists(settings.keys.outcome(events[0]['event_id']))  # the event is still known
     impressions = await read_all(settings, "ad.impressions", 0, timeout=10)
     spent = sum(spend_total(redis_client, settings, c) for c in ("c1", "c2", "c3"))
     assert spent == sum(i["charge_micros"] for i in impressions) > 0

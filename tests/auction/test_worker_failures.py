@@ -21,10 +21,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from auction.worker import AuctionWorker
+from core.settings import Settings
 from loadtests.stack import committed, end_offsets
 from tests.auction.test_worker import apply, assert_once_each, crash_campaigns, live_intent
 from tests.kafka_helpers import read_all, start_role, stop_role, wait_until
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ async def test_failed_commits_are_consumed_again_and_lose_nothing(
     # The offsets step of these transactions fails, as a broker error would: aiokafka aborts the
     # transaction and the worker goes back to the committed offsets.
     fail_at, calls = {2, 3, 7, 12, 18}, Counter[str]()
-    send_offsets = worker.producer.send_offsets_to_transaction
+    send_offsets = worker.loop.producer.send_offsets_to_transaction
 
     async def flaky_send_offsets(offsets: Any, group_id: str) -> Any:
         calls["commits"] += 1
@@ -104,12 +104,12 @@ async def test_failed_commits_are_consumed_again_and_lose_nothing(
             raise KafkaError("injected: the offsets could not be added to the transaction")
         return await send_offsets(offsets, group_id)
 
-    worker.producer.send_offsets_to_transaction = flaky_send_offsets
+    worker.loop.producer.send_offsets_to_transaction = flaky_send_offsets  # type: ignore[method-assign]
     async with running(worker):
         await feed_and_catch_up(settings, events)
 
     assert calls["failed"] == len(fail_at), calls
-    assert worker.metrics.replays.get() > 0  # failed batches came back from Redis's kept outcomes
+    assert worker.metrics.value("vickrey_auction_replayed_total") > 0  # failed batches came back from Redis's kept outcomes
     assert_once_each(redis_client, settings, events, campaigns, *await read_outputs(settings, len(events)))
 
 

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from core.settings import Settings
 from loadtests.generator import IntentGenerator
 from schemas.codec import RecordError
 from tests.kafka_helpers import read_all
 from vickrey.client import ChatAdsClient, DecisionTimeout
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 

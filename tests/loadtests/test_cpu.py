@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from loadtests import cpu
 from loadtests.bench_kafka import latency_cpu
 from loadtests.bench_report import markdown_block
-from vickrey.settings import Settings
 
 
 def test_per_event_us_and_unknown_parts() -> None:

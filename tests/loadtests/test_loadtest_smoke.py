@@ -12,8 +12,8 @@ import orjson
 import pytest
 import redis
 
+from core.settings import Settings
 from tests.conftest import ROOT
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 

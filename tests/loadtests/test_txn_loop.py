@@ -10,11 +10,11 @@ import sys
 import orjson
 import pytest
 
+from core.settings import Settings
 from loadtests import workload
 from loadtests.stack import committed, end_offsets
 from tests.conftest import ROOT
 from tests.kafka_helpers import produce, read_all
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ async def test_every_record_goes_through_once_with_its_offsets(topics: Settings,
     intents = workload.intents(300, tag="x")
     bad = [(b"u", b"not json"), (b"u", orjson.dumps({"event_id": "e-bad"}))]
     await produce(topics, "chat.intents", [*((i["user_id"].encode(), orjson.dumps(i)) for i in intents), *bad])
-    group = topics.group("txn-loop-test")
+    group = topics.group("txn-loop-test")  # a consumer group, prefixed like every group
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "loadtests.txn_loop", "--group", group, "--expect", "302", "--impressions", "1.5"],

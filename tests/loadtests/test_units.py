@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from loadtests import generator
 from loadtests.bench_report import END, START, markdown_block, table, update_markdown
 from loadtests.plot import bench_plot, nice_ticks
@@ -20,7 +21,6 @@ from loadtests.summary import LatencyStats, percentile
 from schemas.campaign import validate_campaign
 from schemas.codec import validate
 from schemas.iab import IAB_CATEGORIES
-from vickrey.settings import Settings
 
 
 def test_generated_intents_are_valid_and_varied() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from core.topics import TOPICS
 from schemas import IAB_CATEGORIES, decode, encode, json_schema, schema_file
-from vickrey.settings import TOPICS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from vickrey.settings import Settings
+from core.settings import Settings
 
 Record = dict[str, Any]
 
@@ -80,15 +81,21 @@ def ledger(entry_id: str, kind: str, campaign_id: str, ts: int, amount: int, ove
     }
 
 
-async def produce(settings: Settings, topic: str, records: Iterable[tuple[str, Record | bytes]]) -> None:
-    """Send (key, record) pairs to the logical `topic` and wait until all are written."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, enable_idempotence=True, linger_ms=5)
+async def produce(settings: Settings, topic: str, records: Iterable[tuple[str, Record | bytes]],
+                  transactional: bool = False) -> None:
+    """Send (key, record) pairs to the logical `topic` and wait until all are written; with
+    `transactional`, in one committed transaction, as Vickrey's own roles write (a commit marker
+    then follows the last record)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, enable_idempotence=True, linger_ms=5,
+                                transactional_id=f"{settings.topic_prefix}test-producer" if transactional else None)
     await producer.start()
     try:
-        futures = [
-            await producer.send(settings.topic(topic), value if isinstance(value, bytes) else orjson.dumps(value), key=key.encode())
-            for key, value in records
-        ]
+        async with producer.transaction() if transactional else contextlib.nullcontext():
+            futures = [
+                await producer.send(settings.topic(topic), value if isinstance(value, bytes) else orjson.dumps(value),
+                                    key=key.encode())
+                for key, value in records
+            ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

@@ -3,32 +3,32 @@ billed once, an out-of-order click held and billed, and a table restored from Ka
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 import redis
 
+from core.metrics import Metrics
+from core.settings import Settings
+from core.topics import ensure_topics
 from streams.attribution import Attribution
 from streams.billing import Billing
-from streams.runner import ensure_stream_topics, running
+from streams.runner import running
 from tests.streams.kit import impression, now_ms, produce, raw_click, read_topic, wait_for
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 CPC_PRICE = 300_000
 
 
 def budget(client: redis.Redis, settings: Settings, campaign_id: str, micros: int) -> None:
-    client.hset(settings.key(f"{{c:{campaign_id}}}", "budget"), mapping={"daily_micros": micros, "total_micros": micros})
+    client.hset(settings.keys.budget(campaign_id), mapping={"daily_micros": micros, "total_micros": micros})
 
 
 async def test_every_reason_duplicate_billed_once_and_out_of_order_billed(
     topics: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     settings = topics
-    await ensure_stream_topics(settings)
+    await ensure_topics(settings)
     budget(redis_client, settings, "c-cpc", 10_000_000)
     t = now_ms() - 60_000
     day_ago = now_ms() - 25 * 3600 * 1000
@@ -53,11 +53,10 @@ async def test_every_reason_duplicate_billed_once_and_out_of_order_billed(
     await produce(settings, "ad.clicks.raw", [(c["impression_id"], c) for c in clicks])
     await produce(settings, "ad.clicks.raw", [("junk", b"{not json")])
 
-    stop = asyncio.Event()
-    registry = Metrics()
-    attribution = Attribution(settings, registry, stop, state_dir=tmp_path / "a", grace_s=3.0)
-    billing = Billing(settings, registry, stop)
-    async with running([attribution, billing]):
+    metrics = Metrics()
+    attribution = Attribution(settings, metrics, state_dir=tmp_path / "a", grace_s=3.0)
+    billing = Billing(settings, metrics)
+    async with running(settings, [attribution, billing], metrics):
         # The out-of-order click: sent before its impression, which follows once the click is held.
         clicked_at = now_ms()
         await produce(settings, "ad.clicks.raw", [("e-late:1", raw_click("k-late", "e-late:1", clicked_at))])
@@ -87,7 +86,7 @@ async def test_every_reason_duplicate_billed_once_and_out_of_order_billed(
     click_entries = sorted((e["entry_id"], e["amount_micros"]) for e in entries if e["kind"] == "click")
     assert click_entries == [("k-a1", CPC_PRICE), ("k-f1", 0), ("k-late", CPC_PRICE)]
     assert len([e for e in entries if e["kind"] == "impression"]) == 6
-    spent = int(redis_client.get(settings.key("{c:c-cpc}", "spend", "total")) or 0)
+    spent = int(redis_client.get(settings.keys.spend_total("c-cpc")) or 0)
     assert spent == 2 * CPC_PRICE
 
 
@@ -95,12 +94,12 @@ async def test_table_restored_from_kafka_on_another_host(topics: Settings, redis
     """A process with an empty store (another machine) takes the partitions over: it rebuilds the
     impressions and the already-clicked impressions from Kafka before attributing."""
     settings = topics
-    await ensure_stream_topics(settings)
+    await ensure_topics(settings)
     t = now_ms() - 60_000
     await produce(settings, "ad.impressions", [(f"e-{n}:1", impression(f"e-{n}:1", "c-1", t + n)) for n in range(20)])
     await produce(settings, "ad.clicks.raw", [("e-0:1", raw_click("k-0", "e-0:1", t + 5_000))])
-    first = Attribution(settings, Metrics(), asyncio.Event(), state_dir=tmp_path / "host-1", grace_s=0.5)
-    async with running([first]):
+    first = Attribution(settings, Metrics(), state_dir=tmp_path / "host-1", grace_s=0.5)
+    async with running(settings, [first]):
         assert len(await read_topic(settings, "ad.clicks", expect=1, settle_s=0.2)) == 1
 
     await produce(
@@ -108,10 +107,11 @@ async def test_table_restored_from_kafka_on_another_host(topics: Settings, redis
         "ad.clicks.raw",
         [("e-0:1", raw_click("k-0b", "e-0:1", t + 7_000)), ("e-7:1", raw_click("k-7", "e-7:1", t + 7_000))],
     )
-    second = Attribution(settings, Metrics(), asyncio.Event(), state_dir=tmp_path / "host-2", grace_s=0.5)
-    async with running([second]):
+    metrics = Metrics()
+    second = Attribution(settings, metrics, state_dir=tmp_path / "host-2", grace_s=0.5)
+    async with running(settings, [second], metrics):
         valid = await read_topic(settings, "ad.clicks", expect=2)
         invalid = await read_topic(settings, "ad.clicks.invalid", expect=1)
-    assert second.restored.get() >= 21  # 20 impressions + the billable click
+    assert metrics.value("vickrey_attribution_restored_total") >= 21  # 20 impressions + the billable click
     assert sorted(c["click_id"] for c in valid) == ["k-0", "k-7"]
     assert [(c["click_id"], c["reason"]) for c in invalid] == [("k-0b", "duplicate")]

@@ -13,35 +13,36 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.metrics import Metrics
+from core.settings import Settings
+from core.topics import ensure_topics
 from streams.billing import Billing
-from streams.runner import ensure_stream_topics, running
+from streams.runner import running
 from tests.conftest import ROOT
 from tests.streams.kit import click, impression, now_ms, produce, read_topic, wait_for
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 VICKREY = ROOT / ".venv" / "bin" / "vickrey"
 
 
 def set_budget(client: redis.Redis, settings: Settings, campaign_id: str, daily: int, total: int) -> None:
-    client.hset(settings.key(f"{{c:{campaign_id}}}", "budget"), mapping={"daily_micros": daily, "total_micros": total})
+    client.hset(settings.keys.budget(campaign_id), mapping={"daily_micros": daily, "total_micros": total})
 
 
 def spend_total(client: redis.Redis, settings: Settings, campaign_id: str) -> int:
-    return int(client.get(settings.key(f"{{c:{campaign_id}}}", "spend", "total")) or 0)
+    return int(client.get(settings.keys.spend_total(campaign_id)) or 0)
 
 
 async def test_cpc_budget_runs_out_then_overdelivery(topics: Settings, redis_client: redis.Redis) -> None:
     settings = topics
-    await ensure_stream_topics(settings)
+    await ensure_topics(settings)
     set_budget(redis_client, settings, "c-cpc", daily=1_000_000, total=5_000_000)
     t = now_ms()
     # One partition key, so the clicks settle in this order.
     clicks = [click(f"k-{n}", "e-1:1", "c-cpc", t + n, 300_000) for n in range(6)]
     await produce(settings, "ad.clicks", [("e-1:1", c) for c in clicks])
     await produce(settings, "ad.impressions", [("e-bad:1", {**impression("e-bad:1", "c-cpc", t), "bid_type": "cpx"})])
-    async with running([Billing(settings, Metrics(), asyncio.Event())]):
+    async with running(settings, [Billing(settings, Metrics())]):
         entries = await read_topic(settings, "billing.ledger", expect=6)
         dead = await read_topic(settings, "ad.impressions.dlq", expect=1, settle_s=0.2)
         # The same click_id again from another record: already billed, no second entry.
@@ -58,7 +59,7 @@ async def test_cpc_budget_runs_out_then_overdelivery(topics: Settings, redis_cli
     ]
     assert spend_total(redis_client, settings, "c-cpc") == 900_000
     assert len(dead) == 1 and "bid_type" in dead[0]["error"]
-    day_keys = list(redis_client.scan_iter(match=settings.key("{c:c-cpc}", "spend", "day", "*")))
+    day_keys = list(redis_client.scan_iter(match=settings.keys.spend_day("c-cpc", "*")))
     assert len(day_keys) == 1 and int(redis_client.get(day_keys[0]) or 0) == 900_000
 
 
@@ -72,7 +73,7 @@ async def test_sigkill_billing_keeps_every_charge_exactly_once(
     topics: Settings, redis_client: redis.Redis, env: dict[str, str], tmp_path: Path
 ) -> None:
     settings = topics
-    await ensure_stream_topics(settings)
+    await ensure_topics(settings)
     rng = random.Random(os.environ.get("VICKREY_TEST_SEED", "5"))
     campaigns = ["c-m0", "c-m1", "c-m2", "c-k0", "c-k1"]  # CPM, and CPC (c-k1's budget runs out)
     for cid in campaigns:
@@ -96,7 +97,7 @@ async def test_sigkill_billing_keeps_every_charge_exactly_once(
                                  price_micros=rng.randrange(500_000, 5_000_000))
                 # The auction worker reserves a CPM charge in spend when it publishes the impression.
                 if imp["charge_micros"]:
-                    redis_client.incrby(settings.key(f"{{c:{cid}}}", "spend", "total"), imp["charge_micros"])
+                    redis_client.incrby(settings.keys.spend_total(cid), imp["charge_micros"])
                     cpm_spend[cid] += imp["charge_micros"]
                 imps.append((iid, imp))
                 expected[iid] = cid

@@ -9,17 +9,18 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from core.metrics import Metrics
+from core.settings import Settings
+from core.topics import ensure_topics
 from streams.feedback import Feedback
-from streams.runner import ensure_stream_topics, running
+from streams.runner import running
 from tests.streams.kit import click, impression, now_ms, produce, wait_for
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 def ctr(client: redis.Redis, settings: Settings, campaign_id: str) -> tuple[int, int]:
-    imps, clicks = client.hmget(settings.key(f"{{c:{campaign_id}}}", "ctr"), ["impressions", "clicks"])
+    imps, clicks = client.hmget(settings.keys.ctr(campaign_id), ["impressions", "clicks"])
     return int(imps or 0), int(clicks or 0)
 
 
@@ -37,21 +38,22 @@ async def rewind_group(settings: Settings) -> None:
 
 async def test_counts_once_across_restarts(topics: Settings, redis_client: redis.Redis) -> None:
     settings = topics
-    await ensure_stream_topics(settings)
+    await ensure_topics(settings)
     t = now_ms()
     imps = [impression(f"e-{n}:1", "c-1" if n < 5 else "c-2", t + n) for n in range(8)]
     await produce(settings, "ad.impressions", [(i["impression_id"], i) for i in imps])
     await produce(settings, "ad.clicks", [(f"e-{n}:1", click(f"k-{n}", f"e-{n}:1", "c-1", t + 500, 0)) for n in range(2)])
 
-    async with running([Feedback(settings, Metrics(), asyncio.Event())]):
+    async with running(settings, [Feedback(settings, Metrics())]):
         await wait_for(lambda: ctr(redis_client, settings, "c-1") == (5, 2) and ctr(redis_client, settings, "c-2") == (3, 0))
 
     await rewind_group(settings)
     await produce(settings, "ad.impressions", [("e-9:1", impression("e-9:1", "c-2", t + 9))])
-    second = Feedback(settings, Metrics(), asyncio.Event())
-    async with running([second]):
+    metrics = Metrics()
+    second = Feedback(settings, metrics)
+    async with running(settings, [second], metrics):
         await wait_for(lambda: ctr(redis_client, settings, "c-2") == (4, 0), what="the new impression counted")
         await asyncio.sleep(1.0)  # anything counted twice would show by now
     assert ctr(redis_client, settings, "c-1") == (5, 2)
     assert ctr(redis_client, settings, "c-2") == (4, 0)
-    assert second.counted.get(kind="impression") == 1
+    assert metrics.value("vickrey_feedback_counted_total", kind="impression") == 1

@@ -3,19 +3,18 @@ counted, one past it not, each window emitted once across a restart, Redis and H
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import orjson
 import pytest
 import redis
 
+from core.metrics import Metrics
+from core.settings import Settings
+from core.topics import ensure_topics
 from streams.reporting import Reporting
-from streams.runner import ensure_stream_topics, running
+from streams.runner import running
 from streams.windows import WINDOW_MS, report_record
 from tests.streams.kit import ledger, now_ms, produce, read_topic
-from vickrey.metrics import Metrics
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 S = 1000
@@ -23,7 +22,7 @@ S = 1000
 
 async def test_windows_hold_exact_counts_and_are_emitted_once(topics: Settings, redis_client: redis.Redis) -> None:
     settings = topics
-    await ensure_stream_topics(settings)
+    await ensure_topics(settings)
     now = now_ms()
     w0 = now - now % WINDOW_MS - 5 * WINDOW_MS
     w1, w2 = w0 + WINDOW_MS, w0 + 2 * WINDOW_MS
@@ -38,15 +37,16 @@ async def test_windows_hold_exact_counts_and_are_emitted_once(topics: Settings, 
         ledger("k-2", "click", "c-1", w1 + 20 * S, 0, overdelivery=True),
     ]
     await produce(settings, "billing.ledger", [("c-1", e) for e in first_part])
-    first = Reporting(settings, Metrics(), asyncio.Event(), port=None, idle_close_ms=None)
-    async with running([first]):
+    metrics = Metrics()
+    first = Reporting(settings, metrics, port=None, idle_close_ms=None)
+    async with running(settings, [first], metrics):
         reports = await read_topic(settings, "reports.campaign-minute", expect=1)
-    assert first.late.get() == 1
+    assert metrics.value("vickrey_reporting_late_total") == 1
 
     # A new process (the first one's open window lived only in memory) rebuilds w1 from the commit.
     await produce(settings, "billing.ledger", [("c-1", ledger("e-9:1", "impression", "c-1", w2 + 15 * S, 500))])
-    second = Reporting(settings, Metrics(), asyncio.Event(), port=0, idle_close_ms=None)
-    async with running([second]):
+    second = Reporting(settings, Metrics(), port=0, idle_close_ms=None)
+    async with running(settings, [second]):
         reports = await read_topic(settings, "reports.campaign-minute", expect=2, settle_s=2.0)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{second.http_port}") as http:
             async with http.get("/reports/campaigns/c-1", params={"from": str(w0), "to": str(w2 + WINDOW_MS)}) as resp:
@@ -66,10 +66,10 @@ async def test_windows_hold_exact_counts_and_are_emitted_once(topics: Settings, 
     assert expected_w0["ecpm_micros"] == 18_666_667 and expected_w0["ctr"] == pytest.approx(1 / 3)
     assert expected_w1["ecpm_micros"] == 2_500_000 and expected_w1["ctr"] == 0.5
 
-    stored = {int(k): orjson.loads(v) for k, v in redis_client.hgetall(settings.key("{c:c-1}", "minutes")).items()}
+    stored = {int(k): orjson.loads(v) for k, v in redis_client.hgetall(settings.keys.minutes("c-1")).items()}
     assert stored[w0] == expected_w0 and stored[w1] == expected_w1
     assert stored[w2]["partial"] is True and stored[w2]["impressions"] == 1
-    assert 0 < redis_client.ttl(settings.key("{c:c-1}", "minutes")) <= 7 * 86400
+    assert 0 < redis_client.ttl(settings.keys.minutes("c-1")) <= 7 * 86400
 
     assert [w["window_start"] for w in one["windows"]] == [w0, w1, w2]
     assert one["windows"][0] == expected_w0
@@ -79,14 +79,18 @@ async def test_windows_hold_exact_counts_and_are_emitted_once(topics: Settings, 
     assert "user_id" not in everything and "session_id" not in everything
 
 
-async def test_idle_stream_windows_close_on_wall_time(topics: Settings, redis_client: redis.Redis) -> None:
-    """No later records arrive to move event time: once caught up, wall time closes the window."""
+@pytest.mark.parametrize("transactional", [False, True], ids=["plain", "transactional"])
+async def test_idle_stream_windows_close_on_wall_time(topics: Settings, redis_client: redis.Redis,
+                                                      transactional: bool) -> None:
+    """No later records arrive to move event time: once caught up, wall time closes the window.
+    Billing writes the ledger in transactions, so a commit marker follows the last entry: caught
+    up must count it (the last entry's offset + 1 never reaches the partition's end)."""
     settings = topics
-    await ensure_stream_topics(settings)
+    await ensure_topics(settings)
     now = now_ms()
     w0 = now - now % WINDOW_MS - 2 * WINDOW_MS
     entries = [ledger(f"e-{n}:1", "impression", "c-idle", w0 + n * S, 2_000) for n in range(3)]
-    await produce(settings, "billing.ledger", [("c-idle", e) for e in entries])
-    async with running([Reporting(settings, Metrics(), asyncio.Event(), port=None, idle_close_ms=0)]):
+    await produce(settings, "billing.ledger", [("c-idle", e) for e in entries], transactional=transactional)
+    async with running(settings, [Reporting(settings, Metrics(), port=None, idle_close_ms=0)]):
         reports = await read_topic(settings, "reports.campaign-minute", expect=1)
     assert reports == [report_record("c-idle", w0, impressions=3, clicks=0, spend_micros=6_000)]

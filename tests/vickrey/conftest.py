@@ -15,8 +15,8 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
+from core.settings import Settings
 from tests.conftest import ROOT
-from vickrey.settings import Settings
 
 SAMPLES = ROOT / "vickrey" / "samples"
 VICKREY = ROOT / ".venv" / "bin" / "vickrey"

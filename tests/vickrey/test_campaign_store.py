@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 import orjson
@@ -12,10 +11,10 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaConnectionError
 
+from core.settings import Settings
 from tests.vickrey.conftest import load_sample, stream_entries
 from vickrey import campaign_store as store
 from vickrey.policy_store import apply_policy, get_policy, get_policy_version
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +26,11 @@ def variant(n: int) -> dict[str, Any]:
 
 async def test_layout_keys(settings: Settings) -> None:
     ns = settings.namespace
-    assert store.campaigns_key(settings) == f"{ns}:campaigns"
-    assert store.changes_key(settings) == f"{ns}:campaigns:changes"
-    assert store.budget_key(settings, "c-1") == f"{ns}:{{c:c-1}}:budget"
-    assert store.spend_total_key(settings, "c-1") == f"{ns}:{{c:c-1}}:spend:total"
-    assert store.spend_day_key(settings, "c-1", "20250102") == f"{ns}:{{c:c-1}}:spend:day:20250102"
+    assert settings.keys.campaigns() == f"{ns}:campaigns"
+    assert settings.keys.campaign_changes() == f"{ns}:campaigns:changes"
+    assert settings.keys.budget("c-1") == f"{ns}:{{c:c-1}}:budget"
+    assert settings.keys.spend_total("c-1") == f"{ns}:{{c:c-1}}:spend:total"
+    assert settings.keys.spend_day("c-1", "20250102") == f"{ns}:{{c:c-1}}:spend:day:20250102"
 
 
 async def test_concurrent_applies_get_unique_versions(
@@ -45,9 +44,9 @@ async def test_concurrent_applies_get_unique_versions(
     )
     versions = sorted(c.version for r in results for c in r.applied)
     assert versions == list(range(1, 17))
-    stream_order = [int(e["version"]) for e in stream_entries(redis_client, store.changes_key(settings))]
+    stream_order = [int(e["version"]) for e in stream_entries(redis_client, settings.keys.campaign_changes())]
     assert stream_order == versions  # every version once, increasing in stream order
-    assert int(redis_client.get(store.version_key(settings)) or 0) == 16
+    assert int(redis_client.get(settings.keys.campaigns_version()) or 0) == 16
     assert len(await store.list_campaigns(settings, aredis)) == 16
 
 
@@ -63,18 +62,18 @@ async def test_duplicate_ids_in_one_input_are_refused(
 async def test_nothing_is_written_when_kafka_is_unreachable(
     settings: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
-    offline = dataclasses.replace(settings, kafka="127.0.0.1:1")
+    offline = settings.with_(kafka="127.0.0.1:1")
     with pytest.raises(KafkaConnectionError):
         await store.apply_campaigns(offline, aredis, [variant(1)])
-    assert redis_client.hlen(store.campaigns_key(settings)) == 0
-    assert not redis_client.exists(store.changes_key(settings))
+    assert redis_client.hlen(settings.keys.campaigns()) == 0
+    assert not redis_client.exists(settings.keys.campaign_changes())
 
 
 async def test_delete_keeps_spend_and_status_is_checked(
     settings: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
     await store.apply_campaigns(settings, aredis, [variant(1)], announce=False)
-    redis_client.set(store.spend_total_key(settings, "c-var-1"), 42)
+    redis_client.set(settings.keys.spend_total("c-var-1"), 42)
     with pytest.raises(ValueError):
         await store.set_status(settings, aredis, "c-var-1", "stopped", announce=False)
     change = await store.delete_campaign(settings, aredis, "c-var-1", announce=False)

@@ -10,26 +10,19 @@ import orjson
 import pytest
 import redis
 
+from core.clock import utc_day
+from core.settings import Settings
 from tests.vickrey.conftest import hash_items, load_sample, read_topic, run_cli, sample_path, stream_entries
-from vickrey.campaign_store import (
-    budget_key,
-    campaigns_key,
-    changes_key,
-    spend_day_key,
-    spend_total_key,
-    utc_day,
-)
-from vickrey.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 def changes(client: redis.Redis, settings: Settings) -> list[dict[str, str]]:
-    return stream_entries(client, changes_key(settings))
+    return stream_entries(client, settings.keys.campaign_changes())
 
 
 def stored(client: redis.Redis, settings: Settings) -> dict[str, dict[str, Any]]:
-    return {k: orjson.loads(v) for k, v in hash_items(client, campaigns_key(settings)).items()}
+    return {k: orjson.loads(v) for k, v in hash_items(client, settings.keys.campaigns()).items()}
 
 
 async def test_apply_with_one_bad_campaign(
@@ -59,7 +52,7 @@ async def test_apply_with_one_bad_campaign(
         doc = orjson.loads(shown.stdout)
         assert doc["campaign_id"] == cid
         assert doc["spend"] == {"today_micros": 0, "total_micros": 0}
-        budget = {k: int(v) for k, v in hash_items(redis_client, budget_key(settings, cid)).items()}
+        budget = {k: int(v) for k, v in hash_items(redis_client, settings.keys.budget(cid)).items()}
         assert budget == {
             "daily_micros": doc["budget"]["daily_micros"],
             "total_micros": doc["budget"]["total_micros"],
@@ -89,8 +82,8 @@ async def test_apply_samples_list_show_spend(
     # spend written by the worker/billing under the documented keys is what `show` and `list` report
     cid = samples[0]["campaign_id"]
     now_ms = int(time.time() * 1000)
-    redis_client.set(spend_day_key(settings, cid, utc_day(now_ms)), 1_234_567)
-    redis_client.set(spend_total_key(settings, cid), 9_876_543)
+    redis_client.set(settings.keys.spend_day(cid, utc_day(now_ms)), 1_234_567)
+    redis_client.set(settings.keys.spend_total(cid), 9_876_543)
     doc = orjson.loads(run_cli(env, "campaigns", "show", cid).stdout)
     assert doc["spend"] == {"today_micros": 1_234_567, "total_micros": 9_876_543}
 
@@ -131,7 +124,7 @@ async def test_pause_resume_delete(stack: Settings, env: dict[str, str], redis_c
     deleted = run_cli(env, "campaigns", "delete", cid)
     assert deleted.returncode == 0, deleted.stderr
     assert cid not in stored(redis_client, settings)
-    assert not redis_client.exists(budget_key(settings, cid))
+    assert not redis_client.exists(settings.keys.budget(cid))
     assert changes(redis_client, settings)[-1] == {"campaign_id": cid, "op": "delete", "version": "4"}
     announced = await read_topic(settings, "campaigns", {cid})
     assert announced[cid] is None  # the last record is the tombstone

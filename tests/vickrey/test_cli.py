@@ -1,15 +1,16 @@
-"""The CLI without services: help everywhere, one-line errors, lazily imported roles."""
+"""The CLI without services: help everywhere, settings in every help page, one-line errors."""
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
+import typer
 
+from core.clock import utc_day
+from core.settings import Settings
 from tests.vickrey.conftest import run_cli
 from vickrey import cli
-from vickrey.campaign_store import encode_campaign, utc_day
-from vickrey.settings import Settings
+from vickrey.campaign_store import encode_campaign
+from vickrey.cli import common
 
 COMMANDS = [
     [],
@@ -38,27 +39,29 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vickrey")
 def test_help_for_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main([*command, "--help"])
-    assert exit_info.value.code == 0
+    assert cli.main([*command, "--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: vickrey")
-    assert "VICKREY_" in out  # every page says which settings apply
+    assert "Usage: vickrey" in out
+    assert "VICKREY_KAFKA" in out and "VICKREY_EVENT_TTL_S" in out  # every page lists the settings
 
 
 def test_every_subcommand_is_covered() -> None:
-    parser = cli.build_parser()
     found: list[list[str]] = []
 
-    def walk(p: argparse.ArgumentParser, path: list[str]) -> None:
+    def walk(command: object, path: list[str]) -> None:
         found.append(path)
-        for action in p._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, child in action.choices.items():
-                    walk(child, [*path, name])
+        for name, child in getattr(command, "commands", {}).items():
+            walk(child, [*path, name])
 
-    walk(parser, [])
+    walk(typer.main.get_command(cli.app), [])
     assert sorted(found) == sorted(COMMANDS)
+
+
+def test_settings_help_comes_from_the_settings() -> None:
+    """The help lists every field of Settings, with its description: it cannot drift."""
+    epilog = common.settings_epilog()
+    for name, info in Settings.model_fields.items():
+        assert f"VICKREY_{name.upper()} " in epilog and str(info.description) in epilog
 
 
 def test_help_through_the_console_script(env: dict[str, str]) -> None:
@@ -82,53 +85,40 @@ def test_unreachable_services_are_one_line(env: dict[str, str]) -> None:
 
 def test_bad_setting_is_reported(env: dict[str, str]) -> None:
     result = run_cli(dict(env, VICKREY_PARTITIONS="many"), "topics", "list")
-    assert (
-        result.returncode == 2 and "VICKREY_PARTITIONS" in result.stderr and "Traceback" not in result.stderr
-    )
+    assert result.returncode == 2
+    assert "VICKREY_PARTITIONS='many'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_role_module_is_a_clear_error() -> None:
-    command = cli._role("vickrey_no_such_package.worker", "the frobnicator")
-    with pytest.raises(
-        cli.CliError, match="the frobnicator is not available yet: module vickrey_no_such_package.worker"
-    ):
-        command(Settings(), argparse.Namespace())
-
-
-def test_role_receives_settings_and_parsed_args(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+def test_roles_receive_settings_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from auction import worker
 
     seen: dict[str, object] = {}
 
-    async def fake_main(settings: Settings, args: argparse.Namespace) -> int:
-        seen.update(settings=settings, args=args)
+    def fake_main(settings: Settings, instance: str | None, batch_max: int, linger_ms: int) -> int:
+        seen.update(settings=settings, instance=instance, batch_max=batch_max, linger_ms=linger_ms)
         return 3
 
-    module = types.ModuleType("auction.worker")
-    module.main = fake_main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "auction.worker", module)
+    monkeypatch.setattr(worker, "main", fake_main)
     monkeypatch.setenv("VICKREY_NAMESPACE", "nsx")
-    assert cli.main(["auction", "--workers", "2", "--batch-max", "100"]) == 3
-    args = seen["args"]
-    assert isinstance(args, argparse.Namespace)
-    assert (args.workers, args.batch_max, args.linger_ms) == (2, 100, 0)
-    assert isinstance(seen["settings"], Settings) and seen["settings"].namespace == "nsx"
+    assert cli.main(["auction", "--batch-max", "100", "--instance", "w1"]) == 3
+    assert (seen["instance"], seen["batch_max"], seen["linger_ms"]) == ("w1", 100, 0)
+    settings = seen["settings"]
+    assert isinstance(settings, Settings) and settings.namespace == "nsx"
 
 
-def test_streams_roles_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["streams", "billing", "nonsense"])
-    assert exit_info.value.code == 2
+def test_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["streams", "billing", "nonsense"]) == 2
     assert "unknown role 'nonsense'" in capsys.readouterr().err
+    assert cli.main(["auction", "--workers", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
 
 
 def test_money_and_days() -> None:
-    assert cli._money(2_500_000) == "2.50"
-    assert cli._money(1_234_567) == "1.234567"
-    assert cli._money(0) == "0.00"
-    assert cli._money(-10) == "-0.00001"
+    assert common.money(2_500_000) == "2.50"
+    assert common.money(1_234_567) == "1.234567"
+    assert common.money(0) == "0.00"
+    assert common.money(-10) == "-0.00001"
     assert utc_day(0) == "19700101"
     assert utc_day(1_700_000_000_000) == "20231114"
     assert encode_campaign({"b": 1, "a": 2}) == b'{"b":1,"a":2}'  # the validator's order is kept
-    assert cli._safe_url("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
+    assert common.safe_url("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +13,10 @@ from typing import Final
 from aiohttp import web
 from redis.asyncio import Redis
 
+from core.logs import setup as setup_logs
+from core.settings import Settings
 from vickrey.advertisers import AdvertiserError, add_key, create_advertiser, get_advertiser
 from vickrey.api.app import create_app
-from vickrey.logs import setup as setup_logs
-from vickrey.settings import Settings
 
 __all__ = ["DEMO_ADVERTISER_ID", "create_app", "demo_key", "main"]
 
@@ -26,12 +25,9 @@ DEMO_ADVERTISER_NAME: Final = "VoltBook"
 DEFAULT_HOST: Final = "0.0.0.0"  # every interface, as docker-compose's port mapping needs
 
 
-def main(settings: Settings, args: argparse.Namespace) -> int:
-    """Serve the API and dashboard until interrupted: `--port` (default 8080), on every interface
-    (or `args.host`, should the CLI grow a `--host`)."""
+def main(settings: Settings, port: int = 8080, host: str = DEFAULT_HOST) -> int:
+    """Serve the API and dashboard until interrupted (`vickrey api`)."""
     setup_logs("api")
-    host = getattr(args, "host", None) or DEFAULT_HOST
-    port = int(getattr(args, "port", 8080))
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
     def announce(_text: str) -> None:

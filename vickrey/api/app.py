@@ -18,10 +18,10 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.settings import Settings
 from vickrey.advertisers import Advertiser, authenticate, hash_key
 from vickrey.api import ratelimit
 from vickrey.api.openapi import openapi_document
-from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.api")
 

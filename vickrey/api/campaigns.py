@@ -22,6 +22,7 @@ from aiohttp import web
 from multidict import MultiMapping
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from schemas.campaign import restricted_vertical_problem, validate_campaign
 from vickrey.advertisers import Advertiser
 from vickrey.api.app import ADVERTISER, REDIS, SETTINGS, ApiError, Handler, json_response, read_json
@@ -31,14 +32,12 @@ from vickrey.campaign_store import (
     UnknownCampaign,
     apply_campaigns,
     campaign_spend,
-    campaign_tag,
     campaigns_spend,
     get_campaign,
     list_campaigns,
     set_status,
 )
 from vickrey.policy_store import get_policy
-from vickrey.settings import Settings
 
 log = logging.getLogger("vickrey.api")
 
@@ -49,10 +48,6 @@ REPORT_MAX_MS: Final = 7 * 86_400_000
 EPOCH_MS_MAX: Final = 2**53 - 1
 _INT_FIELDS: Final = ("window_start", "window_end", "impressions", "clicks", "spend_micros", "ecpm_micros")
 
-
-def minutes_key(settings: Settings, campaign_id: str) -> str:
-    """Reporting's minute windows: hash window_start (ms, as a string) → reports.campaign-minute JSON."""
-    return settings.key(campaign_tag(campaign_id), "minutes")
 
 
 def _context(request: web.Request) -> tuple[Settings, Redis, Advertiser]:
@@ -259,7 +254,7 @@ async def report(request: web.Request) -> web.Response:
     start, to = _report_range(request.query, now_ms)
     first = -(-start // MINUTE_MS) * MINUTE_MS  # windows are epoch-aligned: window_start in [from, to)
     fields = [str(ms) for ms in range(first, to, MINUTE_MS)]
-    stored: list[Any] = await r.hmget(minutes_key(settings, campaign_id), fields) if fields else []
+    stored: list[Any] = await r.hmget(settings.keys.minutes(campaign_id), fields) if fields else []
     windows = [w for raw in stored if raw is not None and (w := _window(raw, campaign_id)) is not None]
     impressions = sum(w["impressions"] for w in windows)
     clicks = sum(w["clicks"] for w in windows)

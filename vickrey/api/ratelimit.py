@@ -13,7 +13,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from vickrey.settings import Settings
+from core.settings import Settings
 
 _TAKE: Final = """
 local rate = tonumber(ARGV[1])
@@ -48,14 +48,11 @@ class RateLimit:
             raise ValueError("rate limit: rate_per_s must be > 0 and burst >= 1")
 
 
-def bucket_key(settings: Settings, key_digest: str) -> str:
-    return settings.key("ratelimit", key_digest)
-
 
 async def take(settings: Settings, r: Redis, key_digest: str, limit: RateLimit) -> int:
     """Take one token; 0 when allowed, else the whole seconds to wait (for `Retry-After`, >= 1)."""
     wait_ms = await r.eval(
-        _TAKE, 1, bucket_key(settings, key_digest), repr(float(limit.rate_per_s)), str(limit.burst)
+        _TAKE, 1, settings.keys.rate_limit(key_digest), repr(float(limit.rate_per_s)), str(limit.burst)
     )
     wait = int(wait_ms)
     return 0 if wait <= 0 else max(1, math.ceil(wait / 1000))

@@ -6,7 +6,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vickrey.partition import murmur2, partition_for
+from core.partition import murmur2, partition_for
 
 
 @settings(max_examples=2000, deadline=None)

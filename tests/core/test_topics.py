@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
+from core.settings import Settings
+from core.topics import COMPACTED_TOPICS, TOPICS, admin_client, delete_topics, describe_topics, ensure_topics
 from tests.vickrey.conftest import run_cli
-from vickrey.settings import COMPACTED_TOPICS, TOPICS, Settings
-from vickrey.topics import admin_client, delete_topics, describe_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +35,7 @@ async def test_ensure_topics_subset_and_existing_left_alone(settings: Settings) 
     try:
         assert await ensure_topics(settings, ["campaigns"]) == [settings.topic("campaigns")]
         # an existing topic keeps its partition count even when settings ask for more
-        more = dataclasses.replace(settings, partitions=settings.partitions + 2)
+        more = settings.with_(partitions=settings.partitions + 2)
         assert await ensure_topics(more, ["campaigns", "ad.clicks"]) == [settings.topic("ad.clicks")]
         infos = {i.name: i for i in await describe_topics(more, ["campaigns", "ad.clicks"])}
         assert infos[settings.topic("campaigns")].partitions == settings.partitions
@@ -48,7 +46,7 @@ async def test_ensure_topics_subset_and_existing_left_alone(settings: Settings) 
 
 async def test_delete_topics_refuses_an_empty_prefix(settings: Settings) -> None:
     with pytest.raises(ValueError, match="PREFIX is empty"):
-        await delete_topics(dataclasses.replace(settings, topic_prefix=""))
+        await delete_topics(settings.with_(topic_prefix=""))
 
 
 async def test_cli_topics_create_twice(settings: Settings, env: dict[str, str]) -> None:

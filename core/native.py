@@ -1,6 +1,6 @@
 """The compiled hot path: the pure modules the worker runs once per event, built with mypyc.
 
-`make native` (part of `make venv`; `python -m vickrey.native build`) compiles them in place: a
+`make native` (part of `make venv`; `python -m core.native build`) compiles them in place: a
 `<module>.cpython-311-*.so` beside each `.py`, which Python then imports instead of the source.
 The source is the only definition (mypy-strict typed code that mypyc turns into C); where
 nothing was built the same source runs interpreted, about half as fast.
@@ -39,8 +39,8 @@ MODULES = (
     "schemas/checks.py",
     "schemas/records.py",
     "schemas/codec.py",
-    "vickrey/partition.py",
-    "vickrey/kafka.py",
+    "core/partition.py",
+    "core/kafka.py",
 )
 # mypyc puts the modules' shared code in one library named after the group, in its package.
 GROUP = "auction.native"
@@ -130,7 +130,7 @@ def build(quiet: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vickrey.native", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m core.native", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("build", "status", "clean", "sources"),
                         help="compile, show what runs compiled, remove the builds, or list the compiled sources")

@@ -1,25 +1,22 @@
--- Vickrey billing: settle a batch of CPC clicks against their campaigns' budgets, idempotent per click.
+-- Vickrey billing: charge a batch of CPC clicks to their campaigns' budgets, idempotent per click.
 --
--- ARGV[1] namespace, ARGV[2] UTC day "YYYYMMDD", ARGV[3] ttl seconds of the kept answers,
+-- ARGV[1] JSON of the key templates (core/keys.py `lua_templates`), ARGV[2] UTC day "YYYYMMDD", ARGV[3] ttl seconds of the kept answers,
 -- ARGV[4] JSON list of clicks: {{click_id, src "<partition>:<offset>", campaign_id, charge_micros}, ...}
 -- For each click, in order:
---   * already settled: {"replay", amount, over} when it comes from the same record (a batch replayed
+--   * already charged: {"replay", amount, over} when it comes from the same record (a batch replayed
 --     after a crash: the first answer again, nothing charged twice), {"dup", first src} when another
 --     record carries the same click_id (no second ledger entry);
 --   * else, when the remaining daily and total budget both cover the charge, the charge is added to
 --     the same spend keys the auction's reserve.lua uses: {"ok", amount, 0};
 --     otherwise (or when the campaign has no budget stored) nothing is spent: {"ok", 0, 1} (overdelivery).
--- The answer is kept under {ns}:{c:<campaign_id>}:billed:<click_id> = "<src>\n<amount>\n<over>".
+-- The answer is kept under the `billed` key of the campaign and click = "<src>\n<amount>\n<over>".
 -- Money stays below 2^53 micros, so Lua numbers are exact; amounts go back as decimal strings.
 
-local ns, day, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local K, day, ttl = cjson.decode(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local clicks = cjson.decode(ARGV[4])
 local answers = {}
 local DAY_TTL = 3 * 86400
 
-local function ckey(cid, suffix)
-  return ns .. ":{c:" .. cid .. "}:" .. suffix
-end
 
 local function num(value)
   if value == false or value == nil then return 0 end
@@ -28,7 +25,7 @@ end
 
 for i, c in ipairs(clicks) do
   local click_id, src, cid, charge = c[1], c[2], c[3], c[4]
-  local kkey = ckey(cid, "billed:" .. click_id)
+  local kkey = string.format(K.billed, cid, click_id)
   local kept = redis.call("GET", kkey)
   if kept then
     local first = string.find(kept, "\n", 1, true)
@@ -42,14 +39,15 @@ for i, c in ipairs(clicks) do
   else
     local amount, over = 0, 0
     if charge > 0 then
-      local limits = redis.call("HMGET", ckey(cid, "budget"), "daily_micros", "total_micros")
-      local dkey = ckey(cid, "spend:day:" .. day)
+      local limits = redis.call("HMGET", string.format(K.budget, cid), "daily_micros", "total_micros")
+      local dkey = string.format(K.spend_day, cid, day)
+      local tkey = string.format(K.spend_total, cid)
       local today = num(redis.call("GET", dkey))
-      local total = num(redis.call("GET", ckey(cid, "spend:total")))
+      local total = num(redis.call("GET", tkey))
       if limits[1] and limits[2] and today + charge <= tonumber(limits[1]) and total + charge <= tonumber(limits[2]) then
         redis.call("INCRBY", dkey, charge)
         redis.call("EXPIRE", dkey, DAY_TTL)
-        redis.call("INCRBY", ckey(cid, "spend:total"), charge)
+        redis.call("INCRBY", tkey, charge)
         amount = charge
       else
         over = 1

@@ -2,7 +2,7 @@
 
 Keys must land where other clients put them (ad.impressions and ad.clicks.raw are joined by
 partition), so tests compare this with aiokafka's implementation. Written for mypyc (see
-vickrey/native.py): with native 64-bit integers the word loop compiles to plain C arithmetic
+core/native.py): with native 64-bit integers the word loop compiles to plain C arithmetic
 (~0.1 µs a key, against ~5 µs for aiokafka's pure-Python version); every product of a 32-bit
 word and the 31-bit constant fits in 63 bits.
 """

@@ -1,6 +1,6 @@
 """Kafka topics of one Vickrey stack: create them (idempotently), describe them, delete them.
 
-Every logical topic of `vickrey.settings.TOPICS` becomes `settings.topic(name)` (the prefix isolates
+Every logical topic of `TOPICS` becomes `settings.topic(name)` (the prefix isolates
 stacks and tests), with `settings.partitions` partitions and replication factor 1; the topics of
 `COMPACTED_TOPICS` (the `campaigns` topic: the latest state of every campaign, tombstone = deleted)
 get `cleanup.policy=compact`. Existing topics are left exactly as they are.
@@ -16,13 +16,35 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from vickrey.settings import COMPACTED_TOPICS, TOPICS, Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Logical topic names (docs/contract.md §3); the physical name is `settings.topic(name)`.
+TOPICS: tuple[str, ...] = (
+    "chat.intents",
+    "chat.intents.dlq",
+    "ad.decisions",
+    "ad.impressions",
+    "ad.clicks.raw",
+    "ad.clicks",
+    "ad.clicks.invalid",
+    "billing.ledger",
+    "reports.campaign-minute",
+    "campaigns",
+    "user.controls",
+    "user.controls.applied",
+    "user.controls.dlq",
+    "ad.clicks.raw.dlq",
+    "ad.impressions.dlq",
+    "ad.clicks.dlq",
+)
+COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns"})
 
 REPLICATION_FACTOR = 1
 LEADER_WAIT_S = 30.0
@@ -149,6 +171,15 @@ async def delete_topics(settings: Settings) -> list[str]:
     return doomed
 
 
+async def topic_partitions(settings: Settings, topic: str, timeout_s: float = LEADER_WAIT_S) -> list[TopicPartition]:
+    """The partitions of the physical `topic`, once each has a leader (a topic created a moment ago
+    may take a few tries)."""
+    async with admin_client(settings) as admin:
+        await _wait_for_leaders(admin, [topic], timeout_s)
+        (meta,) = await admin.describe_topics([topic])
+    return [TopicPartition(topic, part["partition"]) for part in sorted(meta["partitions"], key=lambda p: p["partition"])]
+
+
 def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
     """(topic, error_code, error_message) of a CreateTopics response of any version."""
     out: list[tuple[str, int, str | None]] = []
@@ -159,11 +190,11 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
     return out
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = LEADER_WAIT_S) -> None:
     """Poll metadata until every partition of `topics` has a leader."""
     if not topics:
         return
-    deadline = time.monotonic() + LEADER_WAIT_S
+    deadline = time.monotonic() + timeout_s
     pending = list(topics)
     while True:
         ready: set[str] = set()
@@ -175,5 +206,5 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> No
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"topics without a leader after {LEADER_WAIT_S:.0f} s: {', '.join(pending)}")
+            raise TimeoutError(f"topics without a leader after {timeout_s:.0f} s: {', '.join(pending)}")
         await asyncio.sleep(0.1)

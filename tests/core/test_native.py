@@ -1,4 +1,4 @@
-"""The compiled hot path: what runs is what the source says (vickrey/native.py)."""
+"""The compiled hot path: what runs is what the source says (core/native.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vickrey import native
+from core import native
 
 
 def _fake_tree(root: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Kafka plumbing shared by the workers: transactional producers that send whole batches.
+"""Kafka plumbing: client factories, whole-batch sends, topic metadata, and the one place where
+Vickrey reaches into aiokafka beyond its documented API.
 
 `producer.send()` costs tens of microseconds of Python per record; appending to one
 BatchBuilder per partition and handing each over with `send_batch` costs a fraction of that,
@@ -13,8 +14,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.producer import sender as aiokafka_sender
 
-from vickrey.partition import partition_for
-from vickrey.settings import Settings
+from core.partition import partition_for
+from core.settings import Settings
 
 MAX_BATCH_BYTES = 512 * 1024
 # A worker that dies mid-transaction blocks read_committed readers until the broker aborts its
@@ -22,17 +23,24 @@ MAX_BATCH_BYTES = 512 * 1024
 TRANSACTION_TIMEOUT_MS = 10_000
 RETRY_BACKOFF_MS = 5
 # A transaction begun right after the previous commit meets CONCURRENT_TRANSACTIONS on its first
-# AddPartitionsToTxn while the broker still writes the commit markers (a few ms). aiokafka then
-# waits a hard-coded 20 ms (sender.BACKOFF_OVERRIDE), not retry_backoff_ms: measured, that was
-# 20-25 ms on nearly every transaction of a busy worker, so on the path of every decision. The
-# markers take about a millisecond: asking again every 0.5 ms instead of every 2 took a
-# transaction from 7.3 to 5.4 ms (p50, back-to-back runs) with no more retries. (Read by aiokafka
-# at each retry.)
+# AddPartitionsToTxn while the broker still writes the commit markers (about a millisecond).
+# aiokafka then waits a hard-coded 20 ms (`sender.BACKOFF_OVERRIDE`), not retry_backoff_ms: that
+# was 20-25 ms on nearly every transaction of a busy worker, so on the path of every decision.
 CONCURRENT_TRANSACTIONS_BACKOFF_S = 0.0005
-aiokafka_sender.BACKOFF_OVERRIDE = CONCURRENT_TRANSACTIONS_BACKOFF_S
+
+
+def tune_aiokafka() -> None:
+    """The one change Vickrey makes to aiokafka beyond its API: ask again after 0.5 ms, not 20,
+    when a new transaction meets the previous one's markers still being written. aiokafka reads
+    the module constant at every such retry; tests/core/test_kafka.py fails if an upgrade drops
+    or renames it. Called when a transactional producer is made, never at import."""
+    if not hasattr(aiokafka_sender, "BACKOFF_OVERRIDE"):
+        raise RuntimeError("aiokafka.producer.sender.BACKOFF_OVERRIDE is gone: see core/kafka.py tune_aiokafka")
+    aiokafka_sender.BACKOFF_OVERRIDE = CONCURRENT_TRANSACTIONS_BACKOFF_S
 
 
 def transactional_producer(settings: Settings, transactional_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
+    tune_aiokafka()
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka,
         transactional_id=transactional_id,
@@ -47,8 +55,6 @@ def transactional_producer(settings: Settings, transactional_id: str, linger_ms:
         # default) before asking again: the p99 of every decision. Ask again sooner.
         retry_backoff_ms=RETRY_BACKOFF_MS,
     )
-
-
 def transactional_consumer(settings: Settings, group: str, batch_max: int, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer for consume → produce in transactions: offsets are committed only inside the
     producer's transaction, and only committed input is read."""

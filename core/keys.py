@@ -1,0 +1,152 @@
+"""The Redis key layout: every key Vickrey reads or writes is built here, and only here.
+
+`{ns}` is `VICKREY_NAMESPACE`. Braces in a key are a Redis Cluster hash tag: every key of one
+campaign (`{c:<id>}`), of one person (`{u:<user_id>}`), of one event (`{e:<event_id>}`) or of one
+kept-outcome blob (`{b:<id>}`) lands in one slot, so the atomic steps that touch them can move
+to a cluster without a redesign.
+
+| key | type | what |
+|---|---|---|
+| `{ns}:campaigns` | hash | campaign_id → canonical campaign JSON |
+| `{ns}:campaigns:changes` | stream | one entry per campaign change (`campaign_id`, `op`, `version`) |
+| `{ns}:campaigns:version` | int | version of the latest change |
+| `{ns}:{c:<id>}:budget` | hash | `daily_micros`, `total_micros` |
+| `{ns}:{c:<id>}:spend:total` | int | micros spent in total |
+| `{ns}:{c:<id>}:spend:day:<YYYYMMDD>` | int | micros spent that UTC day |
+| `{ns}:{c:<id>}:ctr` | hash | `impressions`, `clicks` counted by the feedback role |
+| `{ns}:{c:<id>}:minutes` | hash | window_start → `reports.campaign-minute` JSON |
+| `{ns}:{c:<id>}:billed:<click_id>` | string | a settled click's first answer (billing) |
+| `{ns}:{u:<user_id>}:fc:<campaign_id>` | int | frequency-cap counter of one window |
+| `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
+| `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |
+| `{ns}:{u:<user_id>}:keys` | set | the person's expiring keys, so `forget` finds them all |
+| `{ns}:{e:<event_id>}:outcome` | string | where a decided event came from, and where its outcome is kept |
+| `{ns}:{b:<blob id>}` | string | the outcomes of one reservation call, until its batch commits |
+| `{ns}:policy`, `{ns}:policy:version` | string, int | the trust policy and its version |
+| `{ns}:advertisers` | hash | SHA-256 of an API key → the advertiser JSON |
+| `{ns}:advertiser:<id>` | string | the advertiser JSON (claims the id) |
+| `{ns}:ratelimit:<key digest>` | hash | an API key's token bucket |
+| `{ns}:reports:campaigns` | set | campaigns that have minute reports |
+| `{ns}:streams:feedback:offsets` | hash | `<topic>:<partition>` → next offset counted into CTR |
+
+The Lua scripts do not build keys either: they get these templates (`lua_templates`) and fill
+the ids in with `string.format`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    namespace: str
+
+    # -- templates: the one definition of every per-id key ----------------------------------------
+
+    @property
+    def campaign_prefix(self) -> str:
+        """`%s` is the campaign_id."""
+        return f"{self.namespace}:{{c:%s}}:"
+
+    @property
+    def person_prefix(self) -> str:
+        """`%s` is the user_id."""
+        return f"{self.namespace}:{{u:%s}}:"
+
+    def lua_templates(self) -> dict[str, str]:
+        """Key templates for the Lua scripts (`%s` placeholders, filled in order)."""
+        campaign, person = self.campaign_prefix, self.person_prefix
+        return {
+            "budget": campaign + "budget",
+            "spend_total": campaign + "spend:total",
+            "spend_day": campaign + "spend:day:%s",
+            "billed": campaign + "billed:%s",
+            "person": person,
+            "frequency": person + "fc:%s",
+            "hidden": person + "hidden",
+            "prefs": person + "prefs",
+            "person_keys": person + "keys",
+            "outcome": f"{self.namespace}:{{e:%s}}:outcome",
+            "blob": f"{self.namespace}:{{b:%s}}",
+        }
+
+    # -- campaigns ----------------------------------------------------------------------------------
+
+    def campaigns(self) -> str:
+        return f"{self.namespace}:campaigns"
+
+    def campaign_changes(self) -> str:
+        return f"{self.namespace}:campaigns:changes"
+
+    def campaigns_version(self) -> str:
+        return f"{self.namespace}:campaigns:version"
+
+    def budget(self, campaign_id: str) -> str:
+        return (self.campaign_prefix + "budget") % campaign_id
+
+    def spend_total(self, campaign_id: str) -> str:
+        return (self.campaign_prefix + "spend:total") % campaign_id
+
+    def spend_day(self, campaign_id: str, day: str) -> str:
+        """Spend of one UTC day; `day` is `YYYYMMDD` (core.clock.utc_day)."""
+        return (self.campaign_prefix + "spend:day:%s") % (campaign_id, day)
+
+    def ctr(self, campaign_id: str) -> str:
+        return (self.campaign_prefix + "ctr") % campaign_id
+
+    def minutes(self, campaign_id: str) -> str:
+        return (self.campaign_prefix + "minutes") % campaign_id
+
+    def reported_campaigns(self) -> str:
+        return f"{self.namespace}:reports:campaigns"
+
+    def feedback_positions(self) -> str:
+        return f"{self.namespace}:streams:feedback:offsets"
+
+    # -- people -------------------------------------------------------------------------------------
+
+    def person(self, user_id: str) -> str:
+        """The prefix of every per-person key (what `forget` erases)."""
+        return self.person_prefix % user_id
+
+    def hidden(self, user_id: str) -> str:
+        return self.person(user_id) + "hidden"
+
+    def prefs(self, user_id: str) -> str:
+        return self.person(user_id) + "prefs"
+
+    def person_keys(self, user_id: str) -> str:
+        return self.person(user_id) + "keys"
+
+    def frequency(self, user_id: str, campaign_id: str) -> str:
+        return self.person(user_id) + "fc:" + campaign_id
+
+    # -- the auction's kept outcomes ------------------------------------------------------------------
+
+    def outcome(self, event_id: str) -> str:
+        return f"{self.namespace}:{{e:{event_id}}}:outcome"
+
+    def blob(self, blob_id: str) -> str:
+        return f"{self.namespace}:{{b:{blob_id}}}"
+
+    # -- policy and advertisers -------------------------------------------------------------------------
+
+    def policy(self) -> str:
+        return f"{self.namespace}:policy"
+
+    def policy_version(self) -> str:
+        return f"{self.namespace}:policy:version"
+
+    def advertisers(self) -> str:
+        return f"{self.namespace}:advertisers"
+
+    def advertiser(self, advertiser_id: str) -> str:
+        return f"{self.namespace}:advertiser:{advertiser_id}"
+
+    def rate_limit(self, key_digest: str) -> str:
+        return f"{self.namespace}:ratelimit:{key_digest}"
+
+    def everything(self) -> str:
+        """A SCAN pattern for every key of the namespace."""
+        return f"{self.namespace}:*"

@@ -1,0 +1,116 @@
+"""`vickrey`: the command line of Vickrey (topics, campaigns, policy, advertisers, and the roles).
+
+Every command reads its settings from the environment (core/settings.py), prints expected errors
+as one line on stderr, and exits 0 on success, 1 on a refusal or failure, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from auction import worker
+from core.settings import SettingsError
+from streams import runner
+from streams.runner import ROLES
+from vickrey import api, supervisor
+from vickrey.cli import admin, campaigns
+from vickrey.cli.common import CliError, exit_with, settings, settings_epilog
+
+app = typer.Typer(
+    name="vickrey",
+    help="Vickrey: a real-time second-price ad auction for AI chat assistants, on Kafka and Redis. Set up "
+    "topics, manage campaigns and the trust policy, and run the workers.\n\n"
+    "First steps: make up; vickrey topics create; vickrey campaigns apply vickrey/samples/campaigns.json; "
+    "vickrey run",
+    epilog=settings_epilog(),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(admin.topics, name="topics", epilog=settings_epilog())
+app.add_typer(campaigns.app, name="campaigns", epilog=settings_epilog())
+app.add_typer(admin.policy, name="policy", epilog=settings_epilog())
+app.add_typer(admin.advertisers, name="advertisers", epilog=settings_epilog())
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise typer.BadParameter("must be at least 1")
+    return value
+
+
+@app.command(epilog=settings_epilog())
+def auction(
+    workers: Annotated[int, typer.Option(metavar="N", help="worker processes, supervised", callback=_at_least_one)] = 1,
+    batch_max: Annotated[int, typer.Option(metavar="N", help="events per batch and Kafka transaction at most",
+                                           callback=_at_least_one)] = worker.BATCH_MAX,
+    linger_ms: Annotated[int, typer.Option(metavar="MS", help="extra wait for a fuller batch when no commit is in "
+                                           "flight (0: a batch fills while the previous one commits)")] = 0,
+    instance: Annotated[str | None, typer.Option(metavar="NAME", help="stable name of this worker (its transactional "
+                                                 "id and static group member id): a restarted worker with the same "
+                                                 "name takes over at once; default host-pid")] = None,
+) -> None:
+    """Run the auction worker: chat.intents in batches → auctions → ad.decisions and ad.impressions in
+    Kafka transactions (and people's user.controls). Scale out by running more of them."""
+    config = settings()
+    if workers > 1:
+        exit_with(supervisor.run_auction_workers(config, workers, instance, batch_max, linger_ms))
+    else:
+        exit_with(worker.main(config, instance, batch_max, linger_ms))
+
+
+@app.command(epilog=settings_epilog())
+def streams(
+    roles: Annotated[list[str] | None, typer.Argument(metavar="ROLE", help=f"any of {', '.join(ROLES)} (default all)",
+                                                      show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="reporting HTTP port (default 8081, or a free one when 8081 is "
+                                             "taken; 0 picks a free one)")] = None,
+) -> None:
+    """Run stream roles: click attribution, billing (exactly once), reporting (one-minute windows) and
+    CTR feedback. With no ROLE, all of them."""
+    unknown = [role for role in roles or () if role not in ROLES]
+    if unknown:
+        raise typer.BadParameter(f"unknown role {unknown[0]!r} (choose from {', '.join(ROLES)})", param_hint="ROLE")
+    exit_with(runner.main(settings(), roles or ROLES, port))
+
+
+@app.command(epilog=settings_epilog())
+def run(no_streams: Annotated[bool, typer.Option("--no-streams", help="run only the auction worker")] = False) -> None:
+    """Run the auction worker and the stream roles under one supervisor (dev and demo): a child that
+    dies is restarted."""
+    exit_with(supervisor.run_everything(settings(), streams=not no_streams))
+
+
+@app.command("api", epilog=settings_epilog())
+def serve_api(port: Annotated[int, typer.Option(help="HTTP port")] = 8080) -> None:
+    """Serve the advertiser HTTP API and dashboard (aggregates only)."""
+    exit_with(api.main(settings(), port))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["topics"], ["campaigns"], ["policy"], ["advertisers"]):
+        # management commands report failures themselves, in one line; keep client libraries quiet
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        app(args=args, prog_name="vickrey")  # typer exits with the command's code, 2 for bad usage
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except CliError as exc:
+        print(f"vickrey: error: {exc}", file=sys.stderr)
+        return exc.code
+    except SettingsError as exc:
+        print(f"vickrey: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m vickrey.cli` is `vickrey`."""
+
+import sys
+
+from vickrey.cli import main
+
+sys.exit(main())
