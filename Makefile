@@ -49,9 +49,10 @@ test: venv up ## the whole test suite against real Kafka and Redis
 test-unit: venv ## tests that need no services
 	$(BIN)/pytest -q tests -m "not integration"
 
-lint: venv ## ruff + mypy (strict on auction/ and schemas/)
+lint: venv ## ruff, mypy (strict on every package) and the import layers (import-linter)
 	$(BIN)/ruff check .
-	$(BIN)/mypy auction schemas vickrey
+	$(BIN)/mypy core schemas auction streams vickrey loadtests
+	$(BIN)/lint-imports
 
 demo: venv ## the whole story on a generated chat stream; stops what it started (KEEP=1 keeps it running)
 	@was_up=0; bash ops/up.sh --status >/dev/null 2>&1 && was_up=1; \

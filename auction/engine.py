@@ -162,7 +162,7 @@ class AuctionEngine:
             return ancestors[0] if ancestors else None
         return next((code for code in ancestors if code in campaign.categories), None)
 
-    def _scan(
+    def _scan(  # noqa: C901 - the per-candidate hot path: the checks stay inlined, cheapest first
         self,
         postings: list[Campaign],
         request: AuctionRequest,

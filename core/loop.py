@@ -56,6 +56,7 @@ rewind's `on_revoked`/`on_assigned` is where it does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -181,9 +182,13 @@ class RoleBase:
         return None
 
 
+_LOOPS_MADE = itertools.count(1)
+
+
 def instance_id() -> str:
-    """Unique per process: a transactional id nobody else uses."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Unique per loop: a transactional id nobody else uses (two loops of one role in one
+    process must not fence each other)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{next(_LOOPS_MADE)}"
 
 
 @dataclass(slots=True)
@@ -398,32 +403,47 @@ class Loop:
         return True
 
     async def _settle(self) -> bool:
-        """Wait for the transaction in flight; False when it failed."""
-        task, self._committing = self._committing, None
-        return True if task is None else await task
+        """Wait for the transaction in flight; False when it failed. Every caller waits for the
+        same task (the batch loop and a rebalance may both be waiting for it)."""
+        task = self._committing
+        if task is None:
+            return True
+        ok = await task
+        if self._committing is task:
+            self._committing = None
+        return ok
 
     # -- failures, rewinds, rebalances -------------------------------------------------------------
 
     async def _failed(self, stage: str, exc: BaseException, records: int) -> None:
-        self._families.failures.labels(self.name, stage).inc()
-        if isinstance(exc, ProducerFenced):
-            log.error("producer fenced: another process took over this transactional id; stopping",
-                      extra={"role": self.name, "transactional_id": self.transactional_id})
-            self._fatal = exc
-            self.stop.set()
-            return
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        log.exception("batch failed; consuming again from the committed offsets",
-                      exc_info=exc, extra={"role": self.name, "stage": stage, "records": records})
-        if now - self._failing_since >= GIVE_UP_S:
-            self._fatal = LoopGaveUp(f"{self.name}: batches kept failing for {GIVE_UP_S:.0f} s (last: {exc!r})")
-            self.stop.set()
-            return
-        await asyncio.sleep(self._backoff_s)
-        self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
-        await self._rewind(list(self.consumer.assignment()))
+        """Count and log a failure, back off, and rewind; a rewind that fails (the broker is away)
+        is itself a failure, retried the same way until GIVE_UP_S."""
+        while True:
+            self._families.failures.labels(self.name, stage).inc()
+            if isinstance(exc, ProducerFenced):
+                log.error("producer fenced: another process took over this transactional id; stopping",
+                          extra={"role": self.name, "transactional_id": self.transactional_id})
+                self._fatal = exc
+                self.stop.set()
+                return
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+            log.error("batch failed; consuming again from the committed offsets", exc_info=exc,
+                      extra={"role": self.name, "stage": stage, "records": records})
+            if now - self._failing_since >= GIVE_UP_S:
+                self._fatal = LoopGaveUp(f"{self.name}: batches kept failing for {GIVE_UP_S:.0f} s (last: {exc!r})")
+                self.stop.set()
+                return
+            if self.stop.is_set():
+                return  # stopping: nothing more is committed, and the next start reads the committed offsets
+            await asyncio.sleep(self._backoff_s)
+            self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
+            try:
+                await self._rewind(list(self.consumer.assignment()))
+                return
+            except Exception as rewind_failed:
+                stage, exc = "rewind", rewind_failed
 
     async def _rewind(self, partitions: list[TopicPartition], *, forget: bool = True) -> None:
         """Back to the committed offsets: the role rebuilds its state from them, then (with no
@@ -450,11 +470,16 @@ class Loop:
                     self.consumer.seek(tp, offset)
 
     async def revoked(self, partitions: list[TopicPartition]) -> None:
+        began = time.monotonic()
         self._rebalancing = True
         self.generation += 1  # the batch in gathering is void
-        await self._settle()  # the transaction in flight lands before the partitions go
+        committed = await self._settle()  # the transaction in flight lands before the partitions go
         async with self._lock:
             await self.role.on_revoked(partitions)
+        log.info("partitions revoked", extra={
+            "role": self.name, "partitions": len(partitions), "commit_in_flight_ok": committed,
+            "seconds": round(time.monotonic() - began, 3),
+        })
         for tp in partitions:
             self._families.lag.remove(self.name, tp.topic, str(tp.partition)) if self._has_lag(tp) else None
 

@@ -46,7 +46,8 @@ _ERROR_MAX: Final = 1000
 SCHEMA_DIR: Final = Path(str(resources.files("schemas")))  # not __file__: this module may be compiled
 
 
-def _topic(topic: str) -> tuple[Validator, int]:
+def checker(topic: str) -> tuple[Validator, int]:
+    """The field checks of a logical topic and its byte limit."""
     found = _TOPICS.get(topic)
     if found is not None:
         return found
@@ -58,7 +59,7 @@ def _topic(topic: str) -> tuple[Validator, int]:
 def decode(topic: str, data: bytes | None) -> Record:
     """Parses and validates one record of the LOGICAL `topic`, filling defaults. Raises RecordError
     naming the first problem (`str(err)` is fit for a DLQ record), KeyError for an unknown topic."""
-    check, limit = _TOPICS.get(topic) or _topic(topic)
+    check, limit = _TOPICS.get(topic) or checker(topic)
     if data is None:
         raise RecordError("", "no value (the Kafka record's value is null)")
     if len(data) > limit:
@@ -83,7 +84,7 @@ def _parse_error(data: bytes, exc: orjson.JSONDecodeError) -> RecordError:
 
 def validate(topic: str, record: Record) -> Record:
     """Checks an already-parsed record of `topic` (e.g. one a test built), filling defaults in place."""
-    _topic(topic)[0](record)
+    checker(topic)[0](record)
     return record
 
 

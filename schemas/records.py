@@ -62,7 +62,7 @@ def check_chat_intent(r: Record, c: Checks = STRICT) -> None:
 _INTENT_TEXTS: Final = ("event_id", "user_id", "session_id", "placement", "locale", "country", "device")
 
 
-def _chat_intent_is_plainly_valid(r: Record) -> bool:
+def _chat_intent_is_plainly_valid(r: Record) -> bool:  # noqa: C901 - straight-line on purpose (hot path)
     """The hot path: the same rules as check_chat_intent, straight-line, for the common valid event.
     True means valid (defaults filled); False means "let the field checks find and name the problem".
     It may only accept what check_chat_intent accepts (tests run both on every generated case)."""

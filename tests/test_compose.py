@@ -151,7 +151,7 @@ def test_vickrey_roles(compose: dict[str, Any], name: str) -> None:
 def test_dockerfile_runs_vickrey() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
-    assert re.search(r"^RUN pip install \.", text, re.M)
+    assert re.search(r"^RUN pip install \"?\.(\[load\])?", text, re.M)  # Vickrey, with Locust for the load-test services
     assert re.search(r'^ENTRYPOINT \["vickrey"\]', text, re.M)
 
 

@@ -54,7 +54,7 @@ def records_of(topic: str) -> st.SearchStrategy[dict[str, Any]]:
 
 def generic_check(topic: str, record: dict[str, Any]) -> None:
     """The field checks without the chat.intents hot path (it runs only with the shared STRICT)."""
-    codec._topic(topic)[0](record, Checks())  # type: ignore[call-arg]
+    codec.checker(topic)[0](record, Checks())  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("topic", TOPICS)

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from core.settings import Settings
 from schemas.campaign import restricted_vertical_problem, validate_campaign
 from vickrey.advertisers import Advertiser
-from vickrey.api.app import ADVERTISER, REDIS, SETTINGS, ApiError, Handler, json_response, read_json
+from vickrey.api.http import ADVERTISER, REDIS, SETTINGS, ApiError, Handler, json_response, read_json
 from vickrey.campaign_store import (
     AnnounceError,
     Change,
