@@ -1,4 +1,4 @@
-"""The auction engine (DESIGN.md §4 and §4b): gates, eligibility, ranking, allocation, pricing.
+"""The auction engine (docs/contract.md §4 and §4b): gates, eligibility, ranking, allocation, pricing.
 
 Pure: no I/O. The worker hands it the request, the index, a spend view and what Redis already
 refused; the engine answers with winners and prices, or the reason nobody won.

@@ -24,7 +24,7 @@ NoFillReason = Literal[
     "user_hidden",
 ]
 
-# Pseudo-impressions given to the prior when blending learned CTR (DESIGN §4.2): with no data
+# Pseudo-impressions given to the prior when blending learned CTR (docs/contract.md §4.2): with no data
 # the blend is the prior exactly; after ~PRIOR_WEIGHT impressions data and prior weigh equally.
 PRIOR_WEIGHT = 1000
 # eCPM ordering key resolution: rank_key = floor(ecpm * RANK_SCALE). Equal keys fall back to

@@ -1,4 +1,4 @@
-"""Generalised second-price allocation and pricing (DESIGN.md §4, steps 5 and 6), exactly.
+"""Generalised second-price allocation and pricing (docs/contract.md §4, steps 5 and 6), exactly.
 
 Every quantity is an int or a Fraction: floats are one micro off on some inputs (see the
 `exact-arithmetic` vector), and one micro off is a billing dispute.

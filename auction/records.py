@@ -1,4 +1,4 @@
-"""From an auction result to the records the worker publishes (DESIGN.md §3).
+"""From an auction result to the records the worker publishes (docs/contract.md §3).
 
 The encoded records themselves are the *outcome* kept in Redis with the budget reservation: a
 batch replayed after a crash gets those bytes back and publishes them as they are, so a replay
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from typing import Any
 
 import orjson
 
 from auction.model import AuctionResult
+from schemas.checks import Record
 
 LABEL = "Sponsored"
-Record = dict[str, Any]
 # Records in one outcome are joined by a newline: orjson never writes a raw one.
 SEPARATOR = b"\n"
 

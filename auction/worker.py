@@ -286,9 +286,8 @@ class AuctionRole:
 
 
 # The hot path allocates tens of thousands of short-lived containers per batch and makes no
-# reference cycles; with the default gen0 threshold (700) the cyclic collector ran every few
-# dozen events and walked the campaign index each time. At 50,000 the worker spent 5-13 % less
-# CPU per event than at 10,000, pauses still a few ms.
+# reference cycles: the cyclic collector runs once per 50,000 allocations (a few ms), not every
+# few dozen events as with the default 700 (BENCHMARKS.md has the CPU it saves).
 GC_GEN0_THRESHOLD = 50_000
 # Full (generation 2) collections walk every long-lived object (~80 ms), a pause on the path of
 # every decision in flight: automatic ones are off; the worker runs one when it has been idle

@@ -15,7 +15,7 @@ to a cluster without a redesign.
 | `{ns}:{c:<id>}:spend:day:<YYYYMMDD>` | int | micros spent that UTC day |
 | `{ns}:{c:<id>}:ctr` | hash | `impressions`, `clicks` counted by the feedback role |
 | `{ns}:{c:<id>}:minutes` | hash | window_start → `reports.campaign-minute` JSON |
-| `{ns}:{c:<id>}:billed:<click_id>` | string | a settled click's first answer (billing) |
+| `{ns}:{c:<id>}:billed:<click_id>` | string | a charged click's first answer (billing) |
 | `{ns}:{u:<user_id>}:fc:<campaign_id>` | int | frequency-cap counter of one window |
 | `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
 | `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |

@@ -32,7 +32,7 @@ bump start the next batch. Records belong to the generation current when `getman
   transaction in flight, then *rewinds*: reads the committed offsets, lets the role rebuild its
   state from them (`on_revoked` then `on_assigned`), and seeks every assigned partition there. So
   everything after the last commit is consumed again; roles make their side effects replay-safe
-  (the auction's Redis reservation hands back its kept outcome; billing's settled clicks keep
+  (the auction's Redis reservation hands back its kept outcome; billing's charged clicks keep
   their first answer; feedback's counts carry their input positions).
 - Retries back off (0.5 s doubling to 5 s). When failures have gone on for `GIVE_UP_S` without a
   single commit, the loop raises `LoopGaveUp`: the process exits non-zero and its supervisor
@@ -46,7 +46,7 @@ bump start the next batch. Records belong to the generation current when `getman
   called under the loop's lock: aiokafka's getmany waits for an assignment that waits for the
   rebalance listener.
 - SIGTERM (the stop event): no more fetching; the batch in gathering is committed, the
-  transaction in flight settles, then the role closes.
+  transaction in flight ends, then the role closes.
 
 Everything `process` returns between two commits (outputs, offsets, `on_commit` callbacks) is
 buffered here; a role's in-memory state is the only other thing a failure has to undo, and the
@@ -248,7 +248,7 @@ class Loop:
         self._lock = asyncio.Lock()  # role state: `process` on one side, rebalance and rewind hooks on the other
         self._committing: asyncio.Task[bool] | None = None
         self._carry: Batch = {}  # records fetched after a generation change: the next batch's start
-        self._rebalancing = False
+        self._rebalancing = True  # until the first assignment is restored: nothing is processed
         self._failing_since: float | None = None
         self._backoff_s = BACKOFF_FIRST_S
         self._fatal: BaseException | None = None
@@ -274,7 +274,7 @@ class Loop:
                 if self._fatal is not None:
                     raise self._fatal
         finally:
-            await self._settle()
+            await self._wait_for_commit()
 
     async def close(self) -> None:
         self.ready = False
@@ -323,7 +323,7 @@ class Loop:
         now = time.monotonic()
         tick = options.tick_s is not None and now >= self._next_tick
         if not fresh and not tick:
-            await self._settle()
+            await self._wait_for_commit()
             return
         if tick:
             self._next_tick = now + (options.tick_s or 0.0)
@@ -355,17 +355,17 @@ class Loop:
             for tp, records in more.items():
                 fresh.setdefault(tp, []).extend(records)
                 fresh_count += len(records)
-        # Settled even when nothing was gathered: a failure left for the next batch would void it.
-        settled = await self._settle()
-        if not settled or generation != self.generation or batch.empty:
+        # Waited for even when nothing was gathered: a failure left for the next batch would void it.
+        committed = await self._wait_for_commit()
+        if not committed or generation != self.generation or batch.empty:
             return  # void: the consumer was sent back before this batch, which comes again
         self._committing = asyncio.create_task(self._commit(batch))
 
     async def _process(self, batch: _Gathering, part: Batch) -> bool:
         """One part through the role, under the lock; False when the batch became void."""
         async with self._lock:
-            if batch.generation != self.generation:
-                return False
+            if batch.generation != self.generation or self._rebalancing:
+                return False  # void; a rebalance's rewind sends the consumer back to these records
             assigned = self.consumer.assignment()  # a rebalance may have taken partitions since
             part = {tp: records for tp, records in part.items() if tp in assigned and records}
             for tp, records in part.items():
@@ -379,7 +379,7 @@ class Loop:
                 if batch.generation == self.generation:
                     batch.add(part, step)
         if failed is not None:
-            await self._settle()
+            await self._wait_for_commit()
             await self._failed("process", failed, batch.count)
             return False
         return batch.generation == self.generation
@@ -402,7 +402,7 @@ class Loop:
         self._record(batch)
         return True
 
-    async def _settle(self) -> bool:
+    async def _wait_for_commit(self) -> bool:
         """Wait for the transaction in flight; False when it failed. Every caller waits for the
         same task (the batch loop and a rebalance may both be waiting for it)."""
         task = self._committing
@@ -445,15 +445,16 @@ class Loop:
             except Exception as rewind_failed:
                 stage, exc = "rewind", rewind_failed
 
-    async def _rewind(self, partitions: list[TopicPartition], *, forget: bool = True) -> None:
-        """Back to the committed offsets: the role rebuilds its state from them, then (with no
-        await in between) the generation moves on and every partition is sought."""
+    async def _rewind(self, partitions: list[TopicPartition], *, assignment: bool = False) -> None:
+        """Back to the committed offsets: the role rebuilds its state from them (after forgetting
+        it, unless the partitions are newly assigned), then, with no await in between, the
+        generation moves on and every partition is sought. Everything fetched before is void."""
         async with self._lock:
-            if self._rebalancing and forget:
+            if self._rebalancing and not assignment:
                 self.generation += 1  # the assignment that ends the rebalance rewinds
                 return
             committed = await self.committed(partitions)
-            if forget:
+            if not assignment:
                 await self.role.on_revoked(partitions)
             targets = {tp: found.offset for tp, found in committed.items() if found is not None}
             targets.update(await self.role.on_assigned(committed))
@@ -463,6 +464,7 @@ class Loop:
                                else self.consumer.beginning_offsets(missing))
                 targets.update(edges)
             self.generation += 1
+            self._rebalancing = False
             assigned = self.consumer.assignment()
             self.consumer.resume(*[tp for tp in self.consumer.paused() if tp in assigned])
             for tp, offset in targets.items():
@@ -473,7 +475,7 @@ class Loop:
         began = time.monotonic()
         self._rebalancing = True
         self.generation += 1  # the batch in gathering is void
-        committed = await self._settle()  # the transaction in flight lands before the partitions go
+        committed = await self._wait_for_commit()  # the transaction in flight lands before the partitions go
         async with self._lock:
             await self.role.on_revoked(partitions)
         log.info("partitions revoked", extra={
@@ -484,11 +486,10 @@ class Loop:
             self._families.lag.remove(self.name, tp.topic, str(tp.partition)) if self._has_lag(tp) else None
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
-        self._rebalancing = False
         self._families.rebalances.labels(self.name).inc()
         log.info("partitions assigned",
                  extra={"role": self.name, "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)})
-        await self._rewind(partitions, forget=False)
+        await self._rewind(partitions, assignment=True)
 
     # -- metrics -----------------------------------------------------------------------------------
 

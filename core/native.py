@@ -14,12 +14,15 @@ suite refuse to run them (`make native` again fixes it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.machinery
 import json
 import os
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,8 @@ MODULES = (
 # mypyc puts the modules' shared code in one library named after the group, in its package.
 GROUP = "auction.native"
 MANIFEST = ROOT / "build" / "native-manifest.json"
+# Where a quiet build (`build -q`, as make runs it) writes what mypyc, setuptools and the compiler say.
+BUILD_LOG = ROOT / "build" / "native" / "build.log"
 SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
@@ -105,23 +110,28 @@ def clean() -> int:
 
 
 def build(quiet: bool = False) -> None:
-    """Compile MODULES in place with mypyc (needs a C compiler and the Python headers)."""
+    """Compile MODULES in place with mypyc (needs a C compiler and the Python headers).
+
+    `quiet`: mypyc's, setuptools' and the compiler's output goes to BUILD_LOG instead of the
+    terminal; a failed build shows the end of that log and says where the whole of it is."""
     from mypyc.build import mypycify
     from setuptools import setup
 
     clean()  # nothing left over from an earlier list of modules
     started = time.monotonic()
-    print(f"compiling {len(MODULES)} modules with mypyc (under a minute) ...", flush=True)
+    where = f" (output in {BUILD_LOG.relative_to(ROOT)})" if quiet else ""
+    print(f"compiling {len(MODULES)} modules with mypyc (under a minute){where} ...", flush=True)
     hashes = {source: _digest(ROOT / source) for source in MODULES}
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        extensions = mypycify(list(MODULES), opt_level="3", group_name=GROUP, verbose=not quiet)
-        setup(
-            name="vickrey-native",
-            ext_modules=extensions,
-            script_args=["build_ext", "--inplace", "--build-temp", "build/native", *(["-q"] if quiet else [])],
-        )
+        with _output_to(BUILD_LOG) if quiet else contextlib.nullcontext():
+            extensions = mypycify(list(MODULES), opt_level="3", group_name=GROUP, verbose=True)
+            setup(
+                name="vickrey-native",
+                ext_modules=extensions,
+                script_args=["build_ext", "--inplace", "--build-temp", "build/native"],
+            )
     finally:
         os.chdir(cwd)
     MANIFEST.parent.mkdir(parents=True, exist_ok=True)
@@ -129,12 +139,50 @@ def build(quiet: bool = False) -> None:
     print(f"compiled in {time.monotonic() - started:.0f} s: {', '.join(MODULES)}", flush=True)
 
 
+@contextlib.contextmanager
+def _output_to(log: Path, tail: int = 40) -> Iterator[None]:
+    """Everything written to stdout and stderr meanwhile, by Python or by child processes (the C
+    compiler), goes to `log`. On a failure (mypyc and setuptools exit with SystemExit) the log
+    gets the error, its last `tail` lines are shown, and SystemExit names the whole log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    failure: BaseException | None = None
+    with log.open("wb") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        try:
+            yield
+        except (Exception, SystemExit) as error:  # a failed build: keep its message in the log
+            failure = error
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if not isinstance(error, SystemExit):
+                traceback.print_exc()
+            elif error.code not in (None, 0, 1):
+                print(error.code, file=sys.stderr)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in ((1, saved[0]), (2, saved[1])):
+                os.dup2(copy, fd)
+                os.close(copy)
+    if failure is None:
+        return
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    print("\n".join(lines[-tail:]), file=sys.stderr)
+    shown = "its output is above" if len(lines) <= tail else f"the last {tail} lines of its output are above"
+    raise SystemExit(f"native build failed: {shown}, all of it is in {log}") from failure
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.native", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("build", "status", "clean", "sources"),
                         help="compile, show what runs compiled, remove the builds, or list the compiled sources")
-    parser.add_argument("-q", "--quiet", action="store_true", help="less compiler output")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help=f"build: compiler output to {BUILD_LOG.relative_to(ROOT)} (shown if the build fails)")
     args = parser.parse_args(argv)
     if args.command == "sources":  # for the Makefile's dependencies
         print(" ".join(MODULES))

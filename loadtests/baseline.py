@@ -14,13 +14,26 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 
 OUTPUT = "baseline.out"
+
+
+def readable_intents(batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+                     ) -> Iterator[tuple[ConsumerRecord[bytes, bytes], dict[str, Any]]]:
+    """Every record of a fetched batch that decodes as a chat intent; the others are skipped."""
+    for records in batch.values():
+        for record in records:
+            try:
+                yield record, decode("chat.intents", record.value)
+            except RecordError:
+                continue
 
 
 async def run(settings: Settings, group: str, expect: int, batch_max: int = 500) -> tuple[int, float, float]:
@@ -43,14 +56,9 @@ async def run(settings: Settings, group: str, expect: int, batch_max: int = 500)
     try:
         while done < expect:
             batch = await consumer.getmany(timeout_ms=1000, max_records=batch_max)
-            for records in batch.values():
-                for record in records:
-                    try:
-                        intent = decode("chat.intents", record.value)
-                    except RecordError:
-                        continue
-                    await producer.send(out, encode(intent), key=record.key)
-                    done += 1
+            for record, intent in readable_intents(batch):
+                await producer.send(out, encode(intent), key=record.key)
+                done += 1
         await producer.flush()
         cpu_end = time.process_time()
     finally:

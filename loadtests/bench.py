@@ -19,10 +19,14 @@ import platform
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import rich.progress
+from rich.console import Console
+from rich.text import Text
 
 from core import native
 from core.settings import Settings
@@ -39,38 +43,73 @@ KEYS = (
 
 
 class Progress:
-    """Stage headers, and one progress line per stage (rewritten in place on a terminal)."""
+    """Stage headers with the elapsed clock, and one progress line per stage: redrawn in place by
+    rich on a terminal; elsewhere (CI logs, even with FORCE_COLOR) plain lines, a running count at
+    most every `every_s`. The line is redrawn when a message comes, never from a thread of its own
+    (nothing competes with what is being measured)."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None, every_s: float = 3.0) -> None:
         self.started = time.monotonic()
-        self.tty = sys.stdout.isatty()
+        self.console = console or Console(force_interactive=None if sys.stdout.isatty() else False)
+        self.live = self.console.is_interactive
+        self.every_s = every_s
         self.last_print = 0.0
-        self.pending = False
+        self.line = ""  # the stage's latest message, kept once the stage ends
+        self.bar: rich.progress.Progress | None = None
+        self.task = rich.progress.TaskID(0)
 
     def stage(self, name: str) -> None:
         self._end_line()
-        print(f"[{self._clock()}] == {name}", flush=True)
+        self._print(f"[{self._clock()}] == {name}")
 
     def __call__(self, message: str) -> None:
+        if self.live:
+            if self.bar is None:
+                self.bar = rich.progress.Progress(_Clock(self.started), rich.progress.SpinnerColumn(),
+                                                  rich.progress.TextColumn("{task.description}", markup=False),
+                                                  console=self.console, transient=True, auto_refresh=False)
+                self.task = self.bar.add_task(message, total=None)
+                self.bar.start()
+            self.bar.update(self.task, description=message, refresh=True)
+            self.line = f"[{self._clock()}]    {message}"
+            return
         now = time.monotonic()
-        if self.tty:
-            print(f"\r[{self._clock()}]    {message:<70}", end="", flush=True)
-            self.pending = True
-        elif now - self.last_print >= 3.0 or not message.endswith((" in", " out")):
-            print(f"[{self._clock()}]    {message}", flush=True)
+        # Running counts ("... in", "... out") every few seconds; results and other news always.
+        if now - self.last_print >= self.every_s or not message.endswith((" in", " out")):
+            self._print(f"[{self._clock()}]    {message}")
             self.last_print = now
 
     def _end_line(self) -> None:
-        if self.pending:
-            print()
-            self.pending = False
+        if self.bar is not None:
+            self.bar.stop()  # transient: the live line goes, its last message stays
+            self.bar = None
+            self._print(self.line)
 
     def done(self) -> None:
         self._end_line()
 
     def _clock(self) -> str:
-        elapsed = int(time.monotonic() - self.started)
-        return f"{elapsed // 60:02d}:{elapsed % 60:02d}"
+        return clock(self.started)
+
+    def _print(self, line: str) -> None:
+        """As it is: no markup, emoji codes or highlighting, and no wrapping at 80 columns in a log."""
+        self.console.print(line, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def clock(since: float) -> str:
+    elapsed = int(time.monotonic() - since)
+    return f"{elapsed // 60:02d}:{elapsed % 60:02d}"
+
+
+class _Clock(rich.progress.ProgressColumn):
+    """The bench's elapsed clock on the live line (redrawn with each message)."""
+
+    def __init__(self, started: float) -> None:
+        super().__init__()
+        self.started = started
+
+    def render(self, task: rich.progress.Task) -> Text:
+        return Text(f"[{clock(self.started)}]")
 
 
 def machine() -> dict[str, Any]:
@@ -132,6 +171,107 @@ def billing(base: Settings, n: int) -> tuple[float | None, str | None]:
         asyncio.run(cleanup(settings))
 
 
+E2E_KEYS = ("e2e_p50_ms", "e2e_p99_ms", "e2e_rate_events_per_s")
+
+
+@dataclass
+class Bench:
+    """One `make bench`: what every stage needs, and what the stages found."""
+
+    args: argparse.Namespace
+    command: str
+    base: Settings
+    progress: Progress
+    results: dict[str, Any]
+    fractions: list[float]  # of the worker's maximum rate, for the latency curve
+    missing: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def found(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Record a stage's headline keys; the rest is returned, for `details`."""
+        self.results.update({k: v for k, v in values.items() if k in KEYS})
+        return {k: v for k, v in values.items() if k not in KEYS}
+
+
+def engine_stage(bench: Bench) -> None:
+    progress = bench.progress
+    progress.stage("engine alone: 10,000 campaigns, one core")
+    found = engine_bench.engine_auctions_per_s(runs=bench.args.engine_runs, progress=progress)
+    progress.stage("index build: 100,000 campaigns")
+    found |= engine_bench.index_build(progress=progress)
+    bench.details["engine"] = bench.found(found)
+
+
+def kafka_stage(bench: Bench) -> None:
+    args, results = bench.args, bench.results
+    bench.progress.stage(f"baseline vs worker: {args.events:,} events, {args.runs} runs each, 6 partitions, 1,000 campaigns")
+    try:
+        found = asyncio.run(bench_kafka.throughput(bench.base, args.events, args.runs, bench.progress, args.reports,
+                                                   args.profile))
+    except Exception as error:  # report what failed and go on with the other stages
+        traceback.print_exc()
+        failed(bench.missing, ("baseline_events_per_s", "worker_events_per_s", "worker_ratio"), error)
+    else:
+        bench.details["throughput"] = bench.found(found)
+        results["worker_impressions_per_s"] = found["worker_impressions_per_s"]
+        results.update(txn_loop_events_per_s=found["txn_loop_events_per_s"], txn_loop_ratio=found["txn_loop_ratio"])
+    profile_file = args.reports / "worker-profile.txt"
+    if args.profile and profile_file.exists():
+        bench.details["worker_profile"] = summarise(profile_file).splitlines()
+
+
+def latency_stage(bench: Bench) -> None:
+    """The latency curve of the worker (needs its maximum rate), its 50% point as the e2e keys, the
+    transactional loop at that rate, and the plot."""
+    args, results = bench.args, bench.results
+    if not results["worker_events_per_s"]:
+        for key in E2E_KEYS:
+            bench.missing.setdefault(key, "needs the worker's maximum rate, which was not measured")
+        return
+    worker_max = float(results["worker_events_per_s"])
+    bench.progress.stage("end-to-end latency at " + ", ".join(f"{f:.0%}" for f in bench.fractions) + " of the worker max")
+    try:
+        points = asyncio.run(bench_kafka.latency(bench.base, worker_max, bench.fractions, args.latency_seconds,
+                                                 bench.progress, args.reports))
+    except Exception as error:
+        traceback.print_exc()
+        failed(bench.missing, E2E_KEYS, error)
+        return
+    bench.details["latency_curve"] = points
+    half = next(p for p in points if p["fraction_of_max"] == 0.5)
+    results.update(e2e_p50_ms=half["p50_ms"], e2e_p99_ms=half["p99_ms"],
+                   e2e_rate_events_per_s=half["offered_events_per_s"])
+    txn_loop_latency_stage(bench, float(half["offered_events_per_s"]))
+    caption = (f"{bench.command} - {os.cpu_count()} cores, Python {platform.python_version()} - "
+               f"worker max {results['worker_events_per_s']:,} events/s")
+    bench_plot(points, worker_max, float(TARGETS["e2e_p99_ms"][1] or 25), args.plot, caption)
+
+
+def txn_loop_latency_stage(bench: Bench, rate: float) -> None:
+    """The same load on the transactional loop: exactly-once on aiokafka alone, no auction."""
+    try:
+        impressions = float(bench.details.get("throughput", {}).get("impressions_per_event") or 2.0)
+        reference = asyncio.run(bench_kafka.txn_loop_latency(bench.base, rate, impressions, bench.args.latency_seconds,
+                                                             bench.progress))
+    except Exception as error:
+        traceback.print_exc()
+        failed(bench.missing, ("txn_loop_e2e_p50_ms", "txn_loop_e2e_p99_ms"), error)
+    else:
+        bench.details["txn_loop_latency"] = reference
+        bench.results.update(txn_loop_e2e_p50_ms=reference["p50_ms"], txn_loop_e2e_p99_ms=reference["p99_ms"])
+
+
+def billing_stage(bench: Bench) -> None:
+    bench.progress.stage(f"billing: {bench.args.billing_events:,} impressions (streams.bench)")
+    value, reason = billing(bench.base, bench.args.billing_events)
+    bench.results["billing_events_per_s"] = None if value is None else round(value)
+    if reason:
+        bench.missing["billing_events_per_s"] = reason
+
+
+STAGES = {"engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage, "billing": billing_stage}
+
+
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     base = Settings.from_env()
     require_local(base)
@@ -143,74 +283,18 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     results.update(machine=machine(), command=command, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     # What ran: the compiled hot path (core/native.py) or the same source interpreted.
     results["hot_path"] = native.check()
-    missing: dict[str, str] = {}
-    details: dict[str, Any] = {}
-
-    if "engine" not in skip:
-        progress.stage("engine alone: 10,000 campaigns, one core")
-        found = engine_bench.engine_auctions_per_s(runs=args.engine_runs, progress=progress)
-        progress.stage("index build: 100,000 campaigns")
-        found |= engine_bench.index_build(progress=progress)
-        details["engine"] = {k: v for k, v in found.items() if k not in KEYS}
-        results.update({k: v for k, v in found.items() if k in KEYS})
-    if "kafka" not in skip:
-        progress.stage(f"baseline vs worker: {args.events:,} events, {args.runs} runs each, 6 partitions, 1,000 campaigns")
-        try:
-            found = asyncio.run(bench_kafka.throughput(base, args.events, args.runs, progress, args.reports, args.profile))
-        except Exception as error:  # report what failed and go on with the other stages
-            traceback.print_exc()
-            failed(missing, ("baseline_events_per_s", "worker_events_per_s", "worker_ratio"), error)
-        else:
-            details["throughput"] = {k: v for k, v in found.items() if k not in KEYS}
-            results.update({k: v for k, v in found.items() if k in KEYS})
-            results["worker_impressions_per_s"] = found["worker_impressions_per_s"]
-            results.update(txn_loop_events_per_s=found["txn_loop_events_per_s"], txn_loop_ratio=found["txn_loop_ratio"])
-        profile_file = args.reports / "worker-profile.txt"
-        if args.profile and profile_file.exists():
-            details["worker_profile"] = summarise(profile_file).splitlines()
-    e2e_keys = ("e2e_p50_ms", "e2e_p99_ms", "e2e_rate_events_per_s")
-    if "latency" not in skip and results["worker_events_per_s"]:
-        progress.stage("end-to-end latency at " + ", ".join(f"{f:.0%}" for f in fractions) + " of the worker max")
-        try:
-            points = asyncio.run(bench_kafka.latency(base, float(results["worker_events_per_s"]), fractions,
-                                                     args.latency_seconds, progress, args.reports))
-        except Exception as error:
-            traceback.print_exc()
-            failed(missing, e2e_keys, error)
-        else:
-            details["latency_curve"] = points
-            half = next(p for p in points if p["fraction_of_max"] == 0.5)
-            results.update(e2e_p50_ms=half["p50_ms"], e2e_p99_ms=half["p99_ms"],
-                           e2e_rate_events_per_s=half["offered_events_per_s"])
-            # The same load on the transactional loop: exactly-once on aiokafka alone, no auction.
-            try:
-                impressions = float(details.get("throughput", {}).get("impressions_per_event") or 2.0)
-                reference = asyncio.run(bench_kafka.txn_loop_latency(base, float(half["offered_events_per_s"]),
-                                                                     impressions, args.latency_seconds, progress))
-            except Exception as error:
-                traceback.print_exc()
-                failed(missing, ("txn_loop_e2e_p50_ms", "txn_loop_e2e_p99_ms"), error)
-            else:
-                details["txn_loop_latency"] = reference
-                results.update(txn_loop_e2e_p50_ms=reference["p50_ms"], txn_loop_e2e_p99_ms=reference["p99_ms"])
-            caption = (f"{command} - {os.cpu_count()} cores, Python {platform.python_version()} - "
-                       f"worker max {results['worker_events_per_s']:,} events/s")
-            bench_plot(points, float(results["worker_events_per_s"]), float(TARGETS["e2e_p99_ms"][1] or 25), args.plot, caption)
-    elif "latency" not in skip:
-        for key in e2e_keys:
-            missing.setdefault(key, "needs the worker's maximum rate, which was not measured")
-    if "billing" not in skip:
-        progress.stage(f"billing: {args.billing_events:,} impressions (streams.bench)")
-        value, reason = billing(base, args.billing_events)
-        results["billing_events_per_s"] = None if value is None else round(value)
-        if reason:
-            missing["billing_events_per_s"] = reason
-    progress.done()
+    bench = Bench(args, command, base, progress, results, fractions)
+    try:
+        for name, stage in STAGES.items():
+            if name not in skip:
+                stage(bench)
+    finally:
+        progress.done()
     for key in KEYS:
-        if results[key] is None and key not in missing:
-            missing[key] = "stage skipped (--skip)" if skip else "not measured"
-    results["missing"] = missing
-    results["details"] = details
+        if results[key] is None and key not in bench.missing:
+            bench.missing[key] = "stage skipped (--skip)" if skip else "not measured"
+    results["missing"] = bench.missing
+    results["details"] = bench.details
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results["duration_s"] = round(time.monotonic() - progress.started)
     return results

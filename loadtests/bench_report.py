@@ -1,4 +1,4 @@
-"""The human side of `make bench`: targets (DESIGN.md §6), the printed table, BENCHMARKS.md."""
+"""The human side of `make bench`: targets (docs/contract.md §6), the printed table, BENCHMARKS.md."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import time
 from core.loop import Batch, Loop, LoopOptions, Output, RoleBase, Step, running
 from core.metrics import Metrics
 from core.settings import Settings
-from schemas.codec import RecordError, decode
+from loadtests.baseline import readable_intents
 
 BATCH_MAX = 2000  # the worker's
 
@@ -47,17 +47,12 @@ class TxnLoopRole(RoleBase):
         if batch and self.first_cpu is None:
             self.first_cpu = time.process_time()
         outputs: list[Output] = []
-        for records in batch.values():
-            for record in records:
-                try:
-                    intent = decode("chat.intents", record.value)
-                except RecordError:
-                    continue
-                outputs.append((self.decisions_topic, intent["session_id"].encode(), record.value))
-                self.owed += self.impressions
-                for slot in range(int(self.owed)):
-                    outputs.append((self.impressions_topic, f"{intent['event_id']}:{slot}".encode(), record.value))
-                self.owed -= int(self.owed)
+        for record, intent in readable_intents(batch):
+            outputs.append((self.decisions_topic, intent["session_id"].encode(), record.value))
+            self.owed += self.impressions
+            for slot in range(int(self.owed)):
+                outputs.append((self.impressions_topic, f"{intent['event_id']}:{slot}".encode(), record.value))
+            self.owed -= int(self.owed)
         return Step(outputs)
 
 

@@ -19,7 +19,7 @@ REDIS_CONF=$REDIS_DIR/redis.conf
 REDIS_PIDFILE=$RUN_DIR/redis.pid
 REDIS_LOG=$LOG_DIR/redis.log
 
-# The contract (DESIGN.md §2) is 127.0.0.1:9092 and 127.0.0.1:6379. The OPS_* overrides exist only
+# The contract (docs/contract.md §2) is 127.0.0.1:9092 and 127.0.0.1:6379. The OPS_* overrides exist only
 # so these scripts can be tested next to a running stack (another checkout, other ports).
 KAFKA_HOST=127.0.0.1
 KAFKA_PORT=${OPS_KAFKA_PORT:-9092}

@@ -1,4 +1,4 @@
-"""Campaign and policy documents (DESIGN §3 Campaign, §4b): validation that names every problem.
+"""Campaign and policy documents (docs/contract.md §3 Campaign, §4b): validation that names every problem.
 
 `validate_campaign` is what `vickrey campaigns apply` runs: a campaign is refused whole, with every
 problem as `<field>: <problem>`; a valid one comes back normalised (defaults filled, canonical key
@@ -174,7 +174,7 @@ def validate_campaign(obj: object) -> tuple[Record | None, list[str]]:
     return _validated(obj, check_campaign, _CAMPAIGN_FIELDS, "a campaign")
 
 
-# --- policy (DESIGN §4b) --------------------------------------------------------------------------
+# --- policy (docs/contract.md §4b) --------------------------------------------------------------------------
 
 _POLICY_FIELDS: Final = ("schema_version", "sensitive_categories", "restricted_verticals", "blocked_safety_labels")
 _POLICY_KNOWN: Final = frozenset(_POLICY_FIELDS)

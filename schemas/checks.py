@@ -18,8 +18,8 @@ from schemas.iab import IAB_CATEGORIES
 Record = dict[str, Any]
 
 INT_MAX: Final = 2**53 - 1  # largest integer every JSON parser reads exactly; bounds money, times, counts
-SHORT_MAX: Final = 128  # ids and short strings (DESIGN §3)
-RECORD_MAX_BYTES: Final = 64 * 1024  # one record (DESIGN §3)
+SHORT_MAX: Final = 128  # ids and short strings (docs/contract.md §3)
+RECORD_MAX_BYTES: Final = 64 * 1024  # one record (docs/contract.md §3)
 
 ID_PATTERN: Final = (re.compile(r"[A-Za-z0-9._:-]+"), "must use only A-Z a-z 0-9 . _ : - (ids go into Redis and Kafka keys)")
 

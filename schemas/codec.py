@@ -1,4 +1,4 @@
-"""Bytes ⇄ records for every topic of DESIGN §3, plus the DLQ and applied-control record builders.
+"""Bytes ⇄ records for every topic of docs/contract.md §3, plus the DLQ and applied-control record builders.
 
 `decode` is on the auction worker's hot path (~20k events/s on one core), so it parses with orjson
 and validates with hand-written checks (schemas/records.py) rather than a generic JSON Schema

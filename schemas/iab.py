@@ -1,4 +1,4 @@
-"""IAB Content Taxonomy 1.0: the category codes of intents, targeting and policy (DESIGN §3, §4).
+"""IAB Content Taxonomy 1.0: the category codes of intents, targeting and policy (docs/contract.md §3, §4).
 
 Codes are `IAB<n>` (tier 1) or `IAB<n>-<m>` (tier 2, child of `IAB<n>`)."""
 

@@ -1,4 +1,4 @@
-"""Hand-written validators, one per record of DESIGN §3 (campaigns: schemas/campaign.py).
+"""Hand-written validators, one per record of docs/contract.md §3 (campaigns: schemas/campaign.py).
 
 Each mirrors its JSON Schema in schemas/*.json (tests prove they agree) and fills the schema's
 defaults in place. Input records (chat.intents, ad.clicks.raw, user.controls) tolerate unknown fields

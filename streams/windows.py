@@ -22,7 +22,7 @@ def round_half_up_div(numerator: int, denominator: int) -> int:
 
 
 def report_record(campaign_id: str, start: int, impressions: int, clicks: int, spend_micros: int) -> dict[str, Any]:
-    """A `reports.campaign-minute` record (DESIGN §3): aggregates only, no user or session ids."""
+    """A `reports.campaign-minute` record (docs/contract.md §3): aggregates only, no user or session ids."""
     return {
         "schema_version": 1,
         "campaign_id": campaign_id,

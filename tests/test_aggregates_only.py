@@ -1,4 +1,4 @@
-"""Advertisers only ever see aggregates (DESIGN.md §4b): run the whole pipeline on a chat stream
+"""Advertisers only ever see aggregates (docs/contract.md §4b): run the whole pipeline on a chat stream
 whose user and session ids are unique markers, then scan everything advertiser-facing — the
 reports topic, the reporting HTTP endpoints, the advertiser API and the Redis report windows —
 for every one of those ids."""

@@ -1,5 +1,5 @@
 """docker-compose.yml, checked without a Docker engine: valid against the Compose Specification's
-JSON Schema (vendored in tests/data/, see its README), and shaped as DESIGN.md §2 promises
+JSON Schema (vendored in tests/data/, see its README), and shaped as docs/contract.md §2 promises
 (apache/kafka 4.1.x in KRaft with replication 1, redis, the Vickrey roles built from the Dockerfile,
 a bounded headless Locust run)."""
 

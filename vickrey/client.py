@@ -6,7 +6,7 @@
             render(ad)                                      # ... and when the person clicks:
             await ads.publish_click(ad["impression_id"], intent["user_id"])
 
-The intent is a `chat.intents` record (DESIGN.md §3); `event_id` and `ts` are filled in when
+The intent is a `chat.intents` record (docs/contract.md §3); `event_id` and `ts` are filled in when
 absent. Decisions are correlated by `event_id`: the client reads `ad.decisions` with
 `read_committed` from the end offsets it finds when it starts, and hands each decision to
 whoever awaits that event. A decision that arrives after the caller's deadline is still billed

@@ -1,4 +1,4 @@
-"""The trust policy (DESIGN §4b) in Redis.
+"""The trust policy (docs/contract.md §4b) in Redis.
 
 - `{ns}:policy` — string: the policy JSON (orjson, as normalised by
   `schemas.campaign.validate_policy`). Absent means `schemas.campaign.DEFAULT_POLICY`.

@@ -27,7 +27,7 @@ async def call(
     async with client.request(method, path, headers=headers, data=data) as resp:
         text = await resp.read()
         assert resp.content_type == "application/json", (resp.status, text[:200])
-        assert b"user_id" not in text and b"session_id" not in text  # aggregates only (DESIGN §4b)
+        assert b"user_id" not in text and b"session_id" not in text  # aggregates only (docs/contract.md §4b)
         return resp.status, orjson.loads(text)
 
 

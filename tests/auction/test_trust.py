@@ -1,4 +1,4 @@
-"""Trust and user controls through the running worker (DESIGN.md §4b), on real Kafka and Redis."""
+"""Trust and user controls through the running worker (docs/contract.md §4b), on real Kafka and Redis."""
 
 from __future__ import annotations
 

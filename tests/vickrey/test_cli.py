@@ -7,6 +7,7 @@ import typer
 
 from core.clock import utc_day
 from core.settings import Settings
+from tests.conftest import ROOT
 from tests.vickrey.conftest import run_cli
 from vickrey import cli
 from vickrey.campaign_store import encode_campaign
@@ -122,3 +123,9 @@ def test_money_and_days() -> None:
     assert utc_day(1_700_000_000_000) == "20231114"
     assert encode_campaign({"b": 1, "a": 2}) == b'{"b":1,"a":2}'  # the validator's order is kept
     assert common.safe_url("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
+
+
+def test_readme_lists_the_settings_as_they_are() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- settings:start -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
+    assert block == common.settings_markdown(), "README.md's settings table is stale; paste:\n" + common.settings_markdown()

@@ -1,4 +1,4 @@
-"""The advertiser HTTP API and dashboard (`vickrey api`): see `app` for the routes and DESIGN §4b.
+"""The advertiser HTTP API and dashboard (`vickrey api`): see `app` for the routes and docs/contract.md §4b.
 
 `main(settings, args)` serves it; `demo_key(settings)` hands `make demo` a key of the demo advertiser.
 """

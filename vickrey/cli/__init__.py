@@ -31,6 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 app.add_typer(admin.topics, name="topics", epilog=settings_epilog())
 app.add_typer(campaigns.app, name="campaigns", epilog=settings_epilog())

@@ -48,8 +48,14 @@ def settings() -> Settings:
 
 def settings_epilog() -> str:
     """The settings every command reads, from the settings' own descriptions."""
-    rows = "\n\n".join(f"{name} (default {default}): {meaning}" for name, default, meaning in settings_help())
+    rows = "\n".join(f"* {name} (default {default}): {meaning}" for name, default, meaning in settings_help())
     return "Settings (environment, all optional):\n\n" + rows
+
+
+def settings_markdown() -> str:
+    """The README's settings table (tests/vickrey/test_cli.py keeps README.md equal to it)."""
+    rows = [f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in settings_help()]
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])
 
 
 def safe_url(url: str) -> str:
