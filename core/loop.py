@@ -247,7 +247,8 @@ class Loop:
         self.ready = False
         self._lock = asyncio.Lock()  # role state: `process` on one side, rebalance and rewind hooks on the other
         self._committing: asyncio.Task[bool] | None = None
-        self._carry: Batch = {}  # records fetched after a generation change: the next batch's start
+        # Records fetched after a generation change, with that generation: the next batch's start.
+        self._carry: tuple[Batch, int] | None = None
         self._rebalancing = True  # until the first assignment is restored: nothing is processed
         self._failing_since: float | None = None
         self._backoff_s = BACKOFF_FIRST_S
@@ -310,9 +311,9 @@ class Loop:
     # -- one batch ---------------------------------------------------------------------------------
 
     async def _fetch(self, timeout_ms: int, max_records: int) -> tuple[Batch, int]:
-        if self._carry:
-            carried, self._carry = self._carry, {}
-            return carried, self.generation
+        if self._carry is not None:
+            carried, self._carry = self._carry, None
+            return carried  # void if yet another rewind came since: the gathering loop checks
         fetched: Batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return fetched, self.generation  # no await between the drain and this read
 
@@ -350,7 +351,7 @@ class Loop:
             wait_ms = TOP_UP_MS if committing else max(1, int((deadline - time.monotonic()) * 1000))
             more, more_generation = await self._fetch(wait_ms, options.batch_max - batch.count - fresh_count)
             if more_generation != generation:
-                self._carry = more  # fetched after a rewind: they start the next batch
+                self._carry = (more, more_generation)  # fetched after a rewind: they start the next batch
                 break
             for tp, records in more.items():
                 fresh.setdefault(tp, []).extend(records)

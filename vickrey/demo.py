@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -24,6 +25,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from core.settings import Settings
 from core.topics import delete_topics, ensure_topics, topic_partitions
@@ -75,17 +80,21 @@ def intent_event(rng: random.Random, index: int, run: str) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def console() -> Console:
+    """The demo's rich console. On a terminal: bold headers and the progress bar redrawn in place.
+    Elsewhere (a pipe, a log): plain text, not wrapped at 80 columns, and the bar once, when full."""
+    return Console(highlight=False, emoji=False, soft_wrap=not sys.stdout.isatty())
+
+
 def say(text: str) -> None:
-    print(f"\n\033[1m== {text}\033[0m", flush=True)
+    console().print(f"\n== {text}", style="bold", markup=False)
 
 
-def progress(label: str, done: int, total: int, extra: str = "") -> None:
-    width = 30
-    filled = width * done // max(1, total)
-    sys.stdout.write(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {extra}   ")
-    sys.stdout.flush()
-    if done >= total:
-        sys.stdout.write("\n")
+def progress_bar(label: str) -> Progress:
+    """`label [━━━━━━    ] done/total rate elapsed`; the task's `rate` field is shown as it is."""
+    return Progress(TextColumn(f"  {label}", markup=False), BarColumn(bar_width=30), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), console=console())
 
 
 async def read_topic(settings: Settings, topic: str, until: float, want: int = 0, idle_s: float = 2.0) -> list[dict[str, Any]]:
@@ -118,12 +127,14 @@ async def stream_chat(settings: Settings, events: int, rate: int, run: str) -> N
     rng = random.Random(7)
     started = time.monotonic()
     try:
-        for i in range(events):
-            event = intent_event(rng, i, run)
-            await producer.send(settings.topic("chat.intents"), orjson.dumps(event), key=event["user_id"].encode())
-            if i % max(1, events // 20) == 0 or i == events - 1:
-                progress("chat events", i + 1, events, f"{(i + 1) / max(1e-3, time.monotonic() - started):.0f}/s")
-                await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
+        with progress_bar("chat events") as bar:
+            task = bar.add_task("chat events", total=events, rate="")
+            for i in range(events):
+                event = intent_event(rng, i, run)
+                await producer.send(settings.topic("chat.intents"), orjson.dumps(event), key=event["user_id"].encode())
+                bar.update(task, completed=i + 1, rate=f"{(i + 1) / max(1e-3, time.monotonic() - started):.0f}/s")
+                if i % max(1, events // 20) == 0 or i == events - 1:
+                    await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
         await producer.flush()
     finally:
         await producer.stop()
@@ -149,29 +160,39 @@ async def click_some(settings: Settings, impressions: list[dict[str, Any]], shar
     return len(chosen)
 
 
-def table(ledger: list[dict[str, Any]], reports: dict[str, list[dict[str, Any]]], names: dict[str, str], spend: dict[str, int]) -> str:
+def table(ledger: list[dict[str, Any]], reports: dict[str, list[dict[str, Any]]], names: dict[str, str], spend: dict[str, int]) -> Table:
+    """Per campaign, from the billing ledger (most spend first), with Redis spend and the minute reports beside it."""
     rows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for entry in ledger:
         row = rows[entry["campaign_id"]]
         row["impressions" if entry["kind"] == "impression" else "clicks"] += 1
         row["spend"] += entry["amount_micros"]
         row["overdelivery"] += int(entry.get("overdelivery", False))
-    lines = [
-        f"  {'campaign':<24}{'advertiser':<18}{'impr':>7}{'clicks':>8}{'CTR':>8}{'spend $':>10}{'eff CPM $':>11}"
-        f"{'Redis $':>10}{'report impr':>12}{'report $':>10}"
-    ]
+    out = Table(box=box.SIMPLE, show_edge=False, header_style="bold")
+    out.add_column("campaign")
+    out.add_column("advertiser")
+    for heading in ("impr", "clicks", "CTR", "spend $", "eff CPM $", "Redis $", "report impr", "report $"):
+        out.add_column(heading, justify="right")
     for campaign_id in sorted(rows, key=lambda c: -rows[c]["spend"]):
         row = rows[campaign_id]
         impressions, clicks = row["impressions"], row["clicks"]
         ctr = f"{100 * clicks / impressions:.1f}%" if impressions else "-"
         cpm = f"{row['spend'] / impressions / 1000:.2f}" if impressions else "-"
-        lines.append(
-            f"  {campaign_id:<24}{names.get(campaign_id, '?'):<18}{impressions:>7}{clicks:>8}{ctr:>8}"
-            f"{row['spend'] / 1e6:>10.2f}{cpm:>11}{spend.get(campaign_id, 0) / 1e6:>10.2f}"
-            f"{sum(w['impressions'] for w in reports.get(campaign_id, [])):>12}"
-            f"{sum(w['spend_micros'] for w in reports.get(campaign_id, [])) / 1e6:>10.2f}"
+        out.add_row(
+            campaign_id, names.get(campaign_id, "?"), f"{impressions}", f"{clicks}", ctr,
+            f"{row['spend'] / 1e6:.2f}", cpm, f"{spend.get(campaign_id, 0) / 1e6:.2f}",
+            f"{sum(w['impressions'] for w in reports.get(campaign_id, []))}",
+            f"{sum(w['spend_micros'] for w in reports.get(campaign_id, [])) / 1e6:.2f}",
         )
-    return "\n".join(lines)
+    return out
+
+
+def show(grid: Table) -> None:
+    """`grid` at its natural width. Fitted into a narrower terminal, rich would cut the numbers
+    short; the terminal wraps the long lines instead, as it would plain text."""
+    out = console()
+    grid.width = out.measure(grid, options=out.options.update_width(10_000)).maximum
+    out.print(grid, crop=False)
 
 
 async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -> int:
@@ -231,7 +252,7 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
         }
 
         say("Per campaign, from the billing ledger; Redis spend and the minute reports beside it must agree")
-        print(table(ledger, reports, names, spend))
+        show(table(ledger, reports, names, spend))
         windows = sum(len(w) for w in reports.values())
         print(f"  ledger entries {len(ledger)}, invalid clicks {len(invalid)}, report windows {windows} "
               f"({len(closed)} closed and published on reports.campaign-minute; the current minute is still open)")
