@@ -42,7 +42,7 @@ class ControlsRole(RoleBase):
     def __init__(self, settings: Settings, redis: Redis, metrics: Metrics) -> None:
         self.settings = settings
         self.keys = settings.keys
-        self.redis = redis
+        self.client = redis  # the worker's client, shared with the auction role (closed by the worker)
         self.applied_topic = settings.topic(APPLIED)
         self._forget = redis.register_script(FORGET_SCRIPT)
         self.applied = metrics.counter("vickrey_controls_applied_total", "User controls applied, by action", ("action",))
@@ -67,9 +67,9 @@ class ControlsRole(RoleBase):
         if action == "forget":
             await self._forget(keys=[keys.person_keys(user), keys.hidden(user), keys.prefs(user)])
         elif action == "hide_advertiser":
-            await self.redis.sadd(keys.hidden(user), control["advertiser_id"])
+            await self.client.sadd(keys.hidden(user), control["advertiser_id"])
         else:  # personalization_off / personalization_on
-            await self.redis.hset(keys.prefs(user), "personalization", "off" if action == "personalization_off" else "on")
+            await self.client.hset(keys.prefs(user), "personalization", "off" if action == "personalization_off" else "on")
 
 
 class AppliedListener:

@@ -72,6 +72,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
+from redis.asyncio import Redis
 
 from core.kafka import BatchSender, transactional_consumer, transactional_producer
 from core.metrics import Metrics
@@ -159,21 +160,30 @@ class Role(Protocol):
 
 
 class RoleBase:
-    """Defaults for the hooks of a role without per-partition state (a plain class, so roles
-    that are compiled with mypyc write the four hooks out instead)."""
+    """Defaults for the hooks of a role without per-partition state, and a Redis client for the
+    roles that need one (a plain class, so roles compiled with mypyc write the hooks out)."""
 
     _loop: Loop | None = None
+    _redis: Redis | None = None
 
     @property
     def loop(self) -> Loop:
         assert self._loop is not None, "the loop calls start() first"
         return self._loop
 
+    @property
+    def redis(self) -> Redis:
+        """This role's Redis client, opened on first use after `start`, closed by `close`."""
+        if self._redis is None:
+            self._redis = Redis.from_url(self.loop.settings.redis)
+        return self._redis
+
     async def start(self, loop: Loop) -> None:
         self._loop = loop
 
     async def close(self) -> None:
-        return None
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
         return {}

@@ -99,6 +99,7 @@ class Attribution(RoleBase):
     async def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        await super().close()
 
     @property
     def db(self) -> AttributionStore:

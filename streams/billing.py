@@ -17,7 +17,6 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from core.clock import utc_day
 from core.loop import Batch, KafkaRecord, Loop, LoopOptions, Output, RoleBase, Step
@@ -63,16 +62,10 @@ class Billing(RoleBase):
         self.ledger_topic = settings.topic(LEDGER)
         self.impressions_topic = settings.topic(IMPRESSIONS)
         self._templates = orjson.dumps(settings.keys.lua_templates())
-        self.redis: Redis | None = None
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
-        self.redis = Redis.from_url(self.settings.redis)
         self._charge = self.redis.register_script(CHARGE_CLICKS)
-
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
         outputs: list[Output] = []

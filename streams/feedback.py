@@ -17,7 +17,6 @@ from importlib import resources
 
 import orjson
 from aiokafka import TopicPartition
-from redis.asyncio import Redis
 
 from core.loop import Batch, Committed, Loop, LoopOptions, RoleBase, Step
 from core.metrics import Metrics
@@ -46,16 +45,10 @@ class Feedback(RoleBase):
         self.counted_at: dict[TopicPartition, int | None] = {}  # next offset counted, as Redis has it
         self.counted = metrics.counter("vickrey_feedback_counted_total", "Records counted into CTR, by kind", ("kind",))
         self.unreadable = metrics.counter("vickrey_feedback_unreadable_total", "Records without a readable campaign_id")
-        self.redis: Redis | None = None
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
-        self.redis = Redis.from_url(self.settings.redis)
         self._count = self.redis.register_script(FEEDBACK_SCRIPT)
-
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
 
     @staticmethod
     def _field(tp: TopicPartition) -> str:
@@ -63,7 +56,6 @@ class Feedback(RoleBase):
 
     async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
         """Resume where Redis says the counts are."""
-        assert self.redis is not None
         partitions = list(committed)
         stored = await self.redis.hmget(self.positions_key, [self._field(tp) for tp in partitions]) if partitions else []
         resume: dict[TopicPartition, int] = {}
@@ -79,7 +71,6 @@ class Feedback(RoleBase):
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
         """Count the part into Redis with its positions, at once (Redis is the authority)."""
-        assert self.redis is not None
         increments: dict[str, list[int]] = {}
         moves: dict[TopicPartition, int] = {}
         for tp, records in batch.items():

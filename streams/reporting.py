@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import TopicPartition
-from redis.asyncio import Redis
 
 from core.loop import Batch, Committed, Loop, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
@@ -68,14 +67,12 @@ class Reporting(RoleBase):
         self.windows_closed = metrics.counter("vickrey_reporting_windows_total", "Windows emitted")
         self.late = metrics.counter("vickrey_reporting_late_total", "Ledger entries after their window closed")
         self.unreadable = metrics.counter("vickrey_reporting_unreadable_total", "Ledger entries that could not be read")
-        self.redis: Redis | None = None
         self.http: web.AppRunner | None = None
         self.http_port: int | None = None
         self._last_flush = 0.0
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
-        self.redis = Redis.from_url(self.settings.redis)
         if self.port is not None:
             try:
                 self.http, self.http_port = await serve_reports(self.settings, self.redis, self.port)
@@ -89,8 +86,7 @@ class Reporting(RoleBase):
     async def close(self) -> None:
         if self.http is not None:
             await self.http.cleanup()
-        if self.redis is not None:
-            await self.redis.aclose()
+        await super().close()
 
     # -- rebalance -------------------------------------------------------------------------------
 
@@ -152,7 +148,6 @@ class Reporting(RoleBase):
     async def _store(self, windows: list[Window], partial: bool) -> None:
         if not windows:
             return
-        assert self.redis is not None
         async with self.redis.pipeline(transaction=False) as pipe:
             keys: list[str] = []
             for window in windows:
@@ -172,7 +167,6 @@ class Reporting(RoleBase):
                 await self._trim(key)
 
     async def _trim(self, key: str) -> None:
-        assert self.redis is not None
         fields = sorted(await self.redis.hkeys(key), key=int)
         if len(fields) > MINUTES_KEPT:
             await self.redis.hdel(key, *fields[: len(fields) - MINUTES_KEPT])
