@@ -14,7 +14,8 @@ help: ## list the targets
 $(BIN)/vickrey: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	@# PYTHONWARNINGS: setuptools warns about editable installs in general, with a banner
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[dev]'
 	@touch $(BIN)/vickrey
 
 # The modules core/native.py compiles with mypyc (its MODULES list; stdlib only, no venv needed).
