@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from auction.index import CampaignIndex
+from auction.keywords import sub_phrases
 from auction.model import RANK_SCALE, AuctionRequest, AuctionResult, Campaign, NoFillReason, Winner
 from auction.pacing import SpendView, pacing_allows
 from auction.pricing import best_per_advertiser, ceil_div, price_slots, rank
+from schemas.campaign import DEFAULT_POLICY
+from schemas.iab import lineage
 
-DEFAULT_BLOCKED_LABELS = frozenset({"hate", "extremism", "self_harm", "adult", "violence_graphic"})
-DEFAULT_SENSITIVE = frozenset({"IAB7", "IAB11", "IAB23"})
-DEFAULT_RESTRICTED = frozenset({"dating", "health", "financial_services", "politics", "gambling"})
+# The trust policy in force until someone applies another (schemas/campaign.py holds the defaults).
+DEFAULT_BLOCKED_LABELS = frozenset(DEFAULT_POLICY["blocked_safety_labels"])
+DEFAULT_SENSITIVE = frozenset(DEFAULT_POLICY["sensitive_categories"])
+DEFAULT_RESTRICTED = frozenset(DEFAULT_POLICY["restricted_verticals"])
 # IAB25 (non-standard content) and IAB26 (illegal content) never get an auction (§4.1).
 UNSAFE_CATEGORIES = frozenset({"IAB25", "IAB26"})
 MINOR_BRACKETS = frozenset({"under_13", "13_17"})
@@ -36,14 +40,6 @@ _STAGES: tuple[NoFillReason, ...] = (
 )
 _TARGETING, _SAFETY, _HIDDEN, _CAP, _BUDGET, _PACING, _FLOOR = range(len(_STAGES))
 _STAGE_OF: dict[NoFillReason, int] = {reason: stage for stage, reason in enumerate(_STAGES)}
-
-
-def category_ancestors(category: str | None) -> tuple[str, ...]:
-    """IAB 1.0 codes are two-tier (`IAB19-6` under `IAB19`): the code and its parent."""
-    if not category:
-        return ()
-    parent, dash, _ = category.partition("-")
-    return (category, parent) if dash else (category,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +87,7 @@ class AuctionEngine:
 
     def gate(self, request: AuctionRequest) -> NoFillReason | None:
         """Rules checked before any auction (§4.1, §4b)."""
-        return self._gate(request, category_ancestors(request.category))
+        return self._gate(request, lineage(request.category))
 
     def _gate(self, request: AuctionRequest, ancestors: tuple[str, ...]) -> NoFillReason | None:
         if not request.consent_ads:
@@ -114,7 +110,7 @@ class AuctionEngine:
     ) -> AuctionResult:
         """One auction. `refused` holds campaigns the budget/cap reservation turned down for this
         event, with the reason: they are out, and the slots go to the next candidates."""
-        ancestors = category_ancestors(request.category)
+        ancestors = lineage(request.category)
         blocked = self._gate(request, ancestors)
         if blocked is not None:
             return AuctionResult(request.event_id, (), blocked, request.reserve_cpm_micros)
@@ -128,6 +124,11 @@ class AuctionEngine:
         furthest = _TARGETING
         index = self.index
         lists = [index.by_keyword.get(keyword) for keyword in request.keywords]
+        if index.by_phrase:
+            phrases = request.phrases
+            if phrases is None:
+                phrases = request.phrases = sub_phrases(request.keywords)
+            lists += [index.by_phrase.get(phrase) for phrase in phrases]
         lists += [index.by_category.get(code) for code in ancestors]
         lists.append(index.untargeted)
         for postings in lists:
@@ -150,7 +151,7 @@ class AuctionEngine:
                     slot.charge_micros,
                     ceil_div(winner.ecpm_num, winner.ecpm_den),
                     None if runner_up is None else ceil_div(runner_up.ecpm_num, runner_up.ecpm_den),
-                    tuple([k for k in winner.keywords if k in request.keywords]),
+                    _matched_keywords(winner, request),
                     self._matched_category(winner, ancestors),
                 )
             )
@@ -232,7 +233,7 @@ class AuctionEngine:
             or (campaign.devices is not None and request.device not in campaign.devices)
             or (campaign.countries is not None and request.country not in campaign.countries)
             or (campaign.locales is not None and not _locale_matches(campaign.locales, request.locale))
-            or (campaign.categories is not None and not any(c in campaign.categories for c in ancestors))
+            or (campaign.category_filter is not None and not any(c in campaign.category_filter for c in ancestors))
             or (campaign.negative_keywords is not None and not campaign.negative_keywords.isdisjoint(request.keywords))
             or (campaign.start_ms is not None and request.now_ms < campaign.start_ms)
             or (campaign.end_ms is not None and request.now_ms >= campaign.end_ms)
@@ -244,6 +245,15 @@ class AuctionEngine:
         ):
             return _SAFETY
         return _PASS
+
+
+def _matched_keywords(campaign: Campaign, request: AuctionRequest) -> tuple[str, ...]:
+    """The campaign keywords that matched the request (for `why`): exact ones, then phrases."""
+    exact = [keyword for keyword in campaign.keywords if keyword in request.keywords]
+    phrases = request.phrases
+    if phrases is not None and campaign.phrases:
+        exact += [phrase for phrase in campaign.phrases if phrase in phrases]
+    return tuple(exact)
 
 
 def _locale_matches(locales: frozenset[str], locale: str) -> bool:

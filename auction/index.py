@@ -1,7 +1,9 @@
 """In-memory campaign index: posting lists kept in descending eCPM order.
 
-Every campaign sits in exactly one family of lists: its keywords' lists when it targets
-keywords, else its categories' lists, else the list of untargeted campaigns. Retrieval walks
+A manual campaign sits in one family of lists: its keywords' lists (exact and phrase) when it
+targets keywords, else its categories' lists, else the list of untargeted campaigns. An autopilot
+campaign (`targeting.auto`) is reached through any of them, so it sits in its keywords' and its
+categories' lists. Phrase keywords are looked up by every run of words of an intent keyword. Retrieval walks
 each list an event touches from the top and can stop as soon as the slots and their runner-up
 are settled, so a popular keyword with thousands of campaigns costs a handful of steps.
 Updates touch one campaign's lists only (bisect insert/remove), never a rebuild.
@@ -24,6 +26,7 @@ class CampaignIndex:
     def __init__(self) -> None:
         self.campaigns: dict[str, Campaign] = {}
         self.by_keyword: dict[str, list[Campaign]] = {}
+        self.by_phrase: dict[str, list[Campaign]] = {}
         self.by_category: dict[str, list[Campaign]] = {}
         self.untargeted: list[Campaign] = []
 
@@ -36,17 +39,23 @@ class CampaignIndex:
     def get(self, campaign_id: str) -> Campaign | None:
         return self.campaigns.get(campaign_id)
 
-    def _lists_of(self, campaign: Campaign, create: bool) -> list[list[Campaign]]:
-        terms: Iterable[str]
+    def _families(self, campaign: Campaign) -> list[tuple[dict[str, list[Campaign]], Iterable[str]]]:
+        families: list[tuple[dict[str, list[Campaign]], Iterable[str]]] = []
         if campaign.keywords:
-            table, terms = self.by_keyword, campaign.keywords
-        elif campaign.categories:
-            table, terms = self.by_category, campaign.categories
-        else:
+            families.append((self.by_keyword, campaign.keywords))
+        if campaign.phrases:
+            families.append((self.by_phrase, campaign.phrases))
+        if campaign.categories and (campaign.any_of or not families):
+            families.append((self.by_category, campaign.categories))
+        return families
+
+    def _lists_of(self, campaign: Campaign, create: bool) -> list[list[Campaign]]:
+        families = self._families(campaign)
+        if not families:
             return [self.untargeted]
         if create:
-            return [table.setdefault(term, []) for term in terms]
-        return [table[term] for term in terms if term in table]
+            return [table.setdefault(term, []) for table, terms in families for term in terms]
+        return [table[term] for table, terms in families for term in terms if term in table]
 
     @classmethod
     def build(cls, campaigns: Iterable[Campaign]) -> CampaignIndex:
@@ -58,7 +67,7 @@ class CampaignIndex:
             index.campaigns[campaign.campaign_id] = campaign
             for postings in index._lists_of(campaign, create=True):
                 postings.append(campaign)
-        for table in (index.by_keyword, index.by_category):
+        for table in (index.by_keyword, index.by_phrase, index.by_category):
             for postings in table.values():
                 postings.sort(key=_order)
         index.untargeted.sort(key=_order)
@@ -87,10 +96,10 @@ class CampaignIndex:
         return True
 
     def _drop_empty(self, campaign: Campaign) -> None:
-        table = self.by_keyword if campaign.keywords else self.by_category
-        for term in campaign.keywords or campaign.categories or ():
-            if term in table and not table[term]:
-                del table[term]
+        for table, terms in self._families(campaign):
+            for term in terms:
+                if term in table and not table[term]:
+                    del table[term]
 
     def set_pctr(self, campaign_id: str, pctr: Fraction) -> None:
         """Move a campaign to its new place after its learned pCTR (so its eCPM) changed."""

@@ -39,6 +39,26 @@ def normalize_keyword(raw: str) -> str:
     return normalized
 
 
+# Phrase match looks up every run of up to this many words of an intent keyword (a campaign
+# phrase of more words still matches an intent keyword equal to it).
+PHRASE_WORDS_MAX = 6
+
+
+def sub_phrases(keywords: frozenset[str]) -> frozenset[str]:
+    """Every run of consecutive words (up to PHRASE_WORDS_MAX) of each keyword, and the keyword:
+    what a phrase-match campaign keyword is looked up by (`earbuds` is in `wireless earbuds`)."""
+    found: set[str] = set(keywords)
+    for keyword in keywords:
+        words = keyword.split(" ")
+        count = len(words)
+        if count < 2:
+            continue
+        for start in range(count):
+            for end in range(start + 1, min(count, start + PHRASE_WORDS_MAX) + 1):
+                found.add(" ".join(words[start:end]))
+    return frozenset(found)
+
+
 _BLANK = frozenset({""})
 
 

@@ -8,7 +8,8 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any, Literal
 
-from auction.keywords import normalize_keywords
+from auction.bidding import start_bid
+from auction.keywords import normalize_keyword, normalize_keywords
 
 BidType = Literal["cpm", "cpc"]
 NoFillReason = Literal[
@@ -83,7 +84,8 @@ class Campaign:
     bid_type: BidType
     bid_micros: int
     prior_pctr: Fraction
-    keywords: tuple[str, ...]
+    keywords: tuple[str, ...]  # exact match
+    phrases: tuple[str, ...] = ()  # phrase match: also inside a longer intent keyword
     negative_keywords: frozenset[str] | None = None
     categories: frozenset[str] | None = None
     locales: frozenset[str] | None = None
@@ -99,6 +101,9 @@ class Campaign:
     frequency_cap: tuple[int, int] | None = None  # (max impressions, window seconds)
     vertical: str = "general"
     active: bool = True
+    # Autopilot targeting (`targeting.auto`): reached through any of its keywords, phrases or
+    # categories; a manual campaign with keywords needs its categories to match too.
+    any_of: bool = False
     # Derived: the learned pCTR and eCPM as exact ratios, and the integer ordering key.
     pctr_num: int = 0
     pctr_den: int = 1
@@ -113,7 +118,7 @@ class Campaign:
             value is not None
             for value in (
                 self.negative_keywords,
-                self.categories if self.keywords else None,
+                self.category_filter,
                 self.locales,
                 self.countries,
                 self.devices,
@@ -134,6 +139,11 @@ class Campaign:
         self.rank_key = self.ecpm_num * RANK_SCALE // self.ecpm_den
 
     @property
+    def category_filter(self) -> frozenset[str] | None:
+        """Categories a request must match besides a keyword (manual campaigns with both)."""
+        return self.categories if (self.keywords or self.phrases) and not self.any_of else None
+
+    @property
     def pctr(self) -> Fraction:
         return Fraction(self.pctr_num, self.pctr_den)
 
@@ -150,19 +160,23 @@ class Campaign:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Campaign:
-        """From a campaign record already validated by schemas.campaign.validate_campaign."""
+        """From a campaign record already validated by schemas.campaign.validate_campaign (and, with
+        `targeting.auto`, carrying its `targeting_derived`)."""
         targeting = record.get("targeting") or {}
+        keywords, phrases, categories = _targeting(record, targeting)
         budget = record["budget"]
         cap = record.get("frequency_cap")
+        bid = record.get("bid") or {"type": "cpc", "amount_micros": start_bid(record)}
         return cls(
             campaign_id=record["campaign_id"],
             advertiser_id=record["advertiser_id"],
-            bid_type=record["bid"]["type"],
-            bid_micros=int(record["bid"]["amount_micros"]),
-                prior_pctr=_prior(round(float(record.get("pctr", 0.01)) * PCTR_DENOMINATOR)),
-            keywords=tuple(sorted(normalize_keywords(targeting.get("keywords") or ()))),
+            bid_type=bid["type"],
+            bid_micros=int(bid["amount_micros"]),
+            prior_pctr=_prior(round(float(record.get("pctr", 0.01)) * PCTR_DENOMINATOR)),
+            keywords=keywords,
+            phrases=phrases,
             negative_keywords=normalize_keywords(targeting.get("negative_keywords") or ()) or None,
-            categories=_optional_set(targeting.get("categories")),
+            categories=categories,
             locales=_optional_set(targeting.get("locales"), lower=True),
             countries=_optional_set(targeting.get("countries"), lower=True),
             devices=_optional_set(targeting.get("devices"), lower=True),
@@ -176,7 +190,24 @@ class Campaign:
             frequency_cap=(int(cap["max"]), int(cap["window_s"])) if cap else None,
             vertical=str(record.get("vertical", "general")),
             active=record.get("status", "active") == "active",
+            any_of=bool(targeting.get("auto")),
         )
+
+
+def _targeting(record: dict[str, Any], targeting: dict[str, Any]
+               ) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str] | None]:
+    """(exact keywords, phrase keywords, categories): explicit ones as `targeting.match` says, and
+    with `targeting.auto` the derived ones (or the autopilot's, in `targeting_derived`), as phrases."""
+    explicit = normalize_keywords(targeting.get("keywords") or ())
+    derived = record.get("targeting_derived") or {} if targeting.get("auto") else {}
+    derived_terms = frozenset(normalize_keyword(item["term"]) for item in derived.get("keywords") or ())
+    keywords: frozenset[str] = explicit
+    phrases: frozenset[str] = derived_terms - explicit
+    if targeting.get("match") == "phrase":
+        keywords, phrases = frozenset(), explicit | derived_terms
+    categories = set(targeting.get("categories") or ())
+    categories.update(item["category"] for item in derived.get("categories") or ())
+    return tuple(sorted(keywords)), tuple(sorted(phrases)), frozenset(categories) or None
 
 
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
@@ -199,6 +230,7 @@ class AuctionRequest:
     personalization: bool
     age_bracket: str
     now_ms: int
+    phrases: frozenset[str] | None  # every run of words of the keywords, once a phrase index asks
 
     def __init__(self, event_id: str, user_id: str, placement: str, slots: int, reserve_cpm_micros: int,
                  category: str | None, keywords: frozenset[str], locale: str, country: str, device: str,
@@ -219,6 +251,7 @@ class AuctionRequest:
         self.personalization = personalization
         self.age_bracket = age_bracket
         self.now_ms = now_ms
+        self.phrases = None
 
     @classmethod
     def from_intent(cls, intent: dict[str, Any], now_ms: int) -> AuctionRequest:

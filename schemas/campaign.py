@@ -38,15 +38,25 @@ VERTICAL_MAX: Final = 64
 _KEYWORD_PATTERN: Final = (re.compile(r"(?s).*\S.*"), "must not be blank")
 _TIME_MAX: Final = 64
 
-_CAMPAIGN_FIELDS: Final = ("schema_version", "campaign_id", "advertiser_id", "status", "bid", "pctr", "budget",
-                           "pacing", "targeting", "frequency_cap", "excluded_safety_labels", "vertical",
-                           "creatives", "start", "end")
+_CAMPAIGN_FIELDS: Final = ("schema_version", "campaign_id", "advertiser_id", "status", "bid", "goal", "pctr",
+                           "budget", "pacing", "targeting", "frequency_cap", "excluded_safety_labels", "vertical",
+                           "creatives", "brief", "start", "end", "targeting_derived")
 _CAMPAIGN_KNOWN: Final = frozenset(_CAMPAIGN_FIELDS)
 _BID_FIELDS: Final = frozenset({"type", "amount_micros"})
 _BUDGET_FIELDS: Final = frozenset({"daily_micros", "total_micros"})
 _CAP_FIELDS: Final = frozenset({"max", "window_s"})
 _TARGET_LISTS: Final = ("locales", "countries", "devices", "placements")
-_TARGETING_FIELDS: Final = frozenset({"keywords", "negative_keywords", "categories", *_TARGET_LISTS})
+_TARGETING_FIELDS: Final = frozenset({"keywords", "negative_keywords", "categories", "auto", "match", *_TARGET_LISTS})
+GOALS: Final = ("manual", "max_clicks", "target_cpc", "target_cpa")
+AUTOPILOT_GOALS: Final = GOALS[1:]  # the autopilot bids CPC for these
+TARGETED_GOALS: Final = ("target_cpc", "target_cpa")  # these need target_micros
+MATCHES: Final = ("exact", "phrase")
+SOURCES: Final = ("title", "body", "brief")
+BRIEF_MAX: Final = 2000
+_GOAL_FIELDS: Final = frozenset({"type", "target_micros", "max_bid_micros"})
+_DERIVED_FIELDS: Final = frozenset({"keywords", "categories"})
+_DERIVED_KEYWORD_FIELDS: Final = frozenset({"term", "from", "matched"})
+_DERIVED_CATEGORY_FIELDS: Final = frozenset({"category", "name", "from", "matched"})
 
 
 def check_campaign(r: Record, c: Checks = STRICT) -> None:
@@ -56,11 +66,8 @@ def check_campaign(r: Record, c: Checks = STRICT) -> None:
     c.ident(r, "campaign_id")
     c.ident(r, "advertiser_id")
     c.choice(r, "status", STATUSES, default="active")
-    bid = c.obj(r, "bid")
-    if bid is not None:
-        c.unknown_fields(bid, _BID_FIELDS, "bid.")
-        c.choice(bid, "type", BID_TYPES, "bid.")
-        c.integer(bid, "amount_micros", "bid.", lo=1)
+    goal = _check_goal(r, c)
+    _check_bid(r, c, goal)
     if c.number(r, "pctr", lo=0.0, hi=1.0, lo_open=True, default=0.01):
         r["pctr"] = float(r["pctr"])
         if 10**PCTR_DECIMALS % Fraction(repr(r["pctr"])).denominator:
@@ -82,13 +89,67 @@ def check_campaign(r: Record, c: Checks = STRICT) -> None:
     c.texts(r, "excluded_safety_labels", default=[])
     c.text(r, "vertical", hi=VERTICAL_MAX, pattern=VERTICAL_PATTERN, default="general")
     _check_creatives(r, c)
+    c.text(r, "brief", lo=1, hi=BRIEF_MAX, required=False)
+    _check_derived(r, c)
     start, end = _time_ms(r, "start", c), _time_ms(r, "end", c)
     if start is not None and end is not None and end <= start:
         c.problem("end", f"must be after start ({r['end']!r} is not after {r['start']!r})")
 
 
+def _check_goal(r: Record, c: Checks) -> str | None:
+    """The goal's type (None when it is unreadable)."""
+    goal = c.obj(r, "goal", default={"type": "manual"})
+    if goal is None:
+        return None
+    c.unknown_fields(goal, _GOAL_FIELDS, "goal.")
+    kind = goal.get("type") if c.choice(goal, "type", GOALS, "goal.") else None
+    c.integer(goal, "target_micros", "goal.", lo=1, required=kind in TARGETED_GOALS)
+    c.integer(goal, "max_bid_micros", "goal.", lo=1, required=False)
+    return kind if isinstance(kind, str) else None
+
+
+def _check_bid(r: Record, c: Checks, goal: str | None) -> None:
+    """Required with the manual goal; with one the autopilot bids for, optional and CPC only."""
+    bid = c.obj(r, "bid", required=goal not in AUTOPILOT_GOALS)
+    if bid is None:
+        return
+    c.unknown_fields(bid, _BID_FIELDS, "bid.")
+    if c.choice(bid, "type", BID_TYPES, "bid.") and goal in AUTOPILOT_GOALS and bid["type"] != "cpc":
+        c.problem("bid.type", f"must be 'cpc' with the goal {goal!r} (the autopilot bids per click), got {bid['type']!r}")
+    c.integer(bid, "amount_micros", "bid.", lo=1)
+
+
+def _check_derived(r: Record, c: Checks) -> None:
+    """`targeting_derived`, as Vickrey writes it (campaign apply replaces whatever an input says)."""
+    derived = c.obj(r, "targeting_derived", required=False)
+    if derived is None:
+        return
+    c.unknown_fields(derived, _DERIVED_FIELDS, "targeting_derived.")
+    for index, item in enumerate(c.array(derived, "keywords", "targeting_derived.", hi=KEYWORDS_MAX) or ()):
+        path = f"targeting_derived.keywords[{index}]."
+        if type(item) is not dict:
+            c.problem(path[:-1], f"must be an object, got {show(item)}")
+            continue
+        c.unknown_fields(item, _DERIVED_KEYWORD_FIELDS, path)
+        c.text(item, "term", path, hi=KEYWORD_MAX, pattern=_KEYWORD_PATTERN)
+        c.choice(item, "from", SOURCES, path)
+        c.text(item, "matched", path)
+    for index, item in enumerate(c.array(derived, "categories", "targeting_derived.", hi=3) or ()):
+        path = f"targeting_derived.categories[{index}]."
+        if type(item) is not dict:
+            c.problem(path[:-1], f"must be an object, got {show(item)}")
+            continue
+        c.unknown_fields(item, _DERIVED_CATEGORY_FIELDS, path)
+        c.category(item, "category", path)
+        c.text(item, "name", path)
+        c.choice(item, "from", SOURCES, path)
+        c.text(item, "matched", path)
+
+
 def _check_targeting(t: Record, c: Checks) -> None:
     c.unknown_fields(t, _TARGETING_FIELDS, "targeting.")
+    c.boolean(t, "auto", "targeting.", default=False)
+    c.choice(t, "match", MATCHES, "targeting.", default="exact")
     # An empty list would match nothing and silently never serve: absent is how to say "any".
     c.texts(t, "keywords", "targeting.", min_items=1, max_items=KEYWORDS_MAX, hi=KEYWORD_MAX,
             pattern=_KEYWORD_PATTERN, required=False)

@@ -19,12 +19,16 @@ def _load(path: Path) -> dict[str, str]:
 
 
 IAB_CATEGORIES: Final[dict[str, str]] = _load(_TSV)
-"""Code → name, e.g. `"IAB19-6": "Computer Networking"`, in the taxonomy's order."""
+"""Code → name, e.g. `"IAB19-6": "Cell Phones"`, in the taxonomy's order."""
+
+def _lineage(code: str) -> tuple[str, ...]:
+    """The code and its parent by the codes' shape: tier 2 `IAB<n>-<m>` is under tier 1 `IAB<n>`."""
+    parent_code, dash, _ = code.partition("-")
+    return (code, parent_code) if dash else (code,)
+
 
 # Precomputed because targeting and trust checks ask for ancestors on the hot path.
-_ANCESTORS: Final[dict[str, tuple[str, ...]]] = {
-    code: (code, code.split("-", 1)[0]) if "-" in code else (code,) for code in IAB_CATEGORIES
-}
+_ANCESTORS: Final[dict[str, tuple[str, ...]]] = {code: _lineage(code) for code in IAB_CATEGORIES}
 
 
 def _known(code: str) -> str:
@@ -44,3 +48,12 @@ def ancestors(code: str) -> tuple[str, ...]:
     """The code itself, then its parent: `IAB19-6` → `("IAB19-6", "IAB19")`, `IAB19` → `("IAB19",)`.
     A category matches a target when the target is one of its ancestors. Raises KeyError if unknown."""
     return _ANCESTORS[_known(code)]
+
+
+def lineage(code: str | None) -> tuple[str, ...]:
+    """`ancestors` for whatever an auction request carries: () for no category. Never raises (the
+    codec refuses unknown codes before an auction; the engine's own tests use made-up ones)."""
+    if not code:
+        return ()
+    found = _ANCESTORS.get(code)
+    return found if found is not None else _lineage(code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grimp
 
-PACKAGES = ("core", "schemas", "auction", "streams", "vickrey", "loadtests")
+PACKAGES = ("core", "schemas", "auction", "autopilot", "streams", "vickrey", "loadtests")
 
 
 def test_no_import_cycles_between_modules() -> None:
@@ -21,7 +21,7 @@ def test_no_import_cycles_between_modules() -> None:
 
 def test_the_bottom_imports_nothing_above_it() -> None:
     graph = grimp.build_graph(*PACKAGES)
-    below_first = ("schemas", "core", "auction", "streams", "vickrey", "loadtests")
+    below_first = ("schemas", "core", "auction", "autopilot", "streams", "vickrey", "loadtests")
     for level, lower in enumerate(below_first):
         for higher in below_first[level + 1 :]:
             chain = graph.find_shortest_chain(importer=lower, imported=higher, as_packages=True)

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from autopilot.derive import derive
 from core.clock import utc_day
 from core.settings import Settings
 from core.topics import ensure_topics
@@ -140,6 +141,32 @@ async def campaigns_spend(
 # ---- writing --------------------------------------------------------------------------------------
 
 
+def prepare_campaign(obj: Any, policy: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """A campaign as it is stored, or every problem: the record's own (schemas.campaign), a vertical the
+    policy restricts, a goal this version cannot pursue, and with `targeting.auto` the targeting
+    derived from its creatives and brief (`targeting_derived`; refused when they yield nothing)."""
+    campaign, found = validate_campaign(obj)
+    problems = list(found)
+    if isinstance(obj, dict):  # named even when the campaign has other problems
+        restricted = restricted_vertical_problem(campaign or obj, policy)
+        if restricted:
+            problems.append(restricted)
+    if campaign is None or problems:
+        return None, problems
+    if campaign["goal"]["type"] == "target_cpa":
+        return None, ["goal.type: target_cpa needs attributed conversions, which this version does not measure "
+                      "yet; use max_clicks or target_cpc"]
+    targeting = campaign.get("targeting") or {}
+    campaign.pop("targeting_derived", None)  # Vickrey writes it, whatever the input says
+    if targeting.get("auto"):
+        derived = derive(campaign["creatives"], campaign.get("brief"))
+        if derived.empty:
+            return None, ["targeting.auto: the creatives' titles and bodies and the brief yield no keyword and no "
+                          "category to target; say more about what is sold (a brief), or give keywords"]
+        campaign["targeting_derived"] = derived.as_json()
+    return campaign, []
+
+
 def _validate(
     items: Sequence[Any], policy: dict[str, Any]
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[Refusal]]:
@@ -150,12 +177,7 @@ def _validate(
     for item_no, obj in enumerate(items, start=1):
         raw_id = obj.get("campaign_id") if isinstance(obj, dict) else None
         cid = raw_id if isinstance(raw_id, str) else None
-        campaign, problems = validate_campaign(obj)
-        problems = list(problems)
-        if isinstance(obj, dict):  # named even when the campaign has other problems
-            restricted = restricted_vertical_problem(campaign or obj, policy)
-            if restricted:
-                problems.append(restricted)
+        campaign, problems = prepare_campaign(obj, policy)
         if cid is not None and cid in first_item:
             problems.append(
                 f"campaign_id: {cid!r} appears more than once in this input (first as item {first_item[cid]})"
@@ -167,6 +189,12 @@ def _validate(
         else:
             good.append((item_no, campaign))
     return good, refused
+
+
+async def preview_campaigns(settings: Settings, r: Redis, items: Sequence[Any]) -> tuple[list[dict[str, Any]], list[Refusal]]:
+    """What `apply_campaigns` would store (the policy read from Redis), storing nothing."""
+    good, refused = _validate(items, await get_policy(settings, r))
+    return [campaign for _, campaign in good], refused
 
 
 async def apply_campaigns(

@@ -8,13 +8,13 @@ from typing import Any
 from auction.engine import AuctionEngine
 from auction.index import CampaignIndex
 from auction.model import AuctionRequest, Campaign
-from tests.conftest import SHARED
+from tests.conftest import ROOT
 
 NOW_MS = 1_790_000_000_000  # a fixed clock: 2026-09-21 UTC
 
 
 def load_vectors() -> list[dict[str, Any]]:
-    return list(json.loads((SHARED / "examples" / "auction_vectors.json").read_text())["cases"])
+    return list(json.loads((ROOT / "tests" / "data" / "auction_vectors.json").read_text())["cases"])
 
 
 def campaign_record(

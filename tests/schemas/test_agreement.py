@@ -33,6 +33,7 @@ CONDITIONAL_PARTNERS: dict[str, set[str]] = {
     "ad.decisions": {"no_fill_reason"},
     "ad.impressions": {"charge_micros"},
     "billing.ledger": {"amount_micros"},
+    "campaigns": {"bid", "bid.type", "goal.target_micros"},  # a bid is required, or CPC, by the goal
     "user.controls": {"advertiser_id"},
     "user.controls.applied": {"advertiser_id"},
 }

@@ -201,3 +201,47 @@ async def test_unreadable_input_exits_2(stack: Settings, env: dict[str, str], tm
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     scalar = run_cli(env, "campaigns", "apply", "-", stdin="42")
     assert scalar.returncode == 2 and "JSON object" in scalar.stderr
+
+
+AUTO = {
+    "campaign_id": "c-auto-1", "advertiser_id": "adv-auto", "goal": {"type": "max_clicks"},
+    "budget": {"daily_micros": 50_000_000, "total_micros": 500_000_000}, "targeting": {"auto": True},
+    "brief": "Fast USB-C chargers and power banks for laptops and phones, for travel and long flights.",
+    "creatives": [{"creative_id": "a1", "title": "VoltBook 20,000 mAh power bank",
+                   "body": "Charge your laptop twice on a long flight.", "url": "https://example.com/v", "cta": "Shop"}],
+}
+
+
+def test_dry_run_prints_the_derived_targeting_and_stores_nothing(env: dict[str, str], stack: Settings,
+                                                                  redis_client: redis.Redis) -> None:
+    result = run_cli(env, "campaigns", "apply", "--dry-run", "-", stdin=orjson.dumps([AUTO]).decode())
+    assert result.returncode == 0, result.stderr
+    (shown,) = orjson.loads(result.stdout)
+    derived = shown["targeting_derived"]
+    assert "power bank" in [k["term"] for k in derived["keywords"]]
+    assert all(k["from"] in ("title", "body", "brief") and k["matched"] for k in derived["keywords"])
+    assert any(c["category"].startswith("IAB19") for c in derived["categories"])
+    assert "bid" not in shown  # the autopilot bids
+    assert not redis_client.hexists(stack.keys.campaigns(), "c-auto-1")
+    assert run_cli(env, "campaigns", "show", "c-auto-1").returncode == 1
+
+
+def test_apply_prints_and_stores_what_it_derived(env: dict[str, str], stack: Settings) -> None:
+    result = run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps(AUTO).decode())
+    assert result.returncode == 0, result.stderr
+    assert "derived keywords (phrase match): " in result.stdout and "power bank (title)" in result.stdout
+    shown = orjson.loads(run_cli(env, "campaigns", "show", "c-auto-1").stdout)
+    assert shown["targeting_derived"]["keywords"][0]["term"]
+
+
+def test_autopilot_campaigns_that_cannot_work_are_refused_with_the_reason(env: dict[str, str], stack: Settings) -> None:
+    empty = dict(AUTO, campaign_id="c-auto-2", brief="!!! 123",
+                 creatives=[dict(AUTO["creatives"][0], title="!!!", body="123 456")])
+    cpa = dict(AUTO, campaign_id="c-auto-3", goal={"type": "target_cpa", "target_micros": 5_000_000})
+    cpm = dict(AUTO, campaign_id="c-auto-4", bid={"type": "cpm", "amount_micros": 1_000_000})
+    result = run_cli(env, "campaigns", "apply", "--dry-run", "-", stdin=orjson.dumps([empty, cpa, cpm]).decode())
+    assert result.returncode == 1
+    assert "targeting.auto: the creatives' titles and bodies and the brief yield no keyword" in result.stderr
+    assert "goal.type: target_cpa needs attributed conversions" in result.stderr
+    assert "bid.type: must be 'cpc' with the goal 'max_clicks'" in result.stderr
+    assert orjson.loads(result.stdout) == []

@@ -23,7 +23,7 @@ from multidict import MultiMapping
 from redis.asyncio import Redis
 
 from core.settings import Settings
-from schemas.campaign import restricted_vertical_problem, validate_campaign
+from schemas.campaign import validate_campaign
 from vickrey.advertisers import Advertiser
 from vickrey.api.http import ADVERTISER, REDIS, SETTINGS, ApiError, Handler, json_response, read_json
 from vickrey.campaign_store import (
@@ -35,6 +35,7 @@ from vickrey.campaign_store import (
     campaigns_spend,
     get_campaign,
     list_campaigns,
+    prepare_campaign,
     set_status,
 )
 from vickrey.policy_store import get_policy
@@ -128,9 +129,7 @@ async def _store(request: web.Request, body: Any, path_id: str | None) -> dict[s
             problems.append(f"campaign_id: must be left out or equal the id in the path ({path_id!r})")
         item["campaign_id"] = path_id
     if problems:  # refused whatever else: name the body's other problems too
-        problems += validate_campaign(item)[1]
-        restricted = restricted_vertical_problem(item, await get_policy(settings, r))
-        raise ApiError(400, problems + ([restricted] if restricted else []))
+        raise ApiError(400, problems + prepare_campaign(item, await get_policy(settings, r))[1])
     campaign_id = item.get("campaign_id")
     if path_id is None and isinstance(campaign_id, str) and await get_campaign(settings, r, campaign_id):
         raise _taken(campaign_id)

@@ -12,6 +12,7 @@ import typer
 from vickrey.campaign_store import (
     AnnounceError,
     Change,
+    Refusal,
     UnknownCampaign,
     apply_campaigns,
     campaign_spend,
@@ -19,6 +20,7 @@ from vickrey.campaign_store import (
     delete_campaign,
     get_campaign,
     list_campaigns,
+    preview_campaigns,
     set_status,
 )
 from vickrey.cli.common import (
@@ -43,30 +45,60 @@ CampaignId = Annotated[str, typer.Argument(metavar="ID", help="the campaign_id")
 AsJson = Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")]
 
 
+def _items(file: str) -> list[Any]:
+    data = read_json(file)
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        return [data]
+    raise CliError("expected a JSON object (one campaign) or a list of campaign objects", 2)
+
+
+def _print_refusals(refused: list[Refusal]) -> None:
+    for ref in refused:
+        label = f"campaign {ref.campaign_id!r}" if ref.campaign_id is not None else "campaign"
+        print(f"refused {label} (item {ref.item}): {'; '.join(ref.problems)}", file=sys.stderr)
+
+
+def _derived_lines(campaign: dict[str, Any]) -> list[str]:
+    """What `targeting.auto` derived, one line for keywords and one for categories."""
+    derived = campaign.get("targeting_derived")
+    if not derived:
+        return []
+    keywords = ", ".join(f"{k['term']} ({k['from']})" for k in derived["keywords"]) or "none"
+    categories = ", ".join(f"{c['category']} {c['name']} ({c['from']}: {c['matched']})"
+                           for c in derived["categories"]) or "none"
+    return [f"  derived keywords (phrase match): {keywords}", f"  derived categories: {categories}"]
+
+
 @app.command(epilog=settings_epilog())
-def apply(file: File, json: AsJson = False) -> None:
+def apply(
+    file: File,
+    json: AsJson = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="store nothing: print the campaigns as they would be "
+                                          "stored (with targeting_derived) as a JSON list")] = False,
+) -> None:
     """Validate and upsert campaigns from FILE (`-` for standard input): one JSON object or a list.
 
     An invalid campaign is refused whole, every problem named on stderr, and so is one in a vertical
-    the policy restricts; the valid ones are stored, in one transaction.
+    the policy restricts; the valid ones are stored, in one transaction. With `targeting.auto` the
+    keywords and categories derived from the creatives and the brief are printed (and stored).
 
     Exit code: 0 all applied, 1 some refused (the others are stored), 2 unreadable input.
     """
     config = settings()
-    data = read_json(file)
-    if isinstance(data, list):
-        items = data
-    elif isinstance(data, dict):
-        items = [data]
-    else:
-        raise CliError("expected a JSON object (one campaign) or a list of campaign objects", 2)
+    items = _items(file)
+    if dry_run:
+        prepared, refusals = with_redis(config, lambda r: preview_campaigns(config, r, items))
+        _print_refusals(refusals)
+        print(dump(prepared))
+        exit_with(1 if refusals else 0)
+        return
     try:
         result = with_redis(config, lambda r: apply_campaigns(config, r, items))
     except AnnounceError as exc:
         raise CliError(f"{exc}; re-apply once Kafka answers (`make up`)") from exc
-    for ref in result.refused:
-        label = f"campaign {ref.campaign_id!r}" if ref.campaign_id is not None else "campaign"
-        print(f"refused {label} (item {ref.item}): {'; '.join(ref.problems)}", file=sys.stderr)
+    _print_refusals(result.refused)
     created = set(result.created)
     if json:
         applied = [dict(campaign_id=c.campaign_id, version=c.version, created=c.campaign_id in created)
@@ -76,6 +108,8 @@ def apply(file: File, json: AsJson = False) -> None:
     else:
         for c in result.applied:
             print(f"{'created' if c.campaign_id in created else 'updated'} campaign {c.campaign_id!r} (version {c.version})")
+            for line in _derived_lines(c.campaign or {}):
+                print(line)
         print(f"applied {len(result.applied)}, refused {len(result.refused)}")
     exit_with(1 if result.refused else 0)
 
