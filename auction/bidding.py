@@ -2,27 +2,36 @@
 `target_cpc` campaigns. Pure: the autopilot role (streams/autopilot.py) and the simulator
 (autopilot/simulate.py) call the same `BidController.decide` on the same observations.
 
-**The algorithm: a multiplicative PI controller on the pacing error, with a CPC ceiling.**
+**The algorithm: spend-rate tracking with bounded multiplicative steps, held near the market.**
 Budget-constrained bidding in repeated second-price auctions has a simple optimal form when every
 click is worth the same: one bid for the whole day, the highest whose day's spend stays within the
 daily budget (the dual, or Lagrangian, bid of Balseiro & Gur 2019: bid = value / (1 + λ), with λ
-the price of a unit of budget). That bid depends on the competition, which nobody knows in
-advance, so the controller finds it by feedback, every `DECISION_EVERY_S`:
+the price of a unit of budget). Nobody knows that bid in advance, so the controller finds it by
+feedback, every DECISION_EVERY_S:
 
-- error e = (the budget's even share so far - spend so far) / daily budget; positive when behind;
-- log(bid) moves by KP·e + KI·Σe, at most ±MAX_STEP per decision (bounded steps), so a bid moves
-  smoothly towards the one that spends the budget over the whole day: behind the even-pacing
-  curve the bid rises, ahead of it the bid falls;
-- cold start: with no win yet the bid rises by COLD_STEP per decision from a modest start instead
-  of sitting at a bid that buys nothing;
-- `target_cpc`: the bid is also held so that the average CPC stays at the target or below (in a
-  second-price auction the price paid is below the bid, so the ceiling moves with the measured
-  average: bid·target/avg, bounded the same way);
+- the rate it needs: what is left of today's budget over what is left of the day (on the even
+  curve that is the even rate; behind it, a little more; ahead, less);
+- the rate it has: the *expected* spend of the impressions won in the last RATE_MEMORY decisions
+  (each impression's price per click × the campaign's learned click-through rate), averaged.
+  Clicks come one at a time, a few an hour for a small campaign: their spend is too lumpy to
+  steer by, while impressions come by the hundred;
+- within a factor TOLERANCE of each other the bid stays (traffic is not flat over a day: a bid
+  that fits the day spends faster at noon than at night, and chasing that would pay noon prices
+  for night clicks); beyond it, log(bid) moves by K·ln(needed / has), at most MAX_STEP up and
+  MAX_CUT down per decision (bounded steps: a proportional controller on the log of the rate, the
+  velocity form of a PI controller on spend);
+- no hour may run away: when what was really spent over the last SURGE_MEMORY decisions runs
+  over SURGE × the even rate, the bid is cut at once;
+- **held when bidding more buys nothing**: after SATURATION_RAISES raises in a row that did not
+  lift the spend rate by a tenth, the bid stops rising for SATURATION_HOLD_S (the deficit is a
+  lack of traffic, the night, and bidding more would only buy dearer clicks when traffic comes
+  back); and it never rises above PRICE_HEADROOM × the average price paid per contested click;
+- cold start: until something is won the bid rises by COLD_STEP per decision from a modest start;
+- `target_cpc`: also at most the bid that brings the average CPC to the target;
 - never above `max_bid_micros`, never below MIN_BID_MICROS.
 
-Why not a finer optimiser: the controller must work from a cold start on a day it has not seen,
-from minute aggregates alone, and must never make a campaign overspend. The reservation in Redis
-keeps budgets atomic whatever the bid; the controller only decides how fast the budget goes.
+The reservation in Redis keeps budgets atomic whatever the bid: the controller decides how the
+budget is spent, never whether it can be overspent.
 """
 
 from __future__ import annotations
@@ -32,13 +41,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DAY_S = 86_400
-DECISION_EVERY_S = 600  # ten minutes: several minute windows per decision, 144 decisions a day
+BID_GOALS = ("max_clicks", "target_cpc")  # the goals the autopilot bids for
+DECISION_EVERY_S = 300  # five minutes: several minute windows per decision, 288 decisions a day
 MIN_BID_MICROS = 10_000  # one cent a click
-MAX_STEP = 0.25  # log-bid change per decision, at most (×1.28 or ×0.78)
-COLD_STEP = 0.25  # log-bid rise per decision while nothing is won
-KP = 2.0
-KI = 0.15
-INTEGRAL_LIMIT = 2.0
+MAX_STEP = 0.1  # log-bid rise per decision, at most (×1.105)
+MAX_CUT = 0.2  # log-bid fall per decision, at most (×0.82)
+COLD_STEP = 0.2  # log-bid rise per decision while nothing is won
+K_UP = 0.3
+K_DOWN = 0.5
+TOLERANCE = 1.3
+SURGE = 2.5  # real spend above this × the even rate cuts the bid whatever the day's pace
+SURGE_MEMORY = 3  # decisions of real spend the surge is judged on
+RATE_MEMORY = 6  # decisions averaged into the rate it has
+PRICE_HEADROOM = 4.0  # a bid rises no higher than this × the average price paid per click
+SATURATION_RAISES = 4  # raises in a row without a higher spend rate: bidding more buys nothing now
+SATURATION_HOLD_S = 3600
+PRICE_MEMORY = 6  # decisions whose prices make the average
 START_SHARE = 100  # max_clicks starts at the daily budget / 100 a click
 
 
@@ -63,21 +81,31 @@ def clamp(bid_micros: int, max_bid_micros: int | None) -> int:
 
 @dataclass(slots=True)
 class Observation:
-    """What the controller sees of one campaign at a decision: today's totals so far."""
+    """What the controller sees of one campaign at a decision: today's totals so far, and the
+    prices (per click) of the impressions won since the last decision."""
 
     now_s: float  # seconds into the UTC day
     spend_today_micros: int
     clicks_today: int
     impressions_today: int
     daily_budget_micros: int
+    price_sum_micros: int = 0  # per-click prices of the contested impressions since the last decision
+    priced_impressions: int = 0
+    expected_spend_micros: float = 0.0  # of every impression since then: price per click × click rate
 
 
 @dataclass(slots=True)
 class BidState:
     bid_micros: int
-    integral: float = 0.0
+    spent_micros: int = 0  # today's spend at the last decision
+    seen_s: float = 0.0  # when that was
     won_anything: bool = False
-    history: list[tuple[float, int, str]] = field(default_factory=list)  # (now_s, bid, reason)
+    rates: list[float] = field(default_factory=list)  # expected spend per second of the last decisions
+    spent: list[tuple[float, int]] = field(default_factory=list)  # (seconds, real spend) of the last decisions
+    raises: int = 0  # raises in a row
+    rate_before_raises: float = 0.0
+    held_until_s: float = -1.0
+    prices: list[tuple[int, int]] = field(default_factory=list)  # (price sum, impressions) per decision
 
 
 @dataclass(slots=True)
@@ -98,27 +126,70 @@ class BidController:
 
     def decide(self, state: BidState, seen: Observation) -> BidDecision:
         """The next bid, and why, in words an advertiser understands. Updates `state`."""
-        budget = max(1, seen.daily_budget_micros)
-        due = budget * min(1.0, seen.now_s / DAY_S)
-        error = (due - seen.spend_today_micros) / budget
         state.won_anything = state.won_anything or seen.impressions_today > 0
+        state.prices = [*state.prices, (seen.price_sum_micros, seen.priced_impressions)][-PRICE_MEMORY:]
         if not state.won_anything:
-            step, why = COLD_STEP, "no impression won yet: bid up to find the market"
+            bid = state.bid_micros * math.exp(COLD_STEP)
+            why = "no impression won yet: bid up to find the market"
         else:
-            state.integral = max(-INTEGRAL_LIMIT, min(INTEGRAL_LIMIT, state.integral + error))
-            step = max(-MAX_STEP, min(MAX_STEP, KP * error + KI * state.integral))
-            behind = 100 * error
-            why = (f"spend {abs(behind):.0f}% {'behind' if behind >= 0 else 'ahead of'} the even-pacing curve: "
-                   f"bid {'+' if step >= 0 else ''}{100 * (math.exp(step) - 1):.0f}%")
-        bid = state.bid_micros * math.exp(step)
+            bid, why = self._pace(state, seen)
+        state.spent_micros, state.seen_s = seen.spend_today_micros, seen.now_s
         if self.goal == "target_cpc" and self.target_micros:
             bid, why = self._hold_cpc(bid, state.bid_micros, seen, why)
         new_bid = clamp(round(bid), self.max_bid_micros)
         if new_bid == self.max_bid_micros and new_bid < round(bid):
             why += f" (held at the max bid {self.max_bid_micros})"
         state.bid_micros = new_bid
-        state.history.append((seen.now_s, new_bid, why))
         return BidDecision(new_bid, why)
+
+    def _pace(self, state: BidState, seen: Observation) -> tuple[float, str]:
+        """One step of the rate tracking (see the module docstring)."""
+        new_day = seen.now_s < state.seen_s
+        elapsed = max(1.0, seen.now_s if new_day else seen.now_s - state.seen_s)
+        really = seen.spend_today_micros if new_day else max(0, seen.spend_today_micros - state.spent_micros)
+        state.rates = [*state.rates, seen.expected_spend_micros / elapsed][-RATE_MEMORY:]
+        state.spent = [*state.spent, (elapsed, really)][-SURGE_MEMORY:]
+        budget = max(1, seen.daily_budget_micros)
+        even = budget / DAY_S
+        needed = max(0.0, budget - seen.spend_today_micros) / max(1.0, DAY_S - seen.now_s)
+        has = sum(state.rates) / len(state.rates)
+        bid = float(state.bid_micros)
+        surge = sum(micros for _, micros in state.spent) / sum(seconds for seconds, _ in state.spent) / even
+        if surge > SURGE:
+            step = -min(MAX_CUT, K_DOWN * math.log(surge / SURGE) + 0.05)
+            state.spent = []  # judged once
+            return bid * math.exp(step), f"spending {surge:.1f}× the even rate: bid {100 * (math.exp(step) - 1):+.0f}%"
+        if needed <= 0:
+            return bid, "today's budget is spent: bid kept for tomorrow"
+        ratio = has / needed
+        pace = f"spending {ratio:.2f}× the rate that ends the day on budget"
+        if ratio >= 1 / TOLERANCE:
+            state.raises = 0
+        if 1 / TOLERANCE <= ratio <= TOLERANCE:
+            return bid, f"{pace}: bid kept"
+        if ratio > TOLERANCE:
+            step = -min(MAX_CUT, K_DOWN * math.log(ratio / TOLERANCE))
+            return bid * math.exp(step), f"{pace}: bid {100 * (math.exp(step) - 1):+.0f}%"
+        return self._raise(state, seen, bid, ratio, has, pace)
+
+    def _raise(self, state: BidState, seen: Observation, bid: float, ratio: float, has: float,
+               pace: str) -> tuple[float, str]:
+        """Behind the pace: a bounded rise, unless rising has stopped buying more (saturation)."""
+        if seen.now_s < state.held_until_s:
+            return bid, f"{pace}, but bidding more bought nothing an hour ago: held"
+        if state.raises >= SATURATION_RAISES and has <= 1.1 * state.rate_before_raises:
+            state.raises, state.held_until_s = 0, seen.now_s + SATURATION_HOLD_S
+            return bid, f"{pace}, but {SATURATION_RAISES} raises bought nothing more: held for an hour"
+        priced = sum(count for _, count in state.prices)
+        ceiling = PRICE_HEADROOM * sum(total for total, _ in state.prices) / priced if priced else math.inf
+        if bid >= ceiling:
+            return bid, f"{pace}, but the bid is already {PRICE_HEADROOM:g}× the price paid: held"
+        if state.raises == 0:
+            state.rate_before_raises = has
+        state.raises += 1
+        step = min(MAX_STEP, K_UP * math.log(TOLERANCE / max(ratio, 1e-3)))
+        raised = min(bid * math.exp(step), max(bid, ceiling))
+        return raised, f"{pace}: bid {100 * (raised / bid - 1):+.0f}%"
 
     def _hold_cpc(self, bid: float, current: int, seen: Observation, why: str) -> tuple[float, str]:
         """The target CPC as a ceiling on the average: at most the bid that would bring the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -137,6 +138,16 @@ class Campaign:
         else:
             self.ecpm_num, self.ecpm_den = self.bid_micros * pctr.numerator * 1000, pctr.denominator
         self.rank_key = self.ecpm_num * RANK_SCALE // self.ecpm_den
+
+    def piloted(self, bid_micros: int | None, keywords: tuple[str, ...]) -> Campaign:
+        """This campaign as the autopilot runs it: its CPC bid (None: unchanged) and its effective
+        keywords (the advertiser's exact ones stay exact; the rest match as phrases)."""
+        phrases = tuple(sorted(set(keywords) - set(self.keywords)))
+        bid = self.bid_micros if bid_micros is None else bid_micros
+        piloted = dataclasses.replace(self, bid_type="cpc" if bid_micros is not None else self.bid_type,
+                                      bid_micros=bid, phrases=phrases)
+        piloted.set_pctr(self.pctr)  # the learned rate, not the prior __post_init__ starts from
+        return piloted
 
     @property
     def category_filter(self) -> frozenset[str] | None:

@@ -22,6 +22,7 @@ from aiohttp import web
 from multidict import MultiMapping
 from redis.asyncio import Redis
 
+from autopilot.campaigns import prepare_campaign
 from core.settings import Settings
 from schemas.campaign import validate_campaign
 from vickrey.advertisers import Advertiser
@@ -35,7 +36,6 @@ from vickrey.campaign_store import (
     campaigns_spend,
     get_campaign,
     list_campaigns,
-    prepare_campaign,
     set_status,
 )
 from vickrey.policy_store import get_policy

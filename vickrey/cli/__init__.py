@@ -11,15 +11,20 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated
 
+import orjson
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 
 from auction import worker
+from autopilot.scenario import ScenarioError, read_scenario
+from autopilot.simulate import simulate
 from core.settings import SettingsError
 from streams import runner
 from streams.runner import ROLES
 from vickrey import api, supervisor
 from vickrey.cli import admin, campaigns
-from vickrey.cli.common import CliError, exit_with, settings, settings_epilog
+from vickrey.cli.common import CliError, exit_with, read_json, settings, settings_epilog
 
 app = typer.Typer(
     name="vickrey",
@@ -91,6 +96,26 @@ def run(no_streams: Annotated[bool, typer.Option("--no-streams", help="run only 
 def serve_api(port: Annotated[int, typer.Option(help="HTTP port")] = 8080) -> None:
     """Serve the advertiser HTTP API and dashboard (aggregates only)."""
     exit_with(api.main(settings(), port))
+
+
+@app.command("simulate")
+def simulate_command(
+    scenario: Annotated[str, typer.Argument(metavar="SCENARIO", help="scenario JSON file, or - for standard input")],
+) -> None:
+    """Run a market day in simulated time through the same code that runs live (engine, pricing,
+    pacing, budgets' rules, CTR learning, derived targeting, the autopilot's decisions) and print one
+    JSON object: per campaign impressions, clicks, spend and spend by hour (docs/contract.md §7).
+    Deterministic for a seed; needs no Kafka or Redis. A scenario with problems is refused, every
+    problem named (exit 2)."""
+    try:
+        parsed = read_scenario(read_json(scenario))
+    except ScenarioError as exc:
+        raise CliError("refused scenario: " + "; ".join(exc.problems), 2) from exc
+    with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} h"),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("hours", total=parsed.hours)
+        result = simulate(parsed, lambda hours: bar.update(task, completed=hours))
+    print(orjson.dumps(result).decode())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
