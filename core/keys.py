@@ -16,6 +16,7 @@ to a cluster without a redesign.
 | `{ns}:{c:<id>}:ctr` | hash | `impressions`, `clicks` counted by the feedback role |
 | `{ns}:{c:<id>}:minutes` | hash | window_start → `reports.campaign-minute` JSON |
 | `{ns}:{c:<id>}:billed:<click_id>` | string | a charged click's first answer (billing) |
+| `{ns}:{c:<id>}:autopilot` | sorted set | the autopilot's decisions (`campaigns.autopilot` JSON), scored by version |
 | `{ns}:{u:<user_id>}:fc:<campaign_id>` | int | frequency-cap counter of one window |
 | `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
 | `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |
@@ -97,6 +98,10 @@ class Keys:
 
     def minutes(self, campaign_id: str) -> str:
         return (self.campaign_prefix + "minutes") % campaign_id
+
+    def autopilot(self, campaign_id: str) -> str:
+        """The autopilot's decisions for one campaign: a sorted set, JSON scored by version."""
+        return (self.campaign_prefix + "autopilot") % campaign_id
 
     def reported_campaigns(self) -> str:
         return f"{self.namespace}:reports:campaigns"

@@ -37,6 +37,7 @@ TOPICS: tuple[str, ...] = (
     "billing.ledger",
     "reports.campaign-minute",
     "campaigns",
+    "campaigns.autopilot",
     "user.controls",
     "user.controls.applied",
     "user.controls.dlq",
@@ -44,7 +45,7 @@ TOPICS: tuple[str, ...] = (
     "ad.impressions.dlq",
     "ad.clicks.dlq",
 )
-COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns"})
+COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns", "campaigns.autopilot"})
 
 REPLICATION_FACTOR = 1
 LEADER_WAIT_S = 30.0

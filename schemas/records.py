@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from schemas.checks import INT_MAX, SHORT_MAX, STRICT, Checks, Record
+from schemas.checks import INT_MAX, MISSING, SHORT_MAX, STRICT, Checks, Record, show
 from schemas.iab import IAB_CATEGORIES
 
 AGE_BRACKETS: Final = ("under_13", "13_17", "18_plus", "unknown")
@@ -344,3 +344,31 @@ def check_dlq(r: Record, c: Checks = STRICT) -> None:
     c.boolean(r, "truncated")
     c.text(r, "error", hi=1000)
     c.integer(r, "ts")
+
+
+_AUTOPILOT_FIELDS: Final = frozenset({"schema_version", "campaign_id", "version", "ts", "bid", "keywords", "categories",
+                                      "keywords_added", "keywords_removed", "reason"})
+_AUTOPILOT_BID_FIELDS: Final = frozenset({"type", "amount_micros"})
+_AUTOPILOT_LIST_MAX: Final = 64
+
+
+def check_autopilot_decision(r: Record, c: Checks = STRICT) -> None:
+    """A `campaigns.autopilot` record (what the autopilot role writes; workers read it)."""
+    c.unknown_fields(r, _AUTOPILOT_FIELDS)
+    c.version(r, required=True)
+    c.ident(r, "campaign_id")
+    c.integer(r, "version", lo=1)
+    c.integer(r, "ts")
+    bid = r.get("bid", MISSING)
+    if bid is None:
+        pass
+    elif type(bid) is dict:
+        c.unknown_fields(bid, _AUTOPILOT_BID_FIELDS, "bid.")
+        c.choice(bid, "type", ("cpc",), "bid.")
+        c.integer(bid, "amount_micros", "bid.", lo=1)
+    else:
+        c.problem("bid", f"must be an object {{type: cpc, amount_micros}} or null, got {show(bid)}")
+    for key in ("keywords", "keywords_added", "keywords_removed"):
+        c.texts(r, key, max_items=_AUTOPILOT_LIST_MAX, hi=KEYWORD_MAX)
+    c.texts(r, "categories", max_items=_AUTOPILOT_LIST_MAX, hi=16)
+    c.text(r, "reason", hi=1000)
