@@ -44,7 +44,9 @@ class Ledger:
 
     today: dict[tuple[str, str], int] = field(default_factory=dict)  # (campaign, day) -> micros
     total: dict[str, int] = field(default_factory=dict)
-    caps: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (person, campaign) -> times (ms)
+    # (person, campaign) -> [window start (ms), impressions in it]: reserve.lua's counter, which
+    # expires window_s after the impression that set it (a fixed window, not a sliding one).
+    caps: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     def spent(self, campaign_id: str, day: str) -> tuple[int, int]:
         return self.today.get((campaign_id, day), 0), self.total.get(campaign_id, 0)
@@ -67,7 +69,7 @@ class Ledger:
             campaign = winner.campaign
             self._charge(campaign.campaign_id, day, winner.charge_micros)
             if campaign.frequency_cap:
-                self.caps.setdefault((user_id, campaign.campaign_id), []).append(now_ms)
+                self._count_cap(user_id, campaign, now_ms)
         return refused
 
     def charge_click(self, campaign: Campaign, charge_micros: int, day: str) -> bool:
@@ -85,11 +87,21 @@ class Ledger:
             self.today[(campaign_id, day)] = self.today.get((campaign_id, day), 0) + micros
             self.total[campaign_id] = self.total.get(campaign_id, 0) + micros
 
+    def _window(self, user_id: str, campaign: Campaign, now_ms: int) -> list[int]:
+        assert campaign.frequency_cap is not None
+        window = self.caps.get((user_id, campaign.campaign_id))
+        if window is None or now_ms >= window[0] + campaign.frequency_cap[1] * 1000:
+            return [now_ms, 0]  # expired (or never set): the next impression starts a window
+        return window
+
     def _capped(self, user_id: str, campaign: Campaign, now_ms: int) -> bool:
         assert campaign.frequency_cap is not None
-        most, window_s = campaign.frequency_cap
-        times = self.caps.get((user_id, campaign.campaign_id), [])
-        return sum(1 for t in times if t > now_ms - window_s * 1000) >= most
+        return self._window(user_id, campaign, now_ms)[1] >= campaign.frequency_cap[0]
+
+    def _count_cap(self, user_id: str, campaign: Campaign, now_ms: int) -> None:
+        window = self._window(user_id, campaign, now_ms)
+        window[1] += 1
+        self.caps[(user_id, campaign.campaign_id)] = window
 
 
 @dataclass(slots=True)
