@@ -14,6 +14,8 @@ Redis layout (`{ns}` = `VICKREY_NAMESPACE`, default `vickrey`; `<id>` = campaign
   script reads. The `{c:<id>}` braces are a Redis Cluster hash tag and are part of the key.
 - `{ns}:{c:<id>}:spend:total` — integer micros spent in total; `{ns}:{c:<id>}:spend:day:<YYYYMMDD>` —
   integer micros spent that UTC day. Written by the auction worker and billing, read here.
+- `{ns}:{c:<id>}:autopilot` — sorted set of the autopilot's decisions (`campaigns.autopilot` JSON),
+  scored by version. Written by the autopilot role, read here (`autopilot_history`).
 - `{ns}:policy`, `{ns}:policy:version` — see `vickrey.policy_store`.
 
 One apply (or pause, resume, delete) is one MULTI/EXEC transaction, under WATCH of the campaigns hash
@@ -24,6 +26,7 @@ deleted campaign is a tombstone, value null).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +40,11 @@ from autopilot.campaigns import prepare_campaign
 from core.clock import utc_day
 from core.settings import Settings
 from core.topics import ensure_topics
+from schemas.checks import RecordError
+from schemas.records import check_autopilot_decision
 from vickrey.policy_store import get_policy
+
+log = logging.getLogger("vickrey.campaign_store")
 
 CHANGES_MAXLEN = 100_000
 MAX_WATCH_RETRIES = 50
@@ -135,6 +142,34 @@ async def campaigns_spend(
         cid: {"today_micros": int(values[2 * i] or 0), "total_micros": int(values[2 * i + 1] or 0)}
         for i, cid in enumerate(campaign_ids)
     }
+
+
+AUTOPILOT_HISTORY_MAX = 500
+
+
+async def autopilot_history(
+    settings: Settings, r: Redis, campaign_id: str, limit: int = AUTOPILOT_HISTORY_MAX
+) -> list[dict[str, Any]]:
+    """The autopilot's decisions for one campaign (`campaigns.autopilot` records), oldest first (by
+    version): at most the latest `limit` (>= 1). A member that is not a valid decision record is
+    skipped (and logged), so callers get only records that match schemas/campaigns.autopilot.json."""
+    if limit < 1:
+        raise ValueError(f"limit: must be at least 1, got {limit}")
+    members: list[Any] = await r.zrange(settings.keys.autopilot(campaign_id), -limit, -1)  # by score
+    decisions: list[dict[str, Any]] = []
+    for raw in members:
+        try:
+            record = orjson.loads(raw)
+            if not isinstance(record, dict):
+                raise RecordError("", "must be a JSON object")
+            check_autopilot_decision(record)
+        except (orjson.JSONDecodeError, RecordError) as exc:
+            log.warning(
+                "skipping unreadable autopilot decision of campaign %s: %s: %.200r", campaign_id, exc, raw
+            )
+            continue
+        decisions.append(record)
+    return decisions
 
 
 # ---- writing --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Fixtures of the API tests: the real app (aiohttp TestServer) on this test's Redis namespace and topic
-prefix, advertisers with keys, and helpers that write reporting's minute windows into Redis."""
+prefix, advertisers with keys, and helpers that write reporting's minute windows and the autopilot's
+decisions into Redis."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from vickrey.api import create_app
 from vickrey.api.ratelimit import RateLimit
 
 MINUTE_SCHEMA = orjson.loads((ROOT / "schemas" / "reports.campaign-minute.json").read_bytes())
+AUTOPILOT_SCHEMA = orjson.loads((ROOT / "schemas" / "campaigns.autopilot.json").read_bytes())
 GENEROUS = RateLimit(rate_per_s=1000.0, burst=1000)
 
 
@@ -81,6 +83,39 @@ async def set_spend(
     """What billing writes: spend today (UTC) and in total, in micros."""
     await r.set(settings.keys.spend_day(campaign_id, utc_day(now_ms)), today)
     await r.set(settings.keys.spend_total(campaign_id), total)
+
+
+def decision(
+    campaign_id: str,
+    version: int,
+    ts: int,
+    bid_micros: int | None,
+    reason: str,
+    keywords: list[str] | None = None,
+    added: list[str] | None = None,
+    removed: list[str] | None = None,
+) -> dict[str, Any]:
+    """A campaigns.autopilot record (one decision of the autopilot), checked against its JSON Schema."""
+    record = {
+        "schema_version": 1,
+        "campaign_id": campaign_id,
+        "version": version,
+        "ts": ts,
+        "bid": None if bid_micros is None else {"type": "cpc", "amount_micros": bid_micros},
+        "keywords": keywords if keywords is not None else ["power bank", "usb-c charger"],
+        "categories": ["IAB19-6"],
+        "keywords_added": added or [],
+        "keywords_removed": removed or [],
+        "reason": reason,
+    }
+    jsonschema.validate(record, AUTOPILOT_SCHEMA)
+    return record
+
+
+async def write_decisions(settings: Settings, r: aioredis.Redis, records: list[dict[str, Any]]) -> None:
+    """What the autopilot role writes: `{ns}:{c:<id>}:autopilot`, each decision's JSON scored by version."""
+    for rec in records:
+        await r.zadd(settings.keys.autopilot(rec["campaign_id"]), {orjson.dumps(rec): rec["version"]})
 
 
 def free_port() -> int:

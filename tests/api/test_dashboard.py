@@ -16,7 +16,17 @@ import redis.asyncio as aioredis
 from aiohttp import test_utils
 
 from core.settings import Settings
-from tests.api.conftest import GENEROUS, Adv, campaign, free_port, minute_record, set_spend, write_windows
+from tests.api.conftest import (
+    GENEROUS,
+    Adv,
+    campaign,
+    decision,
+    free_port,
+    minute_record,
+    set_spend,
+    write_decisions,
+    write_windows,
+)
 from tests.conftest import ROOT
 from vickrey.api import create_app
 
@@ -148,3 +158,65 @@ async def test_dashboard_shows_campaigns_and_live_charts(
         finally:
             await context.close()
     assert all("401 (Unauthorized)" in e for e in errors), errors  # only the wrong key's answers
+
+
+async def test_dashboard_shows_the_autopilots_bid_history_pacing_and_reason(
+    live: str, stack: Settings, aredis: aioredis.Redis, alice: Adv, tmp_path: Path
+) -> None:
+    executable = chromium_path()
+    from playwright.async_api import async_playwright
+
+    auto = campaign("c-auto", sample=1, goal={"type": "max_clicks", "max_bid_micros": 600_000})
+    del auto["bid"]  # the autopilot bids
+    await post(live, alice, auto)
+    await post(live, alice, campaign("c-manual", sample=0))
+    now = int(time.time() * 1000)
+    await scripted_stream(stack, aredis, now, range(1, 30), "c-auto", 1)
+    await set_spend(stack, aredis, "c-auto", today=7_250_000, total=40_000_000, now_ms=now)
+    reason = "spending 0.62x the rate that ends the day on budget: bid +9%"
+    await write_decisions(stack, aredis, [
+        decision("c-auto", 1, now - 20 * MINUTE, 300_000, "cold start: bid 0.30 from the category's CTR"),
+        decision("c-auto", 2, now - 10 * MINUTE, 280_000, "dropped usb-c charger: no click in 151+ impressions",
+                 keywords=["power bank"], removed=["usb-c charger"]),
+        decision("c-auto", 3, now - MINUTE, 331_000, reason, keywords=["power bank", "long flight"],
+                 added=["long flight"]),
+    ])  # fmt: skip
+
+    async with async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=executable, headless=True, args=FLAGS,
+            viewport={"width": 1280, "height": 1500},
+        )  # fmt: skip
+        errors: list[str] = []
+        try:
+            page = await context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            await page.goto(f"{live}#key={alice.key}")
+            section = page.locator("article[data-campaign-id='c-auto'] section.autopilot")
+            await section.wait_for()
+            assert "goal max_clicks" in (await section.locator("h3").first.inner_text())
+            assert await section.locator(".autopilot-reason").inner_text() == (
+                f"Last decision (v3, {time.strftime('%H:%M', time.gmtime((now - MINUTE) / 1000))} UTC): {reason}"
+            )
+            assert await section.locator(".autopilot-bid").inner_text() == "Effective bid: CPC 0.33"
+            assert "power bank, long flight" in await section.locator(".autopilot-keywords").inner_text()
+            changes = await section.locator(".autopilot-changes li").all_inner_texts()
+            assert [c.split(": ", 1)[1] for c in changes] == ["added long flight", "removed usb-c charger"]
+            assert "Spent today: 7.25 vs." in await section.locator(".autopilot-pace").inner_text()
+
+            bid_chart = section.locator("svg.chart[data-title='Autopilot bid (CPC) over time']")
+            assert await bid_chart.locator("circle.point").count() == 3  # one per decision
+            pace = section.locator("svg.chart[data-title='Spend today vs. even pace (UTC day)']")
+            names = await pace.locator("polyline.series").evaluate_all("els => els.map(e => e.dataset.name)")
+            assert names == ["spent today", "even pace"]
+
+            meta = await page.locator("article[data-campaign-id='c-auto'] .meta").inner_text()
+            assert meta.startswith("bid set by the autopilot · goal max_clicks")
+            manual = page.locator("article[data-campaign-id='c-manual']")
+            assert await manual.locator("svg.chart").count() == 5
+            assert await manual.locator("section.autopilot").count() == 0  # manual campaigns: no section
+            await page.screenshot(path=str(tmp_path / "autopilot.png"), full_page=True)
+        finally:
+            await context.close()
+    assert errors == []

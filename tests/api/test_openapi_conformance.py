@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from core.settings import Settings
 from core.topics import delete_topics
-from tests.api.conftest import GENEROUS, campaign, free_port
+from tests.api.conftest import GENEROUS, campaign, decision, free_port, write_decisions
 from tests.conftest import unique_tag
 from vickrey.advertisers import create_advertiser
 from vickrey.api import create_app
@@ -80,8 +80,7 @@ class ServerThread:
 def live_api() -> Iterator[LiveApi]:
     tag = unique_tag("sx")
     base = Settings.from_env()
-    settings = Settings(kafka=base.kafka, redis=base.redis, topic_prefix=f"{tag}.", namespace=tag,
-                        partitions=1, metrics_port=0)  # fmt: skip
+    settings = base.with_(topic_prefix=f"{tag}.", namespace=tag, partitions=1, metrics_port=0)
 
     async def seed() -> str:
         r = aioredis.Redis.from_url(settings.redis)
@@ -89,6 +88,12 @@ def live_api() -> Iterator[LiveApi]:
             advertiser, key = await create_advertiser(settings, r, "Schemathesis Probe")
             body = campaign(SEEDED, advertiser_id=advertiser.advertiser_id)
             assert not (await apply_campaigns(settings, r, [body])).refused
+            await write_decisions(settings, r, [  # so the autopilot route answers a history
+                decision(SEEDED, 1, 1_790_000_000_000, None, "learned targeting: added long flight",
+                         added=["long flight"]),
+                decision(SEEDED, 2, 1_790_000_300_000, None, "dropped usb-c charger: no click in 151+ "
+                         "impressions", removed=["usb-c charger"]),
+            ])  # fmt: skip
             return key
         finally:
             await r.aclose()
@@ -141,4 +146,5 @@ def test_served_document_is_valid_openapi_31_and_the_one_tested(live_api: LiveAp
     assert {("POST", "/v1/campaigns"), ("PUT", "/v1/campaigns/{campaign_id}"), ("GET", "/v1/campaigns"),
             ("GET", "/v1/campaigns/{campaign_id}"), ("POST", "/v1/campaigns/{campaign_id}/pause"),
             ("POST", "/v1/campaigns/{campaign_id}/resume"),
-            ("GET", "/v1/campaigns/{campaign_id}/report")} <= operations  # fmt: skip
+            ("GET", "/v1/campaigns/{campaign_id}/report"),
+            ("GET", "/v1/campaigns/{campaign_id}/autopilot")} <= operations  # fmt: skip

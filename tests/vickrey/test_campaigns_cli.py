@@ -12,6 +12,7 @@ import redis
 
 from core.clock import utc_day
 from core.settings import Settings
+from schemas.records import check_autopilot_decision
 from tests.vickrey.conftest import hash_items, load_sample, read_topic, run_cli, sample_path, stream_entries
 
 pytestmark = pytest.mark.integration
@@ -245,3 +246,46 @@ def test_autopilot_campaigns_that_cannot_work_are_refused_with_the_reason(env: d
     assert "goal.type: target_cpa needs attributed conversions" in result.stderr
     assert "bid.type: must be 'cpc' with the goal 'max_clicks'" in result.stderr
     assert orjson.loads(result.stdout) == []
+
+
+def autopilot_decision(campaign_id: str, version: int, ts: int, bid_micros: int | None, reason: str,
+                       keywords: list[str], added: list[str], removed: list[str]) -> dict[str, Any]:
+    """A campaigns.autopilot record, checked by the codec's own validator."""
+    record = {"schema_version": 1, "campaign_id": campaign_id, "version": version, "ts": ts,
+              "bid": None if bid_micros is None else {"type": "cpc", "amount_micros": bid_micros},
+              "keywords": keywords, "categories": ["IAB19-6"], "keywords_added": added,
+              "keywords_removed": removed, "reason": reason}  # fmt: skip
+    check_autopilot_decision(record)
+    return record
+
+
+def test_show_includes_the_autopilots_latest_decision(env: dict[str, str], stack: Settings,
+                                                      redis_client: redis.Redis) -> None:
+    assert run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps(AUTO).decode()).returncode == 0
+    before = orjson.loads(run_cli(env, "campaigns", "show", "c-auto-1").stdout)
+    assert "autopilot" not in before  # no decision yet
+    assert before["targeting_derived"]["keywords"]
+
+    first = autopilot_decision("c-auto-1", 1, 1_790_000_000_000, 300_000, "cold start: bid 0.30",
+                               ["power bank", "usb-c charger"], ["power bank", "usb-c charger"], [])
+    second = autopilot_decision("c-auto-1", 2, 1_790_000_300_000, 331_000,
+                                "spending 0.62x the rate that ends the day on budget: bid +9%; dropped "
+                                "usb-c charger: no click in 151+ impressions", ["power bank", "long flight"],
+                                ["long flight"], ["usb-c charger"])
+    key = stack.keys.autopilot("c-auto-1")
+    redis_client.zadd(key, {orjson.dumps(second): 2})  # the latest by version, whatever the write order
+    redis_client.zadd(key, {orjson.dumps(first): 1})
+
+    shown = run_cli(env, "campaigns", "show", "c-auto-1")
+    assert shown.returncode == 0, shown.stderr
+    doc = orjson.loads(shown.stdout)
+    assert doc["autopilot"] == {
+        "effective_bid": {"type": "cpc", "amount_micros": 331_000},
+        "keywords": ["power bank", "long flight"],
+        "categories": ["IAB19-6"],
+        "last_reason": second["reason"],
+        "version": 2,
+        "decided_at": 1_790_000_300_000,
+    }
+    assert doc["targeting_derived"] == before["targeting_derived"]  # the stored campaign, unchanged
+    assert doc["spend"] == {"today_micros": 0, "total_micros": 0}

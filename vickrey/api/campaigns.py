@@ -8,6 +8,9 @@
   other problem of the body. The same holds for a `campaign_id` in a PUT body that differs from the
   path.
 - POST creates only (409 when the id exists); PUT replaces only (404 when it does not).
+- `/autopilot`: the autopilot's decisions for the campaign (docs/contract.md §7), oldest first, and
+  the effective bid and targeting (the latest decision). Decision records are aggregates: they carry
+  no user or session ids.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from schemas.campaign import validate_campaign
 from vickrey.advertisers import Advertiser
 from vickrey.api.http import ADVERTISER, REDIS, SETTINGS, ApiError, Handler, json_response, read_json
 from vickrey.campaign_store import (
+    AUTOPILOT_HISTORY_MAX,
     AnnounceError,
     Change,
     UnknownCampaign,
     apply_campaigns,
+    autopilot_history,
     campaign_spend,
     campaigns_spend,
     get_campaign,
@@ -48,7 +53,7 @@ REPORT_DEFAULT_MS: Final = 3_600_000  # the last hour when `from` is left out
 REPORT_MAX_MS: Final = 7 * 86_400_000
 EPOCH_MS_MAX: Final = 2**53 - 1
 _INT_FIELDS: Final = ("window_start", "window_end", "impressions", "clicks", "spend_micros", "ecpm_micros")
-
+_EFFECTIVE_FIELDS: Final = ("bid", "keywords", "categories", "reason", "version", "ts")
 
 
 def _context(request: web.Request) -> tuple[Settings, Redis, Advertiser]:
@@ -276,6 +281,33 @@ async def report(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
+# ---- autopilot ------------------------------------------------------------------------------------
+
+
+def _history_limit(query: MultiMapping[str]) -> int:
+    """`limit`: 1 to AUTOPILOT_HISTORY_MAX (the default); 400 naming the field otherwise."""
+    raw = query.get("limit")
+    if raw is None:
+        return AUTOPILOT_HISTORY_MAX
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= AUTOPILOT_HISTORY_MAX:
+        raise ApiError(400, [f"limit: must be an integer 1 to {AUTOPILOT_HISTORY_MAX}, got {raw[:40]!r}"])
+    return int(raw)
+
+
+async def autopilot(request: web.Request) -> web.Response:
+    settings, r, _ = _context(request)
+    campaign = await _own(request)
+    campaign_id = str(campaign["campaign_id"])
+    history = await autopilot_history(settings, r, campaign_id, _history_limit(request.query))
+    effective = {f: history[-1][f] for f in _EFFECTIVE_FIELDS} if history else None
+    return json_response({
+        "campaign_id": campaign_id,
+        "goal": campaign.get("goal") or {"type": "manual"},
+        "effective": effective,
+        "history": history,
+    })  # fmt: skip
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/campaigns", _strict(list_own))
     router.add_post("/v1/campaigns", _strict(create))
@@ -284,3 +316,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/v1/campaigns/{campaign_id}/pause", _strict(_status_handler("paused")))
     router.add_post("/v1/campaigns/{campaign_id}/resume", _strict(_status_handler("active")))
     router.add_get("/v1/campaigns/{campaign_id}/report", _strict(report, ("from", "to")))
+    router.add_get("/v1/campaigns/{campaign_id}/autopilot", _strict(autopilot, ("limit",)))

@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 document served at `/openapi.json`, written by hand.
 
-The record shapes are not copied: the campaign and minute-window schemas are the contract's own JSON
-Schemas (`schemas/campaign.json`, `schemas/reports.campaign-minute.json`; OpenAPI 3.1 speaks JSON
-Schema 2020-12), their `$defs` moved to `components/schemas` with a prefix. Everything else (paths,
-requests, responses, errors) is spelled out below; keep it in step with `app.py` and `campaigns.py`.
+The record shapes are not copied: the campaign, minute-window and autopilot-decision schemas are the
+contract's own JSON Schemas (`schemas/campaign.json`, `schemas/reports.campaign-minute.json`,
+`schemas/campaigns.autopilot.json`; OpenAPI 3.1 speaks JSON Schema 2020-12), their `$defs` moved to
+`components/schemas` with a prefix. Everything else (paths, requests, responses, errors) is spelled out
+below; keep it in step with `app.py` and `campaigns.py`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from typing import Any, Final
 
 import orjson
 
+from vickrey.campaign_store import AUTOPILOT_HISTORY_MAX
+
 JSON: Final = "application/json"
 REF: Final = "#/components/schemas/"
 _SAFE_INT: Final = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+# Stored campaign fields that are absent rather than null when not set (schemas.campaign).
+_OPTIONAL_STORED: Final = ("bid", "brief", "targeting_derived")
 
 
 def _record_schema(name: str, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -167,12 +172,30 @@ def _paths() -> dict[str, Any]:
             ],
             "responses": _responses(_ok("The report.", "Report"), "400", "404"),
         }},
+        item + "/autopilot": {"get": {
+            "summary": "The autopilot's decisions for the campaign (docs/contract.md §7): its effective bid "
+                       "and targeting (the latest decision, with its reason) and the history of its "
+                       "decisions, oldest first. Aggregates only.",
+            "operationId": "campaignAutopilot",
+            "parameters": [
+                CAMPAIGN_ID,
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": AUTOPILOT_HISTORY_MAX,
+                            "default": AUTOPILOT_HISTORY_MAX},
+                 "description": f"At most this many decisions (the latest), 1 to {AUTOPILOT_HISTORY_MAX}; "
+                                f"default {AUTOPILOT_HISTORY_MAX}."},
+            ],
+            "responses": _responses(_ok("The decisions.", "Autopilot"), "400", "404"),
+        }},
     }  # fmt: skip
 
 
 def _schemas() -> dict[str, Any]:
     campaign, campaign_defs = _record_schema("campaign.json", "campaign.")
     window, window_defs = _record_schema("reports.campaign-minute.json", "report.")
+    decision, decision_defs = _record_schema("campaigns.autopilot.json", "autopilot.")
+    decision.pop("examples", None)
+    decision.update(title="AutopilotDecision")
     campaign.pop("examples", None)
     props = campaign["properties"]
     keys = list(props)
@@ -219,9 +242,31 @@ def _schemas() -> dict[str, Any]:
             "windows": {"type": "array", "items": _ref("Window"), "description": "Oldest first."},
         },
     }  # fmt: skip
+    effective_fields = ("bid", "keywords", "categories", "reason", "version", "ts")
+    effective = {
+        "description": "The campaign's effective bid and targeting: the latest decision's (bid null: the "
+                       "autopilot sets no bid, the campaign's own applies), with its reason; null until the "
+                       "autopilot has decided.",
+        "anyOf": [
+            {"type": "object", "additionalProperties": False, "required": list(effective_fields),
+             "properties": {f: decision["properties"][f] for f in effective_fields}},
+            {"type": "null"},
+        ],
+    }  # fmt: skip
+    autopilot = {
+        "type": "object", "additionalProperties": False,
+        "required": ["campaign_id", "goal", "effective", "history"],
+        "properties": {
+            "campaign_id": _ref("campaign.id"), "goal": props["goal"], "effective": effective,
+            "history": {"type": "array", "maxItems": AUTOPILOT_HISTORY_MAX,
+                        "items": _ref("AutopilotDecision"),
+                        "description": "The decisions (the latest `limit`), oldest first (by version)."},
+        },
+    }  # fmt: skip
     return {
         **campaign_defs,
         **window_defs,
+        **decision_defs,
         "CampaignCreate": variant("CampaignCreate", create_desc, [k for k in campaign["required"] if k != "advertiser_id"]),
         "CampaignReplace": variant(
             "CampaignReplace",
@@ -229,7 +274,8 @@ def _schemas() -> dict[str, Any]:
             [k for k in campaign["required"] if k not in ("advertiser_id", "campaign_id")],
         ),
         "CampaignView": variant(
-            "CampaignView", "A stored campaign (every default filled) with its live spend.", [*keys, "spend"],
+            "CampaignView", "A stored campaign (every default filled) with its live spend.",
+            [*(k for k in keys if k not in _OPTIONAL_STORED), "spend"],
             {"spend": _ref("Spend")},
         ),
         "CampaignList": {"type": "object", "additionalProperties": False, "required": ["campaigns"],
@@ -237,6 +283,8 @@ def _schemas() -> dict[str, Any]:
         "Spend": spend,
         "Window": window,
         "Report": report,
+        "AutopilotDecision": decision,
+        "Autopilot": autopilot,
         "Errors": {"type": "object", "additionalProperties": False, "required": ["errors"],
                    "properties": {"errors": {"type": "array", "minItems": 1, "items": {"type": "string"}}}},
     }  # fmt: skip

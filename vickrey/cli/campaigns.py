@@ -15,6 +15,7 @@ from vickrey.campaign_store import (
     Refusal,
     UnknownCampaign,
     apply_campaigns,
+    autopilot_history,
     campaign_spend,
     campaigns_spend,
     delete_campaign,
@@ -144,15 +145,33 @@ def list_(json: Annotated[bool, typer.Option("--json", help="print the campaigns
     print("(amounts in currency units; CPM bids per 1000 impressions, CPC per click)")
 
 
+def _autopilot_view(latest: dict[str, Any]) -> dict[str, Any]:
+    """The effective bid and targeting of the autopilot's latest decision, with its reason."""
+    return {
+        "effective_bid": latest["bid"],
+        "keywords": latest["keywords"],
+        "categories": latest["categories"],
+        "last_reason": latest["reason"],
+        "version": latest["version"],
+        "decided_at": latest["ts"],
+    }
+
+
 @app.command(epilog=settings_epilog())
 def show(campaign_id: CampaignId) -> None:
-    """Print a stored campaign as JSON, plus its live `spend` {today_micros, total_micros} from Redis."""
+    """Print a stored campaign as JSON, plus its live `spend` {today_micros, total_micros} from Redis and,
+    once the autopilot has decided, `autopilot` {effective_bid, keywords, categories, last_reason, version,
+    decided_at}: its latest decision (effective_bid null: the autopilot sets no bid, the campaign's own
+    applies)."""
     config = settings()
 
     async def load(r: aioredis.Redis) -> dict[str, Any] | None:
         campaign = await get_campaign(config, r, campaign_id)
         if campaign is not None:
             campaign["spend"] = await campaign_spend(config, r, campaign_id, int(time.time() * 1000))
+            latest = await autopilot_history(config, r, campaign_id, limit=1)
+            if latest:
+                campaign["autopilot"] = _autopilot_view(latest[-1])
         return campaign
 
     campaign = with_redis(config, load)
