@@ -33,8 +33,11 @@ def build_records(
     ts_decided: int,
     creatives_of: Mapping[str, list[Record]],
     personalized: bool,
+    intent_keywords: list[str] | None = None,
 ) -> tuple[Record, list[Record]]:
-    """The decision for the chat service and one impression per won slot."""
+    """The decision for the chat service and one impression per won slot. `intent_keywords`: the
+    intent's keywords as the engine matched them (normalised), carried on each impression with
+    the campaign keywords that matched, for keyword-level learning and reports (§7)."""
     event_id = intent["event_id"]
     user_id, session_id, placement = intent["user_id"], intent["session_id"], intent["placement"]
     category = intent["intent"]["category"]
@@ -82,6 +85,8 @@ def build_records(
                 "reserve_cpm_micros": result.reserve_cpm_micros,
                 "pctr": campaign.pctr_num / campaign.pctr_den,  # reporting only, never money
                 "category": category,
+                "matched_keywords": list(winner.matched_keywords),
+                "intent_keywords": intent_keywords if intent_keywords is not None else [],
             }
         )
     decision = {

@@ -185,7 +185,8 @@ class AuctionRole:
 
     def _claim(self, item: Pending, result: AuctionResult, now_ms: int) -> Claim:
         """Records for this result, encoded once: published as they are, and kept in Redis."""
-        decision, impressions = build_records(item.intent, result, now_ms, self.live.creatives, personalized=False)
+        decision, impressions = build_records(item.intent, result, now_ms, self.live.creatives, personalized=False,
+                                              intent_keywords=sorted(item.request.keywords) if result.winners else None)
         item.encoded = encode_outcome(decision, impressions)
         item.impression_ids = [impression["impression_id"] for impression in impressions]
         item.no_fill_reason = decision["no_fill_reason"]

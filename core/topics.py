@@ -38,6 +38,7 @@ TOPICS: tuple[str, ...] = (
     "reports.campaign-minute",
     "campaigns",
     "campaigns.autopilot",
+    "autopilot.feed",  # internal: the autopilot-feed role's aggregates for the autopilot (streams/)
     "user.controls",
     "user.controls.applied",
     "user.controls.dlq",

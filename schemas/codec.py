@@ -38,6 +38,7 @@ _TOPICS: Final[dict[str, tuple[Validator, int]]] = {
     "reports.campaign-minute": (records.check_campaign_minute, RECORD_MAX_BYTES),
     "campaigns": (check_campaign, RECORD_MAX_BYTES),
     "campaigns.autopilot": (records.check_autopilot_decision, RECORD_MAX_BYTES),
+    "autopilot.feed": (records.check_autopilot_feed, RECORD_MAX_BYTES),
     "user.controls": (records.check_user_control, RECORD_MAX_BYTES),
     "user.controls.applied": (records.check_user_control_applied, RECORD_MAX_BYTES),
 }

@@ -245,7 +245,8 @@ def _check_ad(ad: object, path: str, c: Checks) -> None:
 _IMPRESSION_FIELDS: Final = frozenset(
     {"schema_version", "impression_id", "event_id", "ts", "user_id", "session_id", "placement", "slot",
      "campaign_id", "advertiser_id", "creative_id", "bid_type", "bid_micros", "price_micros", "charge_micros",
-     "ecpm_micros", "runner_up_ecpm_micros", "reserve_cpm_micros", "pctr", "category"})
+     "ecpm_micros", "runner_up_ecpm_micros", "reserve_cpm_micros", "pctr", "category", "matched_keywords",
+     "intent_keywords"})
 
 
 def check_impression(r: Record, c: Checks = STRICT) -> None:
@@ -270,10 +271,11 @@ def check_impression(r: Record, c: Checks = STRICT) -> None:
     c.integer(r, "reserve_cpm_micros")
     c.number(r, "pctr", lo=0.0, hi=1.0)
     c.category(r, "category", nullable=True)
+    _keyword_lists(r, c)
 
 
 _CLICK_FIELDS: Final = frozenset({"schema_version", "click_id", "impression_id", "ts", "user_id", "campaign_id",
-                                  "advertiser_id", "charge_micros"})
+                                  "advertiser_id", "charge_micros", "matched_keywords", "intent_keywords"})
 
 
 def check_click(r: Record, c: Checks = STRICT) -> None:
@@ -283,6 +285,13 @@ def check_click(r: Record, c: Checks = STRICT) -> None:
     c.ident(r, "campaign_id")
     c.ident(r, "advertiser_id")
     c.integer(r, "charge_micros")
+    _keyword_lists(r, c)
+
+
+def _keyword_lists(r: Record, c: Checks) -> None:
+    """Optional on impressions and clicks (absent on records written before §7)."""
+    for key in ("matched_keywords", "intent_keywords"):
+        c.texts(r, key, max_items=KEYWORDS_MAX, hi=KEYWORD_MAX, required=False)
 
 
 _INVALID_CLICK_FIELDS: Final = frozenset({"schema_version", "click_id", "impression_id", "ts", "user_id", "reason"})
@@ -372,3 +381,34 @@ def check_autopilot_decision(r: Record, c: Checks = STRICT) -> None:
         c.texts(r, key, max_items=_AUTOPILOT_LIST_MAX, hi=KEYWORD_MAX)
     c.texts(r, "categories", max_items=_AUTOPILOT_LIST_MAX, hi=16)
     c.text(r, "reason", hi=1000)
+
+
+_FEED_FIELDS: Final = frozenset({"schema_version", "campaign_id", "window_start", "window_end", "impressions", "clicks",
+                                 "spend_micros", "price_sum_micros", "priced_impressions", "all_prices_micros",
+                                 "keywords", "via_category"})
+_FEED_KEYWORD_FIELDS: Final = frozenset({"keyword", "impressions", "clicks", "spend_micros"})
+_FEED_VIA_FIELDS: Final = frozenset({"keyword", "impressions", "clicks"})
+FEED_KEYWORDS_MAX: Final = 64
+FEED_VIA_CATEGORY_MAX: Final = 200
+
+
+def check_autopilot_feed(r: Record, c: Checks = STRICT) -> None:
+    """An `autopilot.feed` record (internal: the autopilot-feed role writes it, the autopilot reads it)."""
+    c.unknown_fields(r, _FEED_FIELDS)
+    c.version(r, required=True)
+    c.ident(r, "campaign_id")
+    for key in ("window_start", "window_end", "impressions", "clicks", "spend_micros", "price_sum_micros",
+                "priced_impressions", "all_prices_micros"):
+        c.integer(r, key)
+    for key, fields, most in (("keywords", _FEED_KEYWORD_FIELDS, FEED_KEYWORDS_MAX),
+                              ("via_category", _FEED_VIA_FIELDS, FEED_VIA_CATEGORY_MAX)):
+        items = c.array(r, key, hi=most)
+        for index, item in enumerate(items or ()):
+            where = f"{key}[{index}]."
+            if type(item) is not dict:
+                c.problem(f"{key}[{index}]", f"must be an object, got {show(item)}")
+                continue
+            c.unknown_fields(item, fields, where)
+            c.text(item, "keyword", where, hi=KEYWORD_MAX)
+            for count in sorted(fields - {"keyword"}):
+                c.integer(item, count, where)

@@ -211,6 +211,8 @@ class Attribution(RoleBase):
                 campaign_id=impression.campaign_id,
                 advertiser_id=impression.advertiser_id,
                 charge_micros=impression.click_charge_micros,
+                matched_keywords=impression.matched_keywords,
+                intent_keywords=impression.intent_keywords,
             )
             return (self.settings.topic(CLICKS), key, encode(base))
         reason = verdict if verdict != VALID else "unknown_impression"  # kept valid, table expired under it

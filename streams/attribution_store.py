@@ -3,7 +3,8 @@ so a restart on the same host remembers them, and a restore from Kafka for parti
 from elsewhere (the input topic is the changelog, as in Kafka Streams' source-topic tables).
 
 Keys (raw bytes):
-- `i:<impression_id>` → orjson [ts, user_id, campaign_id, advertiser_id, bid_type, price_micros]
+- `i:<impression_id>` → orjson [ts, user_id, campaign_id, advertiser_id, bid_type, price_micros,
+  matched_keywords, intent_keywords] (the two lists absent in rows written before they existed)
 - `k:<click_id>`      → orjson [src "<partition>:<offset>" of the raw click, reason or "valid"]
   (the first verdict, kept so that a batch replayed after a crash republishes the same answer)
 - `c:<impression_id>` → click_id of the impression's billable click (a second one is a duplicate)
@@ -40,6 +41,8 @@ class StoredImpression:
     advertiser_id: str
     bid_type: str
     price_micros: int
+    matched_keywords: list[str]
+    intent_keywords: list[str]
 
     @classmethod
     def of(cls, impression: dict[str, object]) -> bytes:
@@ -51,13 +54,16 @@ class StoredImpression:
                 impression["advertiser_id"],
                 impression["bid_type"],
                 impression["price_micros"],
+                impression.get("matched_keywords", []),
+                impression.get("intent_keywords", []),
             ]
         )
 
     @classmethod
     def load(cls, raw: bytes) -> StoredImpression:
-        ts, user_id, campaign_id, advertiser_id, bid_type, price = orjson.loads(raw)
-        return cls(ts, user_id, campaign_id, advertiser_id, bid_type, price)
+        ts, user_id, campaign_id, advertiser_id, bid_type, price, *keywords = orjson.loads(raw)
+        matched, intent = keywords if keywords else ([], [])
+        return cls(ts, user_id, campaign_id, advertiser_id, bid_type, price, matched, intent)
 
     @property
     def click_charge_micros(self) -> int:

@@ -1,6 +1,7 @@
-"""Tumbling one-minute windows per campaign, in event time, for one input partition.
+"""Tumbling windows per campaign (one minute unless asked otherwise), in event time, for one input
+partition: reporting's minutes, and the autopilot feed's (streams/autopilot_feed.py).
 
-A window [start, start + 1 min) closes once the partition's watermark (the latest event time seen,
+A window [start, start + length) closes once the partition's watermark (the latest event time seen,
 or wall time when the partition is idle) passes its end plus the grace period; records for a
 closed window are too late and are counted, not aggregated. The partition's committed position is
 the first record of a window still open, and the watermark is committed with it (as offset
@@ -10,8 +11,9 @@ emitted are recognised by the watermark and skipped, so every window is emitted 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 WINDOW_MS = 60_000
 GRACE_MS = 10_000
@@ -49,38 +51,41 @@ class Window:
         return report_record(self.campaign_id, self.start, self.impressions, self.clicks, self.spend_micros)
 
 
+W = TypeVar("W", bound=Window)
+
+
 @dataclass
-class PartitionWindows:
+class Windows(Generic[W]):
+    """The open windows of one partition; `make(campaign_id, start, first_offset)` opens one."""
+
+    make: Callable[[str, int, int], W]
     watermark: int = 0
     grace_ms: int = GRACE_MS
-    open: dict[tuple[str, int], Window] = field(default_factory=dict)
+    window_ms: int = WINDOW_MS
+    open: dict[tuple[str, int], W] = field(default_factory=dict)
     changed: set[tuple[str, int]] = field(default_factory=set)  # since the last take_changed()
 
     def closes_at(self, start: int) -> int:
-        return start + WINDOW_MS + self.grace_ms
+        return start + self.window_ms + self.grace_ms
 
-    def add(self, campaign_id: str, ts: int, kind: str, amount_micros: int, offset: int) -> bool:
-        """Count one ledger entry; False when its window has already closed (too late)."""
-        start = ts - ts % WINDOW_MS
+    def window(self, campaign_id: str, ts: int, offset: int) -> W | None:
+        """The open window for an event at `ts` (opened if need be), marked changed; None when it
+        has already closed (the event is too late)."""
+        start = ts - ts % self.window_ms
         if self.closes_at(start) <= self.watermark:
-            return False
+            return None
         key = (campaign_id, start)
-        window = self.open.get(key)
-        if window is None:
-            window = self.open[key] = Window(campaign_id, start, offset)
-        if kind == "impression":
-            window.impressions += 1
-        else:
-            window.clicks += 1
-        window.spend_micros += amount_micros
+        found = self.open.get(key)
+        if found is None:
+            found = self.open[key] = self.make(campaign_id, start, offset)
         self.changed.add(key)
         self.watermark = max(self.watermark, ts)
-        return True
+        return found
 
     def advance(self, to_ms: int) -> None:
         self.watermark = max(self.watermark, to_ms)
 
-    def close_due(self) -> list[Window]:
+    def close_due(self) -> list[W]:
         """Windows whose end plus grace the watermark has passed, oldest first; removed from `open`."""
         due = sorted((key for key in self.open if self.closes_at(key[1]) <= self.watermark), key=lambda k: (k[1], k[0]))
         closed = [self.open.pop(key) for key in due]
@@ -91,7 +96,26 @@ class PartitionWindows:
         """Where a restart must resume: the first record of a window still open."""
         return min((w.first_offset for w in self.open.values()), default=next_offset)
 
-    def take_changed(self) -> list[Window]:
+    def take_changed(self) -> list[W]:
         changed = [self.open[key] for key in self.changed if key in self.open]
         self.changed.clear()
         return changed
+
+
+class PartitionWindows(Windows[Window]):
+    """Reporting's minutes: impressions, clicks and spend from ledger entries."""
+
+    def __init__(self, watermark: int = 0, grace_ms: int = GRACE_MS) -> None:
+        super().__init__(Window, watermark, grace_ms)
+
+    def add(self, campaign_id: str, ts: int, kind: str, amount_micros: int, offset: int) -> bool:
+        """Count one ledger entry; False when its window has already closed (too late)."""
+        window = self.window(campaign_id, ts, offset)
+        if window is None:
+            return False
+        if kind == "impression":
+            window.impressions += 1
+        else:
+            window.clicks += 1
+        window.spend_micros += amount_micros
+        return True

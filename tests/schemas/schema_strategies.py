@@ -22,7 +22,7 @@ from schemas.campaign import iso_to_ms
 
 Json = Any
 TOPICS = ("chat.intents", "ad.decisions", "ad.impressions", "ad.clicks.raw", "ad.clicks", "ad.clicks.invalid",
-          "billing.ledger", "reports.campaign-minute", "campaigns", "campaigns.autopilot", "user.controls",
+          "billing.ledger", "reports.campaign-minute", "campaigns", "campaigns.autopilot", "autopilot.feed", "user.controls",
           "user.controls.applied",
           "chat.intents.dlq")
 INPUT_TOPICS = ("chat.intents", "ad.clicks.raw", "user.controls")

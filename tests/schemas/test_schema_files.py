@@ -16,7 +16,7 @@ from schemas import IAB_CATEGORIES, decode, encode, json_schema, schema_file
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.json"))
 EXPECTED = {"chat.intents", "dlq", "ad.decisions", "ad.impressions", "ad.clicks.raw", "ad.clicks",
-            "ad.clicks.invalid", "billing.ledger", "reports.campaign-minute", "campaign", "campaigns.autopilot", "user.controls",
+            "ad.clicks.invalid", "billing.ledger", "reports.campaign-minute", "campaign", "campaigns.autopilot", "autopilot.feed", "user.controls",
             "user.controls.applied", "policy"}
 
 
