@@ -40,9 +40,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.settings import Settings
+
 DAY_S = 86_400
 BID_GOALS = ("max_clicks", "target_cpc")  # the goals the autopilot bids for
-DECISION_EVERY_S = 300  # five minutes: several minute windows per decision, 288 decisions a day
+# Five minutes (VICKREY_AUTOPILOT_DECIDE_EVERY_S's default): several feed windows per decision,
+# 288 decisions a day. The constants below that count decisions assume it.
+DECISION_EVERY_S: int = Settings.model_fields["autopilot_decide_every_s"].default
 MIN_BID_MICROS = 10_000  # one cent a click
 MAX_STEP = 0.1  # log-bid rise per decision, at most (×1.105)
 MAX_CUT = 0.2  # log-bid fall per decision, at most (×0.82)

@@ -1,9 +1,12 @@
-"""Keeps a worker's view of campaigns, spend, learned CTR and policy in step with Redis.
+"""Keeps a worker's view of campaigns, spend, learned CTR and policy in step with Redis, and the
+autopilot's decisions applied over the campaigns.
 
 Campaign changes arrive on the `{ns}:campaigns:changes` stream (written by `vickrey campaigns`
 and the API in the same transaction as the campaign itself) and are applied one campaign at a
 time, usually within milliseconds; spend and CTR are re-read on a short period, and the
-reservation script's answers update spend in between.
+reservation script's answers update spend in between. The autopilot's latest decision per
+campaign (`apply_decision`, fed by auction/autopilot_listener.py) sets its bid and effective
+keywords, and stays over the campaign when the campaign itself changes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class LiveState:
         self.last_change_id = "0-0"
         self.policy_version = -1
         self.applied_changes = 0
+        # campaign id -> the autopilot's latest (version, CPC bid or None, effective keywords)
+        self.autopilot: dict[str, tuple[int, int | None, tuple[str, ...]]] = {}
 
     @property
     def index(self) -> CampaignIndex:
@@ -54,7 +59,7 @@ class LiveState:
         campaigns = []
         for value in raw.values():
             record = orjson.loads(value)
-            campaigns.append(Campaign.from_record(record))
+            campaigns.append(self._piloted(Campaign.from_record(record)))
             self.creatives[record["campaign_id"]] = record["creatives"]
         self.engine.index = CampaignIndex.build(campaigns)
         await self.refresh_policy()
@@ -69,11 +74,28 @@ class LiveState:
             self.creatives.pop(campaign_id, None)
         else:
             record = orjson.loads(raw)
-            campaign = Campaign.from_record(record)
+            campaign = self._piloted(Campaign.from_record(record))
             self.creatives[campaign_id] = record["creatives"]
             self.index.upsert(campaign)
             await self._refresh_spend_of([campaign])
         self.applied_changes += 1
+
+    def apply_decision(self, decision: dict[str, Any]) -> bool:
+        """A `campaigns.autopilot` record; False when it is not newer than the one applied."""
+        campaign_id, version = decision["campaign_id"], decision["version"]
+        known = self.autopilot.get(campaign_id)
+        if known is not None and known[0] >= version:
+            return False
+        bid = decision["bid"]
+        self.autopilot[campaign_id] = (version, None if bid is None else bid["amount_micros"], tuple(decision["keywords"]))
+        campaign = self.index.get(campaign_id)
+        if campaign is not None:
+            self.index.upsert(self._piloted(campaign))
+        return True
+
+    def _piloted(self, campaign: Campaign) -> Campaign:
+        found = self.autopilot.get(campaign.campaign_id)
+        return campaign if found is None else campaign.piloted(found[1], found[2])
 
     async def follow_changes(self, stop: asyncio.Event) -> None:
         stream = self.settings.keys.campaign_changes()

@@ -26,6 +26,7 @@ import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
+from auction.autopilot_listener import AutopilotListener
 from auction.budgets import Answer, BudgetReserver, Claim, Reservation
 from auction.controls import AppliedListener, ControlsRole
 from auction.engine import AuctionEngine
@@ -300,7 +301,7 @@ FULL_GC_IDLE_S = 1.0
 
 class AuctionWorker:
     """One `vickrey auction` process: the auction and the user-controls loops, live campaign
-    state, the forget listener and /metrics."""
+    state, the forget and autopilot listeners and /metrics."""
 
     def __init__(self, settings: Settings, instance: str | None = None, batch_max: int = BATCH_MAX,
                  linger_ms: int = 0, clock: Callable[[], float] | None = None) -> None:
@@ -314,6 +315,7 @@ class AuctionWorker:
         self.controls = Loop(settings, ControlsRole(settings, self.redis, self.metrics), self.metrics,
                              self.stop_event, instance)
         self.applied_listener = AppliedListener(settings, self.people)
+        self.autopilot_listener = AutopilotListener(settings, self.role.live, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -332,6 +334,7 @@ class AuctionWorker:
             asyncio.create_task(live.follow_changes(self.stop_event)),
             asyncio.create_task(live.refresh_forever(self.stop_event)),
             asyncio.create_task(self.applied_listener.run(self.stop_event)),
+            asyncio.create_task(self.autopilot_listener.run(self.stop_event)),
             asyncio.create_task(self._full_collections()),
         ]
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_KEYWORDS = 32
 MISS_PROBABILITY = 0.05
 ADD_MIN_CLICKS = 2
 CTR_FLOOR = 0.001  # no campaign rate below this is trusted for the drop rule
+VIA_CATEGORY_KEPT = 500  # intent keywords remembered per campaign: the most clicked (bounded state)
 
 
 @dataclass(slots=True)
@@ -55,6 +57,35 @@ class KeywordCounts:
         if not matched:
             for keyword in intent_keywords:
                 self.via_category.setdefault(keyword, Counts()).add(clicks=1)
+
+    def merge(self, other: KeywordCounts) -> None:
+        """Add another set of counts (a feed window's) to these."""
+        for mine, theirs in ((self.by_keyword, other.by_keyword), (self.via_category, other.via_category)):
+            for keyword, counts in theirs.items():
+                mine.setdefault(keyword, Counts()).add(counts.impressions, counts.clicks, counts.spend_micros)
+        self.via_category = top_via_category(self.via_category, VIA_CATEGORY_KEPT)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"by_keyword": {k: _triple(c) for k, c in self.by_keyword.items()},
+                "via_category": {k: _triple(c) for k, c in self.via_category.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> KeywordCounts:
+        return cls({k: Counts(*v) for k, v in state["by_keyword"].items()},
+                   {k: Counts(*v) for k, v in state["via_category"].items()})
+
+
+def top_via_category(counts: dict[str, Counts], most: int) -> dict[str, Counts]:
+    """At most `most` intent keywords: the most clicked, then the most seen (ties by name, so the
+    same counts always keep the same keywords)."""
+    if len(counts) <= most:
+        return counts
+    kept = sorted(counts.items(), key=lambda item: (-item[1].clicks, -item[1].impressions, item[0]))[:most]
+    return dict(kept)
+
+
+def _triple(counts: Counts) -> list[int]:
+    return [counts.impressions, counts.clicks, counts.spend_micros]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,20 @@ effective bid and targeting, what was added and removed, and why, with a version
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from auction.bidding import DAY_S, BidController, BidState, Observation, start_bid
+from auction.model import Campaign
 from autopilot.learning import Counts, KeywordCounts, learn
 
 GOALS = ("max_clicks", "target_cpc")
+
+
+def feed_window_ms(decide_every_s: int) -> int:
+    """The autopilot's input windows (streams/autopilot_feed.py): a fifth of its decision period,
+    1 to 60 s, so a decision sees several of them and a window never outlasts a decision."""
+    return max(1000, min(60_000, decide_every_s * 1000 // 5))
 
 
 def pilots_campaign(record: dict[str, Any]) -> bool:
@@ -63,6 +70,8 @@ class Pilot:
     prior_ctr: float
     bid: BidState | None
     version: int = 0
+    base: tuple[str, ...] = ()  # the keywords the campaign itself gives (before anything learned)
+    pending: str | None = None  # a change to announce at the next decision (the campaign was edited)
     day: int = -1
     today: Counts = field(default_factory=Counts)
     counts: KeywordCounts = field(default_factory=KeywordCounts)
@@ -71,20 +80,34 @@ class Pilot:
     all_prices_micros: int = 0  # per-click prices of every impression since the last decision
 
     @classmethod
-    def for_campaign(cls, record: dict[str, Any], keywords: tuple[str, ...], fixed: frozenset[str],
-                     categories: tuple[str, ...]) -> Pilot:
-        """A new pilot for a prepared campaign record (`keywords`: its effective list as the engine
-        reads it, `fixed`: the advertiser's own among them)."""
+    def for_campaign(cls, record: dict[str, Any]) -> Pilot:
+        """A new pilot for a prepared campaign record (validated, its targeting derived), with the
+        keywords as the engine reads them: the advertiser's exact ones are `fixed`."""
+        campaign = Campaign.from_record(record)
+        keywords = tuple(sorted(set(campaign.keywords) | set(campaign.phrases)))
         goal = record.get("goal") or {}
         kind = goal.get("type", "manual")
-        bidding = kind in GOALS
         return cls(
             campaign_id=record["campaign_id"], goal=kind, target_micros=goal.get("target_micros"),
             max_bid_micros=goal.get("max_bid_micros"), daily_budget_micros=int(record["budget"]["daily_micros"]),
-            fixed_keywords=fixed, keywords=keywords, categories=categories,
-            prior_ctr=float(record.get("pctr", 0.01)),
-            bid=BidState(start_bid(record)) if bidding else None,
+            fixed_keywords=frozenset(campaign.keywords), keywords=keywords,
+            categories=tuple(sorted(campaign.categories or ())), prior_ctr=float(record.get("pctr", 0.01)),
+            bid=BidState(start_bid(record)) if kind in GOALS else None, base=keywords,
         )
+
+    def refresh(self, record: dict[str, Any]) -> None:
+        """The campaign as it is stored now: its goal, budget and prior follow; its bid state and
+        what was learned stay unless the goal or the campaign's own targeting changed."""
+        fresh = Pilot.for_campaign(record)
+        self.goal, self.target_micros, self.max_bid_micros = fresh.goal, fresh.target_micros, fresh.max_bid_micros
+        self.daily_budget_micros, self.prior_ctr = fresh.daily_budget_micros, fresh.prior_ctr
+        if (fresh.bid is None) != (self.bid is None):
+            self.bid = fresh.bid
+            self.pending = "the goal changed: bidding starts again" if fresh.bid else "the goal changed to manual"
+        if (fresh.base, fresh.fixed_keywords, fresh.categories) != (self.base, self.fixed_keywords, self.categories):
+            self.base, self.keywords, self.fixed_keywords = fresh.base, fresh.keywords, fresh.fixed_keywords
+            self.categories, self.counts = fresh.categories, KeywordCounts()
+            self.pending = "the campaign's targeting changed: learning starts again from it"
 
     # -- what the pilot is told ----------------------------------------------------------------
 
@@ -107,12 +130,28 @@ class Pilot:
         self.today.add(clicks=1, spend_micros=charge_micros)
         self.counts.click(matched, intent_keywords, charge_micros)
 
+    def absorb(self, feed: dict[str, Any]) -> None:
+        """One `autopilot.feed` window: the same counts as its impressions and clicks one by one."""
+        self.today.add(feed["impressions"], feed["clicks"], feed["spend_micros"])
+        self.counts.merge(KeywordCounts(
+            {item["keyword"]: Counts(item["impressions"], item["clicks"], item["spend_micros"])
+             for item in feed["keywords"]},
+            {item["keyword"]: Counts(item["impressions"], item["clicks"]) for item in feed["via_category"]},
+        ))
+        self.price_sum_micros += feed["price_sum_micros"]
+        self.priced_impressions += feed["priced_impressions"]
+        self.all_prices_micros += feed["all_prices_micros"]
+
     # -- deciding -------------------------------------------------------------------------------
 
-    def decide(self, now_s_of_day: float) -> Decision | None:
+    def decide(self, now_s_of_day: float, spend_today_micros: int | None = None) -> Decision | None:
         """On the timer: the next bid (for a goal) and targeting (for learned keywords), or None when
-        nothing changes."""
-        reasons: list[str] = []
+        nothing changes. `spend_today_micros`: what the budget keys say was spent today, when known
+        (live: Redis; the simulator counts it itself)."""
+        if spend_today_micros is not None:
+            self.today.spend_micros = spend_today_micros
+        reasons: list[str] = [self.pending] if self.pending else []
+        self.pending = None
         bid_micros = None
         if self.bid is not None:
             before = self.bid.bid_micros
@@ -122,7 +161,7 @@ class Pilot:
             self.price_sum_micros = self.priced_impressions = self.all_prices_micros = 0
             decision = BidController(self.goal, self.target_micros, self.max_bid_micros).decide(self.bid, seen)
             bid_micros = decision.bid_micros
-            if bid_micros != before:
+            if bid_micros != before or reasons:
                 reasons.append(decision.reason)
         added: tuple[str, ...] = ()
         removed: tuple[str, ...] = ()
@@ -135,6 +174,46 @@ class Pilot:
         self.version += 1
         return Decision(self.campaign_id, self.version, bid_micros, self.keywords, self.categories, added, removed,
                         "; ".join(reasons))
+
+    def adopt(self, decision: dict[str, Any]) -> None:
+        """A decision this pilot made but lost (a crash between recording it and keeping its own
+        state): its version, bid and targeting become the pilot's again."""
+        self.version = decision["version"]
+        self.keywords = tuple(decision["keywords"])
+        if self.bid is not None and decision["bid"] is not None:
+            self.bid.bid_micros = decision["bid"]["amount_micros"]
+
+    # -- kept in a table (streams/autopilot.py) ---------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything the pilot knows, as JSON-ready values (from_state gives the same pilot back)."""
+        return {
+            "campaign_id": self.campaign_id, "goal": self.goal, "target_micros": self.target_micros,
+            "max_bid_micros": self.max_bid_micros, "daily_budget_micros": self.daily_budget_micros,
+            "fixed_keywords": sorted(self.fixed_keywords), "keywords": list(self.keywords),
+            "categories": list(self.categories), "prior_ctr": self.prior_ctr,
+            "bid": None if self.bid is None else asdict(self.bid), "version": self.version, "base": list(self.base),
+            "pending": self.pending, "day": self.day,
+            "today": [self.today.impressions, self.today.clicks, self.today.spend_micros],
+            "counts": self.counts.to_state(), "price_sum_micros": self.price_sum_micros,
+            "priced_impressions": self.priced_impressions, "all_prices_micros": self.all_prices_micros,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Pilot:
+        bid = state["bid"]
+        if bid is not None:
+            bid = BidState(**{**bid, "spent": [tuple(item) for item in bid["spent"]],
+                              "prices": [tuple(item) for item in bid["prices"]]})
+        return cls(
+            campaign_id=state["campaign_id"], goal=state["goal"], target_micros=state["target_micros"],
+            max_bid_micros=state["max_bid_micros"], daily_budget_micros=state["daily_budget_micros"],
+            fixed_keywords=frozenset(state["fixed_keywords"]), keywords=tuple(state["keywords"]),
+            categories=tuple(state["categories"]), prior_ctr=state["prior_ctr"], bid=bid, version=state["version"],
+            base=tuple(state["base"]), pending=state["pending"], day=state["day"], today=Counts(*state["today"]),
+            counts=KeywordCounts.from_state(state["counts"]), price_sum_micros=state["price_sum_micros"],
+            priced_impressions=state["priced_impressions"], all_prices_micros=state["all_prices_micros"],
+        )
 
     def _ctr(self) -> float:
         seen = sum(c.impressions for c in self.counts.by_keyword.values()) + \

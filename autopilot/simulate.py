@@ -127,19 +127,13 @@ class Market:
         self.engine = AuctionEngine(CampaignIndex.build(campaigns), SpendView())
         self.ledger = Ledger()
         self.tallies = {c.campaign_id: Tally(spend_by_hour=[0] * scenario.hours) for c in campaigns}
-        self.pilots = {c.campaign_id: self._pilot(c) for c in campaigns
+        self.pilots = {c.campaign_id: Pilot.for_campaign(self.records[c.campaign_id]) for c in campaigns
                        if pilots_campaign(self.records[c.campaign_id]) and c.campaign_id not in without_pilot}
         self.decisions: list[dict[str, Any]] = []
         self.ctr_of = {cid: {_norm(k): p for k, p in rates.items()} for cid, rates in scenario.true_ctr.items()}
         words, weights, categories = zip(*scenario.keywords, strict=True)
         self.words, self.categories = words, dict(zip(words, categories, strict=True))
         self.cumulative = list(itertools.accumulate(weights))
-
-    def _pilot(self, campaign: Campaign) -> Pilot:
-        record = self.records[campaign.campaign_id]
-        fixed = frozenset(campaign.keywords)
-        keywords = tuple(sorted(set(campaign.keywords) | set(campaign.phrases)))
-        return Pilot.for_campaign(record, keywords, fixed, tuple(sorted(campaign.categories or ())))
 
     # -- the day ----------------------------------------------------------------------------------
 

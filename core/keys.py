@@ -38,6 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+AUTOPILOT_HISTORY_MAX = 500  # decisions kept per campaign in `autopilot(campaign_id)`
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -100,7 +102,8 @@ class Keys:
         return (self.campaign_prefix + "minutes") % campaign_id
 
     def autopilot(self, campaign_id: str) -> str:
-        """The autopilot's decisions for one campaign: a sorted set, JSON scored by version."""
+        """The autopilot's decisions for one campaign: a sorted set, JSON scored by version (the
+        latest AUTOPILOT_HISTORY_MAX kept)."""
         return (self.campaign_prefix + "autopilot") % campaign_id
 
     def reported_campaigns(self) -> str:

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         "with event rate x this (~330 bytes per event)",
     )
 
+    autopilot_decide_every_s: int = Field(
+        300,
+        ge=1,
+        description="how often (seconds of event time) the autopilot decides each campaign's bid and "
+        "targeting; its input windows are a fifth of this, 1 to 60 s",
+    )
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """The settings of this process's environment (`overrides` win); SettingsError names every

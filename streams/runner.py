@@ -1,4 +1,5 @@
-"""`vickrey streams [ROLE ...]`: click attribution, billing, reporting and CTR feedback.
+"""`vickrey streams [ROLE ...]`: click attribution, billing, reporting, CTR feedback and the
+autopilot's feed (the autopilot itself, on Faust, runs alone: streams/autopilot.py).
 
 All roles run in one process by default (one loop each, each with its own consumer group and
 transactional producer, core/loop.py), or only the roles named, to scale them out separately.
@@ -23,12 +24,14 @@ from core.metrics import Metrics, serve
 from core.settings import Settings
 from core.topics import ensure_topics
 from streams.attribution import Attribution
+from streams.autopilot_feed import AutopilotFeed
 from streams.billing import Billing
 from streams.feedback import Feedback
 from streams.reporting import Reporting
 
 log = logging.getLogger("vickrey.streams")
-ROLES = ("attribution", "billing", "reporting", "feedback")
+ROLES = ("attribution", "billing", "reporting", "feedback", "autopilot-feed")
+AUTOPILOT = "autopilot"  # on Faust, in a process of its own (streams/autopilot.py)
 DEFAULT_REPORT_PORT = 8081
 
 
@@ -54,6 +57,8 @@ def build_roles(
             roles.append(reporting)
         elif name == "feedback":
             roles.append(Feedback(settings, metrics))
+        elif name == "autopilot-feed":
+            roles.append(AutopilotFeed(settings, metrics))
         else:
             raise ValueError(f"unknown streams role {name!r} (choose from {', '.join(ROLES)})")
     return roles

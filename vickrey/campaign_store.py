@@ -38,6 +38,7 @@ from redis.exceptions import WatchError
 
 from autopilot.campaigns import prepare_campaign
 from core.clock import utc_day
+from core.keys import AUTOPILOT_HISTORY_MAX
 from core.settings import Settings
 from core.topics import ensure_topics
 from schemas.checks import RecordError
@@ -142,9 +143,6 @@ async def campaigns_spend(
         cid: {"today_micros": int(values[2 * i] or 0), "total_micros": int(values[2 * i + 1] or 0)}
         for i, cid in enumerate(campaign_ids)
     }
-
-
-AUTOPILOT_HISTORY_MAX = 500
 
 
 async def autopilot_history(

@@ -115,5 +115,6 @@ def run_everything(settings: Settings, streams: bool = True) -> int:
     children = auction_children(1, f"{os.uname().nodename}-run", BATCH_MAX, 0)
     if streams:
         children.append(Child("streams", vickrey_argv("streams")))
+        children.append(Child("autopilot", vickrey_argv("streams", "autopilot")))
     assign_metrics_ports(children, settings.metrics_port)
     return supervise(children)

@@ -26,12 +26,12 @@ from multidict import MultiMapping
 from redis.asyncio import Redis
 
 from autopilot.campaigns import prepare_campaign
+from core.keys import AUTOPILOT_HISTORY_MAX
 from core.settings import Settings
 from schemas.campaign import validate_campaign
 from vickrey.advertisers import Advertiser
 from vickrey.api.http import ADVERTISER, REDIS, SETTINGS, ApiError, Handler, json_response, read_json
 from vickrey.campaign_store import (
-    AUTOPILOT_HISTORY_MAX,
     AnnounceError,
     Change,
     UnknownCampaign,

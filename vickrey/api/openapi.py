@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from vickrey.campaign_store import AUTOPILOT_HISTORY_MAX
+from core.keys import AUTOPILOT_HISTORY_MAX
 
 JSON: Final = "application/json"
 REF: Final = "#/components/schemas/"

@@ -21,7 +21,7 @@ from autopilot.scenario import ScenarioError, read_scenario
 from autopilot.simulate import simulate
 from core.settings import SettingsError
 from streams import runner
-from streams.runner import ROLES
+from streams.runner import AUTOPILOT, ROLES
 from vickrey import api, supervisor
 from vickrey.cli import admin, campaigns
 from vickrey.cli.common import CliError, exit_with, read_json, settings, settings_epilog
@@ -72,16 +72,28 @@ def auction(
 
 @app.command(epilog=settings_epilog())
 def streams(
-    roles: Annotated[list[str] | None, typer.Argument(metavar="ROLE", help=f"any of {', '.join(ROLES)} (default all)",
-                                                      show_default=False)] = None,
+    roles: Annotated[list[str] | None, typer.Argument(
+        metavar="ROLE", help=f"any of {', '.join(ROLES)} (default all of these), or autopilot alone",
+        show_default=False)] = None,
     port: Annotated[int | None, typer.Option(help="reporting HTTP port (default 8081, or a free one when 8081 is "
                                              "taken; 0 picks a free one)")] = None,
 ) -> None:
-    """Run stream roles: click attribution, billing (exactly once), reporting (one-minute windows) and
-    CTR feedback. With no ROLE, all of them."""
+    """Run stream roles: click attribution, billing (exactly once), reporting (one-minute windows), CTR
+    feedback and the autopilot's feed, on the shared exactly-once loop; with no ROLE, all of them.
+    `vickrey streams autopilot` runs the autopilot (bids and learned targeting, on Faust) in a
+    process of its own."""
+    if roles and AUTOPILOT in roles:
+        if len(roles) > 1:
+            raise typer.BadParameter("autopilot runs in a process of its own: vickrey streams autopilot",
+                                     param_hint="ROLE")
+        from streams import autopilot  # Faust is imported only by the process that runs it
+
+        exit_with(autopilot.main(settings()))
+        return
     unknown = [role for role in roles or () if role not in ROLES]
     if unknown:
-        raise typer.BadParameter(f"unknown role {unknown[0]!r} (choose from {', '.join(ROLES)})", param_hint="ROLE")
+        raise typer.BadParameter(f"unknown role {unknown[0]!r} (choose from {', '.join(ROLES)} or {AUTOPILOT})",
+                                 param_hint="ROLE")
     exit_with(runner.main(settings(), roles or ROLES, port))
 
 
