@@ -30,7 +30,7 @@ from rich.text import Text
 
 from core import native
 from core.settings import Settings
-from loadtests import bench_kafka, engine_bench
+from loadtests import bench_kafka, engine_bench, optimiser
 from loadtests.bench_report import TARGETS, markdown_block, table, update_markdown
 from loadtests.plot import bench_plot
 from loadtests.profile import summarise
@@ -39,7 +39,9 @@ from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
 KEYS = (
     "engine_auctions_per_s", "index_build_s_100k", "index_bytes_per_campaign", "baseline_events_per_s",
     "worker_events_per_s", "worker_ratio", "e2e_p50_ms", "e2e_p99_ms", "e2e_rate_events_per_s", "billing_events_per_s",
+    "autopilot_clicks_vs_best_fixed", "autopilot_budget_used", "simulate_intents_per_s",
 )
+HELD_OUT_SEEDS = (101, 102, 103, 104)  # random markets (loadtests/optimiser.py) the autopilot was not tuned on
 
 
 class Progress:
@@ -135,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=6.0, help="seconds of paced load per offered level")
     p.add_argument("--fractions", default="0.1,0.25,0.5,0.75,0.9", help="offered loads as fractions of the worker max")
     p.add_argument("--billing-events", type=int, default=50_000, help="impressions for the billing benchmark")
-    p.add_argument("--skip", default="", help="comma-separated stages to skip: engine,kafka,latency,billing")
+    p.add_argument("--skip", default="", help="comma-separated stages to skip: engine,kafka,latency,billing,autopilot")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="py-spy the worker during its last run (default: when py-spy is installed)")
     p.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
@@ -269,7 +271,30 @@ def billing_stage(bench: Bench) -> None:
         bench.missing["billing_events_per_s"] = reason
 
 
-STAGES = {"engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage, "billing": billing_stage}
+def autopilot_stage(bench: Bench) -> None:
+    """The autopilot against the best fixed bid in hindsight (loadtests/optimiser.py): the shipped
+    diurnal scenario for the headline keys, and held-out random markets for the details."""
+    progress = bench.progress
+    progress.stage("autopilot vs 24 fixed bids: the diurnal scenario, then held-out markets")
+    scenario = orjson.loads((ROOT / "loadtests" / "scenarios" / "diurnal.json").read_bytes())
+    found = optimiser.compare(scenario, "voltbook-auto")
+    bench.results.update(autopilot_clicks_vs_best_fixed=found["clicks_vs_best_fixed"],
+                         autopilot_budget_used=found["budget_used"],
+                         simulate_intents_per_s=found["simulate_intents_per_s"])
+    found.pop("grid")
+    held_out = []
+    for seed in HELD_OUT_SEEDS:
+        progress(f"held-out market seed {seed}")
+        result = optimiser.compare(optimiser.random_market(seed), "auto")
+        held_out.append({"seed": seed, "clicks_vs_best_fixed": result["clicks_vs_best_fixed"],
+                         "budget_used": result["budget_used"]})
+    ratios = [market["clicks_vs_best_fixed"] for market in held_out]
+    bench.details["autopilot"] = {"diurnal": found, "held_out": held_out,
+                                  "held_out_mean": round(sum(ratios) / len(ratios), 3), "held_out_min": min(ratios)}
+
+
+STAGES = {"engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage, "billing": billing_stage,
+          "autopilot": autopilot_stage}
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:

@@ -22,6 +22,9 @@ TARGETS: dict[str, tuple[str, float | None, str, str]] = {
     "txn_loop_e2e_p50_ms": ("transactional loop e2e p50, same rate", None, "<=", "ms"),
     "txn_loop_e2e_p99_ms": ("transactional loop e2e p99, same rate", None, "<=", "ms"),
     "billing_events_per_s": ("billing (streams.bench)", None, ">=", "events/s"),
+    "autopilot_clicks_vs_best_fixed": ("autopilot clicks / best fixed bid (diurnal)", 0.9, ">=", "x (aim 1.0)"),
+    "autopilot_budget_used": ("autopilot share of the daily budget spent", 0.9, ">=", "x (at most 1.0)"),
+    "simulate_intents_per_s": ("vickrey simulate speed", None, ">=", "intents/s"),
 }
 START, END = "<!-- bench:start (written by `make bench`; edit outside this block) -->", "<!-- bench:end -->"
 

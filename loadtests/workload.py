@@ -2,7 +2,10 @@
 
 10,000 campaigns from 3,000 advertisers, a 5,000-keyword vocabulary whose popularity is
 Zipf-like (weight ∝ 1/rank^0.8, for campaigns and events alike), 10 keywords per campaign,
-3 per event, 1–3 slots, budgets and caps in force. Seeded, so runs compare.
+3 per event, 1–3 slots, budgets and caps in force. Since the autopilot, phrase match is in the mix:
+PHRASE_SHARE of the campaigns match as phrases (docs/contract.md §7), and TWO_WORD_SHARE of the
+intents' keywords are two words ("kw12 kw7"), which only phrase-match campaigns reach through a
+word. Seeded, so runs compare.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 COUNTRIES = ("US", "GB", "DE", "FR", "JP", "IN", "BR", "CA", "AU", "ES")
 LOCALES = ("en-US", "en-GB", "de-DE", "fr-FR", "ja-JP", "hi-IN", "pt-BR", "en-CA", "en-AU", "es-ES")
 DEVICES = ("desktop", "mobile", "tablet")
+PHRASE_SHARE = 0.1
+TWO_WORD_SHARE = 0.3
 CATEGORIES = ("IAB19", "IAB19-6", "IAB20", "IAB20-18", "IAB8", "IAB8-5", "IAB2", "IAB3", "IAB5", "IAB22")
 
 
@@ -71,6 +76,8 @@ def campaigns(
                 }
             ],
         }
+        if rng.random() < PHRASE_SHARE:
+            record["targeting"]["match"] = "phrase"
         if rng.random() < 0.3:
             record["targeting"]["countries"] = rng.sample(COUNTRIES, 3)
         if rng.random() < 0.2:
@@ -98,7 +105,8 @@ def intents(n: int, vocab_size: int = 5_000, seed: int = 11, users: int = 50_000
                 "slots": rng.randint(1, 3),
                 "intent": {
                     "category": rng.choice(CATEGORIES),
-                    "keywords": [vocab[k] for k in zipf.distinct(3)],
+                    "keywords": [vocab[k] if rng.random() >= TWO_WORD_SHARE else f"{vocab[k]} {vocab[zipf.sample()]}"
+                                 for k in zipf.distinct(3)],
                     "confidence": 0.8,
                 },
                 "locale": rng.choice(LOCALES),

@@ -1,9 +1,11 @@
 """`make demo`: the whole story on a generated chat stream, in about a minute.
 
 Services up (make did that) → a clean demo stack (prefix `demo.`, namespace `demo`) → the
-advertisers' sample campaigns (and one refused) → `vickrey run` → a chat stream with a progress
-bar → clicks on some of the ads → billing → a per-campaign table read back from the ledger
-and the reports → where to look next. Nothing is left running unless `--keep-running`.
+advertisers' sample campaigns (and one refused) → an autopilot campaign made from creatives and a
+brief, with the targeting Vickrey derived for it → `vickrey run` → a chat stream with a progress
+bar → clicks on some of the ads → the autopilot's bid changes with their reasons → billing → a
+per-campaign table read back from the ledger and the reports → where to look next. Nothing is
+left running unless `--keep-running`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ CHAT_LINES: list[tuple[str, str, list[str]]] = [
     ("who should I vote for", "IAB11", ["election"]),  # politics: sensitive, no ads
 ]
 COUNTRIES = ["US", "US", "US", "GB", "CA", "DE", "JP", "FR"]
+DEMO_DECIDE_EVERY_S = 5
 LOCALES = {"US": "en-US", "GB": "en-GB", "CA": "en-CA", "DE": "de-DE", "JP": "ja-JP", "FR": "fr-FR"}
 
 
@@ -198,7 +201,8 @@ def show(grid: Table) -> None:
 async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -> int:
     root = Path(__file__).resolve().parent.parent
     vickrey = str(Path(sys.executable).with_name("vickrey"))
-    env = settings.with_(metrics_port=0).as_env()
+    # The autopilot decides every 5 s of traffic here (300 s by default), so a short demo shows it.
+    env = settings.with_(metrics_port=0, autopilot_decide_every_s=DEMO_DECIDE_EVERY_S).as_env()
     say(f"Kafka at {settings.kafka}, Redis at {settings.redis}: a clean demo stack (prefix '{settings.topic_prefix}', namespace '{settings.namespace}')")
     redis = Redis.from_url(settings.redis)
     await delete_topics(settings)
@@ -216,7 +220,13 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
     print(f"  {len(result.applied)} sample campaigns stored; workers pick changes up within 1 s")
     names = {c["campaign_id"]: c["advertiser_id"] for c in samples}
 
-    say("Starting the pipeline (`vickrey run`: auction worker + attribution, billing, reporting, feedback)")
+    say("An advertiser uploads only creatives, a brief and a budget (goal max_clicks): Vickrey derives the targeting")
+    subprocess.run([vickrey, "campaigns", "apply", str(SAMPLES / "autopilot_campaign.json")], env=env, cwd=root,
+                   check=False)
+    names.update({c["campaign_id"]: c["advertiser_id"]
+                  for c in json.loads((SAMPLES / "autopilot_campaign.json").read_text())})
+
+    say("Starting the pipeline (`vickrey run`: auction worker + attribution, billing, reporting, feedback, autopilot)")
     log_path = root / ".local" / "logs" / "demo-pipeline.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pipeline = subprocess.Popen([vickrey, "run"], env=env, cwd=root, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
@@ -250,6 +260,14 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
         reports = {
             c: [orjson.loads(w) for w in (await redis.hgetall(settings.keys.minutes(c))).values()] for c in names
         }
+
+        say("The autopilot bid for the autopilot campaign as the traffic came (campaigns.autopilot)")
+        decided = await read_topic(settings, "campaigns.autopilot", time.monotonic() + 15, want=2, idle_s=3)
+        for record in decided[-5:]:
+            bid = record["bid"]["amount_micros"] / 1e6 if record["bid"] else None
+            print(f"  v{record['version']} bid {bid if bid is None else f'{bid:.2f}'}: {record['reason']}")
+        if not decided:
+            print("  no decision yet (it decides every 5 s of traffic once the feed's windows close)")
 
         say("Per campaign, from the billing ledger; Redis spend and the minute reports beside it must agree")
         show(table(ledger, reports, names, spend))
