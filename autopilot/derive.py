@@ -100,7 +100,8 @@ def _texts(creatives: Sequence[Mapping[str, Any]], brief: str | None) -> tuple[t
 # ---------------------------------------------------------------------------------------------
 # Keywords (YAKE)
 
-_YAKE_STOPWORDS: Final[frozenset[str]] = frozenset(yake.KeywordExtractor(lan="en").stopword_set) - {""}
+_YAKE_STOPWORDS: Final[frozenset[str]] = (
+    frozenset(yake.KeywordExtractor(lan="en").stopword_set) | frozenset(synonyms.GENERIC_VERBS)) - {""}
 _AD_FILLER: Final = frozenset(synonyms.AD_FILLER)
 _UNITS: Final = frozenset(
     ("mah", "wh", "kwh", "w", "kw", "v", "kg", "g", "mg", "lb", "oz", "km", "mi", "mph", "kph", "cm", "mm")

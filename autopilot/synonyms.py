@@ -196,6 +196,15 @@ is not made of them only, nor ends with one ("breakfast included" → "breakfast
 cancellation" stays), since derived keywords match as phrases and "free" would match every intent
 that says it."""
 
+GENERIC_VERBS: Final[tuple[str, ...]] = (
+    "make", "makes", "made", "build", "builds", "built", "keep", "keeps", "kept", "use", "uses", "used",
+    "go", "goes", "take", "takes", "give", "gives", "let", "lets", "need", "needs", "want", "wants",
+    "bring", "brings", "help", "helps",
+)
+"""Verbs of any sentence ("TrekCharge makes rugged power banks"): treated like stop words in derived
+keywords (trimmed at a phrase's edges, a phrase with one inside is dropped), so neither "make" nor
+"power bank built" becomes a keyword that matches every intent saying it."""
+
 STOP_WORDS: Final[tuple[str, ...]] = (
     "a", "an", "the", "and", "or", "but", "nor", "of", "for", "to", "in", "on", "at", "by", "with",
     "from", "as", "into", "onto", "near", "per", "via", "than", "then", "so", "up", "out", "off",
