@@ -110,7 +110,7 @@ def start_vickrey(settings: Settings, *args: str, log: Path | None = None) -> su
     """Start `vickrey ARGS` for this stack in its own process group."""
     out: Any = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
-        [sys.executable, "-m", "vickrey.cli", *args],
+        [sys.executable, "-m", "vickrey", *args],
         env=env_for(settings),
         stdout=out,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL,

@@ -44,7 +44,7 @@ class Child:
 
 
 def vickrey_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vickrey.cli", *args]
+    return [sys.executable, "-m", "vickrey", *args]
 
 
 def assign_metrics_ports(children: list[Child], base_port: int) -> None:

@@ -128,6 +128,9 @@ async def test_workers_joining_and_leaving_mid_stream_lose_and_double_nothing(
         if i == len(events) // 4:
             others.append(start_role(env, "auction", "--instance", "joiner", "--batch-max", "100", log=tmp_path / "joiner.log"))
         if i == 3 * len(events) // 4:
+            # The joiner must have joined (taken partitions) before it leaves, however slowly it started.
+            joined = await wait_until(lambda: "partitions assigned" in (tmp_path / "joiner.log").read_text(), timeout=60)
+            assert joined, "the joiner never took partitions: " + (tmp_path / "joiner.log").read_text()[-2000:]
             # In a thread: a blocking wait here would freeze the in-process worker's event loop
             # (no heartbeats) past its session timeout, and make it a zombie, not a leaver.
             assert await asyncio.to_thread(stop_role, others.pop()) == 0

@@ -24,7 +24,7 @@ VICKREY = ROOT / ".venv" / "bin" / "vickrey"
 
 def vickrey_bin() -> list[str]:
     """The console script if installed, else the module (same code)."""
-    return [str(VICKREY)] if VICKREY.exists() else [sys.executable, "-m", "vickrey.cli"]
+    return [str(VICKREY)] if VICKREY.exists() else [sys.executable, "-m", "vickrey"]
 
 
 def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+
 import pytest
 import typer
 
 from core.clock import utc_day
 from core.settings import Settings
 from tests.conftest import ROOT
-from tests.vickrey.conftest import run_cli
+from tests.vickrey.conftest import run_cli, vickrey_bin
 from vickrey import cli
 from vickrey.campaign_store import encode_campaign
 from vickrey.cli import common
@@ -70,6 +74,17 @@ def test_settings_help_comes_from_the_settings() -> None:
 def test_help_through_the_console_script(env: dict[str, str]) -> None:
     result = run_cli(env, "campaigns", "apply", "--help")
     assert result.returncode == 0 and "Exit code" in result.stdout
+
+
+def test_a_role_stopped_while_it_starts_exits_cleanly(env: dict[str, str]) -> None:
+    """SIGTERM 0.1 s after start lands while the command is still importing (about a second):
+    nothing has started, so the role ends with status 0, not killed by the signal."""
+    proc = subprocess.Popen([*vickrey_bin(), "auction"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
 
 
 def test_unreachable_services_are_one_line(env: dict[str, str]) -> None:

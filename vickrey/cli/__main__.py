@@ -2,6 +2,6 @@
 
 import sys
 
-from vickrey.cli import main
+from vickrey.entry import main
 
 sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m vickrey` is `vickrey`."""
+
+import sys
+
+from vickrey.entry import main
+
+sys.exit(main())

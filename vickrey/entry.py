@@ -1,0 +1,31 @@
+"""The `vickrey` command's entry point (`vickrey`, `python -m vickrey`).
+
+A process can be told to stop (SIGTERM) while it is still importing, before any role has
+installed its own handler: a supervisor or a test that starts a worker and stops it again
+at once. Nothing has started then, so nothing is left to commit: it ends with status 0
+instead of dying by the signal. Once the command runs, SIGTERM is the command's (a role
+drains and commits; a management command stops by the default action).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+
+def _stopped_while_importing(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def main() -> int:
+    previous = signal.signal(signal.SIGTERM, _stopped_while_importing)
+    try:
+        from vickrey.cli import main as run  # noqa: PLC0415 -- the import is what this guards
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
