@@ -9,51 +9,24 @@ FETCH_WAIT_MS of its commit; the autopilot commits every half second (streams/au
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from aiokafka import AIOKafkaConsumer
+from typing import Any
 
 from auction.live import LiveState
+from core.broadcast import BroadcastReader
 from core.metrics import Metrics
 from core.settings import Settings
-from schemas.codec import RecordError, decode
 
-log = logging.getLogger("vickrey.auction.autopilot")
 DECISIONS = "campaigns.autopilot"
 FETCH_WAIT_MS = 100
 
 
-class AutopilotListener:
+class AutopilotListener(BroadcastReader):
     def __init__(self, settings: Settings, live: LiveState, metrics: Metrics) -> None:
+        super().__init__(settings, DECISIONS, self._apply, start="earliest", fetch_max_wait_ms=FETCH_WAIT_MS)
         self.live = live
-        self.consumer = AIOKafkaConsumer(
-            settings.topic(DECISIONS),
-            bootstrap_servers=settings.kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
         self.applied = metrics.counter("vickrey_auction_autopilot_applied_total",
                                        "Autopilot decisions applied to this worker's campaigns")
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.consumer.start()
-        try:
-            while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for record in records:
-                        if record.value is None:
-                            continue  # a tombstone: compaction's business
-                        try:
-                            decision = decode(DECISIONS, record.value)
-                        except RecordError as error:
-                            log.warning("unreadable autopilot decision skipped", extra={"error": str(error)})
-                            continue
-                        if self.live.apply_decision(decision):
-                            self.applied.inc()
-        finally:
-            await self.consumer.stop()
+    def _apply(self, decision: dict[str, Any]) -> None:
+        if self.live.apply_decision(decision):
+            self.applied.inc()

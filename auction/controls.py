@@ -9,13 +9,12 @@ worker and drops what that worker remembers about a person as soon as a `forget`
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from auction.people import PeopleCache
+from core.broadcast import BroadcastReader
 from core.loop import Batch, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
 from core.settings import Settings
@@ -72,30 +71,14 @@ class ControlsRole(RoleBase):
             await self.client.hset(keys.prefs(user), "personalization", "off" if action == "personalization_off" else "on")
 
 
-class AppliedListener:
+class AppliedListener(BroadcastReader):
     """Every worker reads every confirmation (no consumer group), from the moment it starts:
     what it remembered about a forgotten person goes within milliseconds."""
 
     def __init__(self, settings: Settings, people: PeopleCache) -> None:
+        super().__init__(settings, APPLIED, self._apply, start="latest")
         self.people = people
-        self.consumer = AIOKafkaConsumer(
-            settings.topic(APPLIED),
-            bootstrap_servers=settings.kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            isolation_level="read_committed",
-        )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.consumer.start()
-        try:
-            while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for record in records:
-                        confirmation = decode(APPLIED, record.value)
-                        if confirmation["action"] == "forget":
-                            self.people.forget(confirmation["user_id"])
-        finally:
-            await self.consumer.stop()
+    def _apply(self, confirmation: dict[str, Any]) -> None:
+        if confirmation["action"] == "forget":
+            self.people.forget(confirmation["user_id"])

@@ -29,20 +29,18 @@ from aiokafka import TopicPartition
 
 from autopilot.learning import KeywordCounts, top_via_category
 from autopilot.pilot import feed_window_ms, pilots_campaign
-from core.loop import Batch, Committed, Loop, LoopOptions, Output, RoleBase, Step
+from core.loop import Batch, Loop, LoopOptions, Output, Step
 from core.metrics import Metrics
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 from schemas.records import FEED_VIA_CATEGORY_MAX
-from streams.reporting import committed_watermark
-from streams.windows import GRACE_MS, Window, Windows
+from streams.windows import GRACE_MS, IDLE_CLOSE_MS, Window, WindowedRole, Windows
 
 log = logging.getLogger("vickrey.streams.autopilot_feed")
 IMPRESSIONS = "ad.impressions"
 CLICKS = "ad.clicks"
 FEED = "autopilot.feed"
 PILOTED_REFRESH_S = 2.0
-IDLE_CLOSE_MS = 30_000  # as reporting: an idle partition's watermark follows wall time this far behind
 
 
 @dataclass(slots=True)
@@ -85,11 +83,12 @@ class FeedWindow(Window):
         }
 
 
-class AutopilotFeed(RoleBase):
+class AutopilotFeed(WindowedRole[FeedWindow]):
     name = "autopilot-feed"
     inputs = (IMPRESSIONS, CLICKS)
 
     def __init__(self, settings: Settings, metrics: Metrics, batch_max: int = 2000) -> None:
+        super().__init__()
         self.settings = settings
         self.options = LoopOptions(batch_max=batch_max, tick_s=0.2, fetch_max_wait_ms=20, session_timeout_ms=6_000,
                                    heartbeat_interval_ms=1_000)
@@ -98,8 +97,6 @@ class AutopilotFeed(RoleBase):
         self.idle_close_ms = min(IDLE_CLOSE_MS, 2 * self.window_ms)
         self.impressions_topic = settings.topic(IMPRESSIONS)
         self.feed_topic = settings.topic(FEED)
-        self.partitions: dict[TopicPartition, Windows[FeedWindow]] = {}
-        self.next_offset: dict[TopicPartition, int] = {}
         self.piloted: frozenset[str] = frozenset()
         self._piloted_at = -PILOTED_REFRESH_S
         self.ticked_start: int | None = None  # the last window the first partition sent ticks for
@@ -107,7 +104,7 @@ class AutopilotFeed(RoleBase):
         self.late = metrics.counter("vickrey_autopilot_feed_late_total", "Records after their window closed")
         self.unreadable = metrics.counter("vickrey_autopilot_feed_unreadable_total", "Records that could not be read")
 
-    def _windows(self, watermark: int = 0) -> Windows[FeedWindow]:
+    def new_windows(self, watermark: int = 0) -> Windows[FeedWindow]:
         length = self.window_ms
         return Windows(lambda cid, start, offset: FeedWindow(cid, start, offset, length_ms=length),
                        watermark, self.grace_ms, length)
@@ -118,21 +115,13 @@ class AutopilotFeed(RoleBase):
 
     # -- rebalance -------------------------------------------------------------------------------
 
-    async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
-        for tp, found in committed.items():
-            watermark = 0
-            if found is not None:
-                self.next_offset[tp] = found.offset
-                watermark = committed_watermark(found.metadata)
-            self.partitions[tp] = self._windows(watermark)
-            if self._is_first(tp):
-                self.ticked_start = self._last_closed_start(watermark)
-        return {}
+    def restored(self, tp: TopicPartition, watermark: int) -> None:
+        if self._is_first(tp):
+            self.ticked_start = self._last_closed_start(watermark)
 
-    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.partitions.pop(tp, None)
-            self.next_offset.pop(tp, None)
+    def due(self, tp: TopicPartition, windows: Windows[FeedWindow]) -> list[FeedWindow]:
+        done = windows.close_due()
+        return done + self._ticks(windows, done) if self._is_first(tp) else done
 
     # -- one batch -------------------------------------------------------------------------------
 
@@ -140,22 +129,14 @@ class AutopilotFeed(RoleBase):
         if time.monotonic() - self._piloted_at >= PILOTED_REFRESH_S:
             await self._refresh_piloted()
         touched = self._count(batch)
-        closed = await self._close_due(now_ms, touched)
-        step = Step(self._outputs(closed), offsets={})
-        offsets = step.offsets
-        assert offsets is not None
-        for tp in touched:
-            if tp in self.next_offset:
-                windows = self.partitions[tp]
-                metadata = orjson.dumps({"wm": windows.watermark}).decode()
-                offsets[tp] = (windows.commit_offset(self.next_offset[tp]), metadata)
-        return step
+        closed = await self.close_due(now_ms, touched)
+        return Step(self._outputs(closed), offsets=self.commit_offsets(touched))
 
     def _count(self, batch: Batch) -> set[TopicPartition]:
         """Each record of an autopilot campaign into its window; the partitions read."""
         touched: set[TopicPartition] = set()
         for tp, records in batch.items():
-            windows = self.partitions.setdefault(tp, self._windows())
+            windows = self.windows_of(tp)
             impressions = tp.topic == self.impressions_topic
             topic = IMPRESSIONS if impressions else CLICKS
             for record in records:
@@ -176,21 +157,6 @@ class AutopilotFeed(RoleBase):
             self.next_offset[tp] = records[-1].offset + 1
             touched.add(tp)
         return touched
-
-    async def _close_due(self, now_ms: int, touched: set[TopicPartition]) -> list[FeedWindow]:
-        """The windows the watermarks have closed (idle partitions follow wall time), and the
-        first partition's ticks; adds the partitions whose commit position moves to `touched`."""
-        closed: list[FeedWindow] = []
-        for tp, windows in self.partitions.items():
-            if await self.loop.caught_up(tp):
-                windows.advance(now_ms - self.idle_close_ms)
-            done = windows.close_due()
-            if self._is_first(tp):
-                done += self._ticks(windows, done)
-            if done:
-                closed.extend(done)
-                touched.add(tp)
-        return closed
 
     def _outputs(self, windows: list[FeedWindow]) -> list[Output]:
         self.published.inc(len(windows))

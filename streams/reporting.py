@@ -23,12 +23,12 @@ import orjson
 from aiohttp import web
 from aiokafka import TopicPartition
 
-from core.loop import Batch, Committed, Loop, LoopOptions, Output, RoleBase, Step
+from core.loop import Batch, Loop, LoopOptions, Output, Step
 from core.metrics import Metrics
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 from streams.report_api import serve_reports
-from streams.windows import GRACE_MS, PartitionWindows, Window
+from streams.windows import GRACE_MS, IDLE_CLOSE_MS, PartitionWindows, Window, WindowedRole, Windows
 
 log = logging.getLogger("vickrey.streams.reporting")
 LEDGER = "billing.ledger"
@@ -36,12 +36,9 @@ REPORTS = "reports.campaign-minute"
 MINUTES_TTL_S = 7 * 86400
 MINUTES_KEPT = 7 * 1440
 PARTIAL_FLUSH_S = 1.0
-# With nothing left to read, the watermark follows wall time this far behind (ledger entries can
-# trail their events while billing catches up); so windows of an idle stream still close.
-IDLE_CLOSE_MS = 30_000
 
 
-class Reporting(RoleBase):
+class Reporting(WindowedRole[Window]):
     name = "reporting"
     inputs = (LEDGER,)
 
@@ -54,6 +51,7 @@ class Reporting(RoleBase):
         grace_ms: int = GRACE_MS,
         idle_close_ms: int | None = IDLE_CLOSE_MS,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.options = LoopOptions(batch_max=batch_max, tick_s=0.2, fetch_max_wait_ms=20, session_timeout_ms=6_000,
                                    heartbeat_interval_ms=1_000)
@@ -61,8 +59,6 @@ class Reporting(RoleBase):
         self.port_fallback = False  # True when the port is the default, not asked for
         self.grace_ms = grace_ms
         self.idle_close_ms = idle_close_ms
-        self.partitions: dict[TopicPartition, PartitionWindows] = {}
-        self.next_offset: dict[TopicPartition, int] = {}
         self.reports_topic = settings.topic(REPORTS)
         self.windows_closed = metrics.counter("vickrey_reporting_windows_total", "Windows emitted")
         self.late = metrics.counter("vickrey_reporting_late_total", "Ledger entries after their window closed")
@@ -88,56 +84,31 @@ class Reporting(RoleBase):
             await self.http.cleanup()
         await super().close()
 
-    # -- rebalance -------------------------------------------------------------------------------
-
-    async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
-        for tp, found in committed.items():
-            watermark = 0
-            if found is not None:
-                self.next_offset[tp] = found.offset
-                watermark = committed_watermark(found.metadata)
-            self.partitions[tp] = PartitionWindows(watermark=watermark, grace_ms=self.grace_ms)
-        return {}
-
-    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.partitions.pop(tp, None)
-            self.next_offset.pop(tp, None)
+    def new_windows(self, watermark: int = 0) -> Windows[Window]:
+        return PartitionWindows(watermark=watermark, grace_ms=self.grace_ms)
 
     # -- one batch -------------------------------------------------------------------------------
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
-        step = Step(offsets={})
         touched: set[TopicPartition] = set()
         for tp, records in batch.items():
-            windows = self.partitions.setdefault(tp, PartitionWindows(grace_ms=self.grace_ms))
+            windows = self.windows_of(tp)
             for record in records:
                 try:
                     entry = decode(LEDGER, record.value)
                 except RecordError:
                     self.unreadable.inc()
                     continue
-                if not windows.add(entry["campaign_id"], entry["ts"], entry["kind"], entry["amount_micros"], record.offset):
+                window = windows.window(entry["campaign_id"], entry["ts"], record.offset)
+                if window is None:
                     self.late.inc()
+                else:
+                    window.count(entry["kind"], entry["amount_micros"])
             self.next_offset[tp] = records[-1].offset + 1
             touched.add(tp)
-        closed: list[Window] = []
-        for tp, windows in self.partitions.items():
-            if self.idle_close_ms is not None and await self.loop.caught_up(tp):
-                windows.advance(now_ms - self.idle_close_ms)
-            done = windows.close_due()
-            if done:
-                closed.extend(done)
-                touched.add(tp)
-        step.outputs.extend(window_outputs(self.reports_topic, closed))
+        closed = await self.close_due(now_ms, touched)
+        step = Step(window_outputs(self.reports_topic, closed), offsets=self.commit_offsets(touched))
         self.windows_closed.inc(len(closed))
-        offsets = step.offsets
-        assert offsets is not None
-        for tp in touched:
-            if tp in self.next_offset:
-                windows = self.partitions[tp]
-                metadata = orjson.dumps({"wm": windows.watermark}).decode()
-                offsets[tp] = (windows.commit_offset(self.next_offset[tp]), metadata)
         # Final windows go to Redis before the commit: a replay rebuilds the very same records.
         await self._store(closed, partial=False)
         if time.monotonic() - self._last_flush >= PARTIAL_FLUSH_S:
@@ -170,15 +141,6 @@ class Reporting(RoleBase):
         fields = sorted(await self.redis.hkeys(key), key=int)
         if len(fields) > MINUTES_KEPT:
             await self.redis.hdel(key, *fields[: len(fields) - MINUTES_KEPT])
-
-
-def committed_watermark(metadata: str | None) -> int:
-    """The watermark committed with the offset ({"wm": ms}); 0 when there is none (or not ours)."""
-    try:
-        found = orjson.loads(metadata or "{}")
-        return int(found.get("wm", 0)) if isinstance(found, dict) else 0
-    except (orjson.JSONDecodeError, TypeError, ValueError):
-        return 0
 
 
 def window_outputs(topic: str, windows: list[Window]) -> list[Output]:

@@ -15,8 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import orjson
+from aiokafka import TopicPartition
+
+from core.loop import Committed, Position, RoleBase
+
 WINDOW_MS = 60_000
 GRACE_MS = 10_000
+# With nothing left to read, the watermark follows wall time this far behind (records can trail
+# their events while upstream roles catch up); so windows of an idle stream still close.
+IDLE_CLOSE_MS = 30_000
 
 
 def round_half_up_div(numerator: int, denominator: int) -> int:
@@ -49,6 +57,14 @@ class Window:
 
     def record(self) -> dict[str, Any]:
         return report_record(self.campaign_id, self.start, self.impressions, self.clicks, self.spend_micros)
+
+    def count(self, kind: str, amount_micros: int) -> None:
+        """One ledger entry (an impression or a billable click) and what it charged."""
+        if kind == "impression":
+            self.impressions += 1
+        else:
+            self.clicks += 1
+        self.spend_micros += amount_micros
 
 
 W = TypeVar("W", bound=Window)
@@ -113,9 +129,80 @@ class PartitionWindows(Windows[Window]):
         window = self.window(campaign_id, ts, offset)
         if window is None:
             return False
-        if kind == "impression":
-            window.impressions += 1
-        else:
-            window.clicks += 1
-        window.spend_micros += amount_micros
+        window.count(kind, amount_micros)
         return True
+
+
+def committed_watermark(metadata: str | None) -> int:
+    """The watermark committed with the offset ({"wm": ms}); 0 when there is none (or not ours)."""
+    try:
+        found = orjson.loads(metadata or "{}")
+        return int(found.get("wm", 0)) if isinstance(found, dict) else 0
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return 0
+
+
+class WindowedRole(RoleBase, Generic[W]):
+    """A role that keeps each assigned input partition's open windows: restored from the committed
+    position and watermark on assignment, dropped on revocation, closed by the watermark (which
+    follows wall time `idle_close_ms` behind once the partition is caught up), and committed as
+    the first record of a window still open, with the watermark as the offset's metadata."""
+
+    idle_close_ms: int | None = None
+
+    def __init__(self) -> None:
+        self.partitions: dict[TopicPartition, Windows[W]] = {}
+        self.next_offset: dict[TopicPartition, int] = {}
+
+    def new_windows(self, watermark: int = 0) -> Windows[W]:
+        raise NotImplementedError
+
+    def restored(self, tp: TopicPartition, watermark: int) -> None:
+        """A partition assigned, its watermark as committed (0 when never committed)."""
+
+    def due(self, tp: TopicPartition, windows: Windows[W]) -> list[W]:
+        """What closes on `tp` now (a role may add to it)."""
+        return windows.close_due()
+
+    async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
+        for tp, found in committed.items():
+            watermark = 0
+            if found is not None:
+                self.next_offset[tp] = found.offset
+                watermark = committed_watermark(found.metadata)
+            self.partitions[tp] = self.new_windows(watermark)
+            self.restored(tp, watermark)
+        return {}
+
+    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop(tp, None)
+            self.next_offset.pop(tp, None)
+
+    def windows_of(self, tp: TopicPartition) -> Windows[W]:
+        found = self.partitions.get(tp)
+        if found is None:
+            found = self.partitions[tp] = self.new_windows()
+        return found
+
+    async def close_due(self, now_ms: int, touched: set[TopicPartition]) -> list[W]:
+        """The windows due on every partition; adds the partitions whose position moves to `touched`."""
+        closed: list[W] = []
+        for tp, windows in self.partitions.items():
+            if self.idle_close_ms is not None and await self.loop.caught_up(tp):
+                windows.advance(now_ms - self.idle_close_ms)
+            done = self.due(tp, windows)
+            if done:
+                closed.extend(done)
+                touched.add(tp)
+        return closed
+
+    def commit_offsets(self, touched: set[TopicPartition]) -> dict[TopicPartition, Position]:
+        """Each touched partition's resume position with its watermark."""
+        offsets: dict[TopicPartition, Position] = {}
+        for tp in touched:
+            if tp in self.next_offset:
+                windows = self.partitions[tp]
+                metadata = orjson.dumps({"wm": windows.watermark}).decode()
+                offsets[tp] = (windows.commit_offset(self.next_offset[tp]), metadata)
+        return offsets

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from streams.reporting import committed_watermark
-from streams.windows import WINDOW_MS, PartitionWindows, report_record
+from streams.windows import WINDOW_MS, PartitionWindows, committed_watermark, report_record
 
 
 def test_late_within_grace_counts_and_past_it_does_not() -> None:
