@@ -1,8 +1,8 @@
 """The Redis key layout: every key Vickrey reads or writes is built here, and only here.
 
 `{ns}` is `VICKREY_NAMESPACE`. Braces in a key are a Redis Cluster hash tag: every key of one
-campaign (`{c:<id>}`), of one person (`{u:<user_id>}`), of one event (`{e:<event_id>}`) or of one
-kept-outcome blob (`{b:<id>}`) lands in one slot, so the atomic steps that touch them can move
+campaign (`{c:<id>}`), of one person (`{u:<user_id>}`), of one event (`{e:<event_id>}`), of one click (`{k:<click_id>}`), of one
+advertiser (`{a:<advertiser_id>}`) or of one kept-outcome blob (`{b:<id>}`) lands in one slot, so the atomic steps that touch them can move
 to a cluster without a redesign.
 
 | key | type | what |
@@ -21,6 +21,8 @@ to a cluster without a redesign.
 | `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
 | `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |
 | `{ns}:{u:<user_id>}:keys` | set | the person's expiring keys, so `forget` finds them all |
+| `{ns}:{k:<click_id>}:click` | string | a billable click's campaign, advertiser, impression and ts (conversions) |
+| `{ns}:{a:<advertiser_id>}:conversion:<conversion_id>` | string | the raw record that attributed it (conversions) |
 | `{ns}:{e:<event_id>}:outcome` | string | where a decided event came from, and where its outcome is kept |
 | `{ns}:{b:<blob id>}` | string | the outcomes of one reservation call, until its batch commits |
 | `{ns}:policy`, `{ns}:policy:version` | string, int | the trust policy and its version |
@@ -129,6 +131,16 @@ class Keys:
 
     def frequency(self, user_id: str, campaign_id: str) -> str:
         return self.person(user_id) + "fc:" + campaign_id
+
+    # -- conversions ----------------------------------------------------------------------------------
+
+    def click(self, click_id: str) -> str:
+        """A billable click as the conversions role stores it for attribution."""
+        return f"{self.namespace}:{{k:{click_id}}}:click"
+
+    def conversion_claim(self, advertiser_id: str, conversion_id: str) -> str:
+        """Who attributed an advertiser's conversion_id first (its raw record's origin)."""
+        return f"{self.namespace}:{{a:{advertiser_id}}}:conversion:{conversion_id}"
 
     # -- the auction's kept outcomes ------------------------------------------------------------------
 

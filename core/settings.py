@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="how often (seconds of event time) the autopilot decides each campaign's bid and "
         "targeting; its input windows are a fifth of this, 1 to 60 s",
     )
+    conversion_window_s: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="how long after its click a conversion is attributed (judged on the records' own "
+        "times); conversion ids are remembered this long per advertiser (duplicates)",
+    )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

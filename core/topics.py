@@ -39,12 +39,17 @@ TOPICS: tuple[str, ...] = (
     "campaigns",
     "campaigns.autopilot",
     "autopilot.feed",  # internal: the autopilot-feed role's aggregates for the autopilot (streams/)
+    "ad.conversions.raw",
+    "ad.conversions",
+    "ad.conversions.invalid",
+    "conversions.pending",  # internal: conversions waiting for their click (streams/conversions.py)
     "user.controls",
     "user.controls.applied",
     "user.controls.dlq",
     "ad.clicks.raw.dlq",
     "ad.impressions.dlq",
     "ad.clicks.dlq",
+    "ad.conversions.raw.dlq",
 )
 COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns", "campaigns.autopilot"})
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import orjson
 
-from schemas import records
+from schemas import conversions, records
 from schemas.campaign import check_campaign
 from schemas.checks import RECORD_MAX_BYTES, Record, RecordError, show
 
@@ -39,6 +39,10 @@ _TOPICS: Final[dict[str, tuple[Validator, int]]] = {
     "campaigns": (check_campaign, RECORD_MAX_BYTES),
     "campaigns.autopilot": (records.check_autopilot_decision, RECORD_MAX_BYTES),
     "autopilot.feed": (records.check_autopilot_feed, RECORD_MAX_BYTES),
+    "ad.conversions.raw": (conversions.check_conversion_raw, RECORD_MAX_BYTES),
+    "ad.conversions": (conversions.check_conversion, RECORD_MAX_BYTES),
+    "ad.conversions.invalid": (conversions.check_invalid_conversion, RECORD_MAX_BYTES),
+    "conversions.pending": (conversions.check_pending_conversion, RECORD_MAX_BYTES),
     "user.controls": (records.check_user_control, RECORD_MAX_BYTES),
     "user.controls.applied": (records.check_user_control_applied, RECORD_MAX_BYTES),
 }

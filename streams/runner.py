@@ -1,5 +1,5 @@
-"""`vickrey streams [ROLE ...]`: click attribution, billing, reporting, CTR feedback and the
-autopilot's feed (the autopilot itself, on Faust, runs alone: streams/autopilot.py).
+"""`vickrey streams [ROLE ...]`: click attribution, billing, reporting, CTR feedback, the
+autopilot's feed and conversion attribution (the autopilot itself, on Faust, runs alone: streams/autopilot.py).
 
 All roles run in one process by default (one loop each, each with its own consumer group and
 transactional producer, core/loop.py), or only the roles named, to scale them out separately.
@@ -26,11 +26,12 @@ from core.topics import ensure_topics
 from streams.attribution import Attribution
 from streams.autopilot_feed import AutopilotFeed
 from streams.billing import Billing
+from streams.conversions import Conversions
 from streams.feedback import Feedback
 from streams.reporting import Reporting
 
 log = logging.getLogger("vickrey.streams")
-ROLES = ("attribution", "billing", "reporting", "feedback", "autopilot-feed")
+ROLES = ("attribution", "billing", "reporting", "feedback", "autopilot-feed", "conversions")
 AUTOPILOT = "autopilot"  # on Faust, in a process of its own (streams/autopilot.py)
 DEFAULT_REPORT_PORT = 8081
 
@@ -59,6 +60,8 @@ def build_roles(
             roles.append(Feedback(settings, metrics))
         elif name == "autopilot-feed":
             roles.append(AutopilotFeed(settings, metrics))
+        elif name == "conversions":
+            roles.append(Conversions(settings, metrics))
         else:
             raise ValueError(f"unknown streams role {name!r} (choose from {', '.join(ROLES)})")
     return roles

@@ -37,6 +37,7 @@ log = logging.getLogger("vickrey.client")
 DECISIONS = "ad.decisions"
 INTENTS = "chat.intents"
 CLICKS = "ad.clicks.raw"
+CONVERSIONS_RAW = "ad.conversions.raw"
 
 
 class DecisionTimeout(TimeoutError):
@@ -69,6 +70,7 @@ class ChatAdsClient:
         self.validate_intents = validate_intents
         self._intents = settings.topic(INTENTS)
         self._clicks = settings.topic(CLICKS)
+        self._conversions = settings.topic(CONVERSIONS_RAW)
         self._decisions = settings.topic(DECISIONS)
         self._linger_ms = linger_ms
         self._fetch_max_wait_ms = fetch_max_wait_ms
@@ -215,6 +217,25 @@ class ChatAdsClient:
         }
         await self._started_producer().send_and_wait(self._clicks, orjson.dumps(record), key=impression_id.encode())
         return click_id
+
+    # -- conversions -------------------------------------------------------------------------
+
+    async def report_purchase(self, click_id: str, order_id: str, value_micros: int = 0,
+                              kind: str = "purchase", ts: int | None = None) -> None:
+        """Report what a click led to inside the chat (an in-chat checkout): `ad.conversions.raw`,
+        key `click_id`, `source: in_chat`. `order_id` is the conversion_id: reporting the same
+        order again is recognised as a duplicate, so a retry is safe."""
+        record = {
+            "schema_version": 1,
+            "conversion_id": order_id,
+            "click_id": click_id,
+            "ts": int(time.time() * 1000) if ts is None else ts,
+            "kind": kind,
+            "value_micros": value_micros,
+            "source": "in_chat",
+        }
+        validate(CONVERSIONS_RAW, record)  # a bad field is the caller's error (RecordError names it), not a DLQ record
+        await self._started_producer().send_and_wait(self._conversions, orjson.dumps(record), key=click_id.encode())
 
     # -- internals ---------------------------------------------------------------------------
 

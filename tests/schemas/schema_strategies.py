@@ -23,9 +23,9 @@ from schemas.campaign import iso_to_ms
 Json = Any
 TOPICS = ("chat.intents", "ad.decisions", "ad.impressions", "ad.clicks.raw", "ad.clicks", "ad.clicks.invalid",
           "billing.ledger", "reports.campaign-minute", "campaigns", "campaigns.autopilot", "autopilot.feed", "user.controls",
-          "user.controls.applied",
+          "user.controls.applied", "ad.conversions.raw", "ad.conversions", "ad.conversions.invalid", "conversions.pending",
           "chat.intents.dlq")
-INPUT_TOPICS = ("chat.intents", "ad.clicks.raw", "user.controls")
+INPUT_TOPICS = ("chat.intents", "ad.clicks.raw", "user.controls", "ad.conversions.raw")
 
 
 class Judge:

@@ -17,7 +17,8 @@ SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.json"))
 EXPECTED = {"chat.intents", "dlq", "ad.decisions", "ad.impressions", "ad.clicks.raw", "ad.clicks",
             "ad.clicks.invalid", "billing.ledger", "reports.campaign-minute", "campaign", "campaigns.autopilot", "autopilot.feed", "user.controls",
-            "user.controls.applied", "policy"}
+            "user.controls.applied", "policy", "ad.conversions.raw", "ad.conversions", "ad.conversions.invalid",
+            "conversions.pending"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def test_schema_version_is_const_1(path: Path) -> None:
     schema = load(path)
     version = schema["properties"]["schema_version"]
     assert version["const"] == 1 and version["type"] == "integer"
-    is_input = path.stem in {"chat.intents", "ad.clicks.raw", "user.controls", "campaign", "policy"}
+    is_input = path.stem in {"chat.intents", "ad.clicks.raw", "ad.conversions.raw", "user.controls", "campaign", "policy"}
     assert ("schema_version" in schema["required"]) is not is_input
     assert (version.get("default") == 1) is is_input
 

@@ -11,9 +11,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from core.settings import Settings
-from vickrey.api import campaigns, ratelimit
+from vickrey.api import campaigns, conversions, ratelimit
 from vickrey.api.http import (
-    MAX_BODY,
+    MAX_LIST_BODY,
     RATE_LIMIT,
     REDIS,
     SETTINGS,
@@ -58,7 +58,7 @@ def create_app(
     settings: Settings, *, rate_limit: ratelimit.RateLimit | None = None, redis: Redis | None = None
 ) -> web.Application:
     """The API app. It opens (and closes) its own Redis client unless `redis` is given."""
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_LIST_BODY)
     app[SETTINGS] = settings
     app[RATE_LIMIT] = rate_limit or ratelimit.RateLimit()
 
@@ -77,4 +77,5 @@ def create_app(
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     campaigns.add_routes(app.router)
+    conversions.add_routes(app)
     return app

@@ -25,6 +25,7 @@ from vickrey.api import ratelimit
 log = logging.getLogger("vickrey.api")
 
 MAX_BODY: Final = 64 * 1024  # a larger body answers 413
+MAX_LIST_BODY: Final = 1024 * 1024  # for the endpoints that take lists (1,000 conversions); the app's own limit
 SETTINGS: Final = web.AppKey("settings", Settings)
 REDIS: Final = web.AppKey("redis", Redis)
 RATE_LIMIT: Final = web.AppKey("rate_limit", ratelimit.RateLimit)
@@ -60,7 +61,7 @@ def error_response(status: int, problems: list[str], headers: dict[str, str] | N
 _HTTP_PROBLEMS: Final = {
     404: "(path): not found",
     405: "(method): not allowed here",
-    413: f"(body): larger than the {MAX_BODY}-byte (64 KiB) limit",
+    413: f"(body): larger than the {MAX_LIST_BODY}-byte (1024 KiB) limit",
 }
 
 
@@ -117,11 +118,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON: 413 past MAX_BODY (checked before reading), 400 when unreadable."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, [_HTTP_PROBLEMS[413]])
-    raw = await request.read()  # the app's client_max_size stops a longer chunked body (413)
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, [f"(body): larger than the {limit}-byte ({limit // 1024} KiB) limit"])
+
+
+async def read_json(request: web.Request, limit: int = MAX_BODY) -> Any:
+    """The request body as JSON: 413 past `limit` (checked before reading when the length is
+    declared), 400 when unreadable."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    raw = await request.read()  # the app's client_max_size (MAX_LIST_BODY) stops a longer chunked body
+    if len(raw) > limit:
+        raise _too_large(limit)
     if not raw.strip():
         raise ApiError(400, ["(body): a JSON object is required"])
     try:

@@ -187,6 +187,17 @@ def _paths() -> dict[str, Any]:
             ],
             "responses": _responses(_ok("The decisions.", "Autopilot"), "400", "404"),
         }},
+        "/v1/conversions": {"post": {
+            "summary": "Report conversions of your clicks (docs/contract.md §8): one object or a list of up to "
+                       "1,000, accepted or refused whole. Attributed exactly once by the conversions role; a "
+                       "conversion_id you reported before is counted once (a retry is safe).",
+            "operationId": "postConversions",
+            "requestBody": {"required": True, "content": _content({"anyOf": [
+                _ref("ConversionPost"),
+                {"type": "array", "minItems": 1, "maxItems": 1000, "items": _ref("ConversionPost")}]})},
+            "responses": _responses(_ok("Accepted: on ad.conversions.raw, to be attributed.", "ConversionsAccepted",
+                                        "202"), "400", "404", "413"),
+        }},
     }  # fmt: skip
 
 
@@ -267,6 +278,7 @@ def _schemas() -> dict[str, Any]:
         **campaign_defs,
         **window_defs,
         **decision_defs,
+        **_conversion_schemas(),
         "CampaignCreate": variant("CampaignCreate", create_desc, [k for k in campaign["required"] if k != "advertiser_id"]),
         "CampaignReplace": variant(
             "CampaignReplace",
@@ -290,6 +302,20 @@ def _schemas() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _conversion_schemas() -> dict[str, Any]:
+    raw, raw_defs = _record_schema("ad.conversions.raw.json", "conversion.")
+    posted = ("conversion_id", "click_id", "kind", "value_micros", "ts")
+    post = {"type": "object", "additionalProperties": False, "title": "ConversionPost",
+            "required": ["conversion_id", "click_id", "kind"],
+            "description": "A conversion of one of your clicks; `source` (advertiser) and `advertiser_id` (yours) "
+                           "are set by the server. `ts` defaults to now, `value_micros` to 0.",
+            "properties": {k: raw["properties"][k] for k in posted}}  # fmt: skip
+    accepted = {"type": "object", "additionalProperties": False, "required": ["accepted", "conversion_ids"],
+                "properties": {"accepted": {"type": "integer", "minimum": 1, "maximum": 1000},
+                               "conversion_ids": {"type": "array", "items": {"type": "string"}}}}  # fmt: skip
+    return {**raw_defs, "ConversionPost": post, "ConversionsAccepted": accepted}
+
+
 @functools.cache
 def _document() -> bytes:
     doc = {
@@ -301,7 +327,8 @@ def _document() -> bytes:
                 "Self-serve campaigns and reports for advertisers. Authenticate with `Authorization: Bearer "
                 "<key>` (from `vickrey advertisers create NAME`). You see and change only your own "
                 "campaigns; responses carry aggregates only (no user or session ids). Every error is "
-                "`{\"errors\": [\"field: problem\", ...]}`. Bodies are JSON, at most 64 KiB."
+                "`{\"errors\": [\"field: problem\", ...]}`. Bodies are JSON, at most 64 KiB (a list of "
+                "conversions: 1 MiB)."
             ),
         },
         "security": [{"bearerAuth": []}],
