@@ -52,7 +52,7 @@ test-unit: venv ## tests that need no services
 
 lint: venv ## ruff, mypy (strict on every package) and the import layers (import-linter)
 	$(BIN)/ruff check .
-	$(BIN)/mypy core schemas auction streams vickrey loadtests
+	$(BIN)/mypy core schemas auction autopilot streams vickrey loadtests
 	$(BIN)/lint-imports
 
 demo: venv ## the whole story on a generated chat stream; stops what it started (KEEP=1 keeps it running)

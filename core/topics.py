@@ -43,6 +43,7 @@ TOPICS: tuple[str, ...] = (
     "ad.conversions",
     "ad.conversions.invalid",
     "conversions.pending",  # internal: conversions waiting for their click (streams/conversions.py)
+    "conversions.by-campaign",  # internal: attributed conversions keyed by campaign, for reporting
     "user.controls",
     "user.controls.applied",
     "user.controls.dlq",

@@ -43,6 +43,7 @@ _TOPICS: Final[dict[str, tuple[Validator, int]]] = {
     "ad.conversions": (conversions.check_conversion, RECORD_MAX_BYTES),
     "ad.conversions.invalid": (conversions.check_invalid_conversion, RECORD_MAX_BYTES),
     "conversions.pending": (conversions.check_pending_conversion, RECORD_MAX_BYTES),
+    "conversions.by-campaign": (conversions.check_conversion, RECORD_MAX_BYTES),
     "user.controls": (records.check_user_control, RECORD_MAX_BYTES),
     "user.controls.applied": (records.check_user_control_applied, RECORD_MAX_BYTES),
 }

@@ -322,7 +322,8 @@ def check_ledger_entry(r: Record, c: Checks = STRICT) -> None:
 
 
 _REPORT_FIELDS: Final = frozenset({"schema_version", "campaign_id", "window_start", "window_end", "impressions",
-                                   "clicks", "spend_micros", "ctr", "ecpm_micros"})
+                                   "clicks", "spend_micros", "ctr", "ecpm_micros", "conversions",
+                                   "conversion_value_micros"})
 
 
 def check_campaign_minute(r: Record, c: Checks = STRICT) -> None:
@@ -333,6 +334,8 @@ def check_campaign_minute(r: Record, c: Checks = STRICT) -> None:
         c.integer(r, key)
     c.number(r, "ctr")
     c.integer(r, "ecpm_micros")
+    c.integer(r, "conversions")
+    c.integer(r, "conversion_value_micros")
 
 
 _DLQ_FIELDS: Final = frozenset({"schema_version", "source_topic", "partition", "offset", "key_b64", "value_b64",

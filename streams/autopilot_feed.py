@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,7 @@ class AutopilotFeed(WindowedRole[FeedWindow]):
 
     def new_windows(self, watermark: int = 0) -> Windows[FeedWindow]:
         length = self.window_ms
-        return Windows(lambda cid, start, offset: FeedWindow(cid, start, offset, length_ms=length),
+        return Windows(lambda cid, start: FeedWindow(cid, start, length_ms=length),
                        watermark, self.grace_ms, length)
 
     async def start(self, loop: Loop) -> None:
@@ -119,7 +120,9 @@ class AutopilotFeed(WindowedRole[FeedWindow]):
         if self._is_first(tp):
             self.ticked_start = self._last_closed_start(watermark)
 
-    def due(self, tp: TopicPartition, windows: Windows[FeedWindow]) -> list[FeedWindow]:
+    def due(self, group: Hashable, windows: Windows[FeedWindow]) -> list[FeedWindow]:
+        tp = group  # each partition is its own group here
+        assert isinstance(tp, TopicPartition)
         done = windows.close_due()
         return done + self._ticks(windows, done) if self._is_first(tp) else done
 
@@ -147,7 +150,7 @@ class AutopilotFeed(WindowedRole[FeedWindow]):
                     continue
                 if found["campaign_id"] not in self.piloted:
                     continue
-                window = windows.window(found["campaign_id"], found["ts"], record.offset)
+                window = windows.window(found["campaign_id"], found["ts"], record.offset, tp.topic)
                 if window is None:
                     self.late.inc()
                 elif impressions:
@@ -179,7 +182,7 @@ class AutopilotFeed(WindowedRole[FeedWindow]):
             return []
         self.ticked_start = start
         had = {w.campaign_id for w in closed if w.start == start}
-        return [FeedWindow(cid, start, 0, length_ms=self.window_ms) for cid in sorted(self.piloted - had)]
+        return [FeedWindow(cid, start, length_ms=self.window_ms) for cid in sorted(self.piloted - had)]
 
     async def _refresh_piloted(self) -> None:
         self._piloted_at = time.monotonic()

@@ -25,7 +25,9 @@ raw partition moves on. Pending records are read back in order; one not yet due 
 partition (and only it: every record behind it is due later), and its position is committed
 there, so a crash re-reads exactly the waits not yet resolved. When due, the click is looked for
 again; after WAIT_MS from the first read, the conversion is `unknown_click`. Every outcome is
-published in the transaction that consumes the record it came from: once each.
+published in the transaction that consumes the record it came from: once each. An attributed
+conversion is also written to the internal conversions.by-campaign, keyed by campaign_id like
+billing.ledger, so that reporting counts it in the campaign's minute on the ledger's partition.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ RAW = "ad.conversions.raw"
 CLICKS = "ad.clicks"
 PENDING = "conversions.pending"
 ATTRIBUTED = "ad.conversions"
+BY_CAMPAIGN = "conversions.by-campaign"  # the same records keyed by campaign: reporting's input
 INVALID = "ad.conversions.invalid"
 WAIT_MS = 60_000  # a conversion waits this long (from when it was read) for its click
 RETRY_DELAYS_MS = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000)  # then every 32 s, up to WAIT_MS
@@ -88,7 +91,7 @@ class Conversions(RoleBase):
         self.window_ms = settings.conversion_window_s * 1000
         self.ttl_s = settings.conversion_window_s + CLICK_MARGIN_S
         self.wait_ms = wait_ms
-        self.topics = {name: settings.topic(name) for name in (CLICKS, RAW, PENDING, ATTRIBUTED, INVALID)}
+        self.topics = {name: settings.topic(name) for name in (CLICKS, RAW, PENDING, ATTRIBUTED, INVALID, BY_CAMPAIGN)}
         # pending partition → records read but not yet due, in offset order (the first is the position)
         self.held: dict[TopicPartition, deque[tuple[int, dict[str, Any]]]] = {}
         self.pending_next: dict[TopicPartition, int] = {}  # pending partition → next offset to read
@@ -195,7 +198,10 @@ class Conversions(RoleBase):
                     await self._claim(keys=[claim_key], args=[origin, self.ttl_s], client=pipe)
                 owned = await pipe.execute()
             for (conversion, click, _), mine in zip(claims, owned, strict=True):
-                outputs.append(self._attributed(conversion, click) if mine else self._invalid(conversion, "duplicate"))
+                if mine:
+                    outputs.extend(self._attributed(conversion, click))
+                else:
+                    outputs.append(self._invalid(conversion, "duplicate"))
         return outputs
 
     def _wait(self, conversion: dict[str, Any], origin: str, read_at: int, attempt: int, now_ms: int) -> Output:
@@ -211,12 +217,14 @@ class Conversions(RoleBase):
         record = {"schema_version": 1, **conversion, "reason": reason}
         return (self.topics[INVALID], conversion["click_id"].encode(), encode(record))
 
-    def _attributed(self, conversion: dict[str, Any], click: dict[str, Any]) -> Output:
+    def _attributed(self, conversion: dict[str, Any], click: dict[str, Any]) -> list[Output]:
+        """On ad.conversions by click, and on conversions.by-campaign by campaign (for reporting)."""
         self.outcomes.labels("attributed").inc()
-        record = {"schema_version": 1, **conversion, "campaign_id": click["campaign_id"],
-                  "advertiser_id": click["advertiser_id"], "impression_id": click["impression_id"],
-                  "click_ts": click["ts"]}
-        return (self.topics[ATTRIBUTED], conversion["click_id"].encode(), encode(record))
+        record = encode({"schema_version": 1, **conversion, "campaign_id": click["campaign_id"],
+                         "advertiser_id": click["advertiser_id"], "impression_id": click["impression_id"],
+                         "click_ts": click["ts"]})
+        return [(self.topics[ATTRIBUTED], conversion["click_id"].encode(), record),
+                (self.topics[BY_CAMPAIGN], click["campaign_id"].encode(), record)]
 
 
 def reported(raw: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,17 @@
-"""Reporting: billing.ledger → one-minute campaign windows → reports.campaign-minute, plus Redis for
-the HTTP endpoints (report_api.py).
+"""Reporting: billing.ledger + conversions.by-campaign → one-minute campaign windows →
+reports.campaign-minute, plus Redis for the HTTP endpoints (report_api.py).
 
-Everything comes from the ledger: it has one entry per impression and per billable click, with the
-event's ts, its kind and the amount charged, keyed by campaign, so counts and spend agree with
-billing by construction and a campaign's windows live on one partition. Windows and exactly-once
-emission: see windows.py; the loop publishes the output in a Kafka transaction with the consumed
-offsets and the watermark (as offset metadata).
+Impressions, clicks and spend come from the ledger: it has one entry per impression and per
+billable click, with the event's ts, its kind and the amount charged, keyed by campaign, so counts
+and spend agree with billing by construction. Conversions come from conversions.by-campaign (the
+conversions role's attributed conversions, keyed by campaign too), counted in the minute of their
+own ts. Both topics are co-partitioned and assigned by range, so partition N of both feeds one set
+of windows and a campaign's windows live on one member. Windows and exactly-once emission: see
+windows.py; the loop publishes the output in a Kafka transaction with the consumed offsets and the
+watermark (as offset metadata). Once both partitions are caught up, wall time moves the watermark
+(`idle_close_ms` behind: 0), so a window closes one grace period after its end even when no more
+traffic arrives (docs/contract.md §8); an entry for a closed window is counted in
+`vickrey_reporting_late_total`, not in a report.
 
 Redis (`{ns}` = namespace): `{ns}:{c:<campaign_id>}:minutes` hash, field window_start (ms) → the
 report record JSON; a window still open carries `"partial": true` and is rewritten at most every
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from typing import Any
 
 import orjson
@@ -28,10 +35,11 @@ from core.metrics import Metrics
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 from streams.report_api import serve_reports
-from streams.windows import GRACE_MS, IDLE_CLOSE_MS, PartitionWindows, Window, WindowedRole, Windows
+from streams.windows import GRACE_MS, PartitionWindows, Window, WindowedRole, Windows
 
 log = logging.getLogger("vickrey.streams.reporting")
 LEDGER = "billing.ledger"
+CONVERSIONS = "conversions.by-campaign"  # attributed conversions, keyed by campaign like the ledger
 REPORTS = "reports.campaign-minute"
 MINUTES_TTL_S = 7 * 86400
 MINUTES_KEPT = 7 * 1440
@@ -40,7 +48,7 @@ PARTIAL_FLUSH_S = 1.0
 
 class Reporting(WindowedRole[Window]):
     name = "reporting"
-    inputs = (LEDGER,)
+    inputs = (LEDGER, CONVERSIONS)
 
     def __init__(
         self,
@@ -49,17 +57,19 @@ class Reporting(WindowedRole[Window]):
         batch_max: int = 2000,
         port: int | None = 8081,
         grace_ms: int = GRACE_MS,
-        idle_close_ms: int | None = IDLE_CLOSE_MS,
+        idle_close_ms: int | None = 0,  # None: event time only (tests)
     ) -> None:
         super().__init__()
         self.settings = settings
+        # Range assignment keeps partition N of both inputs on one member: their windows are one.
         self.options = LoopOptions(batch_max=batch_max, tick_s=0.2, fetch_max_wait_ms=20, session_timeout_ms=6_000,
-                                   heartbeat_interval_ms=1_000)
+                                   heartbeat_interval_ms=1_000, assignor="range")
         self.port = port
         self.port_fallback = False  # True when the port is the default, not asked for
         self.grace_ms = grace_ms
         self.idle_close_ms = idle_close_ms
         self.reports_topic = settings.topic(REPORTS)
+        self.ledger_topic = settings.topic(LEDGER)
         self.windows_closed = metrics.counter("vickrey_reporting_windows_total", "Windows emitted")
         self.late = metrics.counter("vickrey_reporting_late_total", "Ledger entries after their window closed")
         self.unreadable = metrics.counter("vickrey_reporting_unreadable_total", "Ledger entries that could not be read")
@@ -87,23 +97,29 @@ class Reporting(WindowedRole[Window]):
     def new_windows(self, watermark: int = 0) -> Windows[Window]:
         return PartitionWindows(watermark=watermark, grace_ms=self.grace_ms)
 
+    def group_of(self, tp: TopicPartition) -> Hashable:
+        return tp.partition  # the ledger's partition N and the conversions' partition N: one campaign's
+
     # -- one batch -------------------------------------------------------------------------------
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
         touched: set[TopicPartition] = set()
         for tp, records in batch.items():
             windows = self.windows_of(tp)
+            ledger = tp.topic == self.ledger_topic
             for record in records:
                 try:
-                    entry = decode(LEDGER, record.value)
+                    entry = decode(LEDGER if ledger else CONVERSIONS, record.value)
                 except RecordError:
                     self.unreadable.inc()
                     continue
-                window = windows.window(entry["campaign_id"], entry["ts"], record.offset)
+                window = windows.window(entry["campaign_id"], entry["ts"], record.offset, tp.topic)
                 if window is None:
                     self.late.inc()
-                else:
+                elif ledger:
                     window.count(entry["kind"], entry["amount_micros"])
+                else:
+                    window.conversion(entry["value_micros"])
             self.next_offset[tp] = records[-1].offset + 1
             touched.add(tp)
         closed = await self.close_due(now_ms, touched)

@@ -11,7 +11,7 @@ emitted are recognised by the watermark and skipped, so every window is emitted 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -31,8 +31,9 @@ def round_half_up_div(numerator: int, denominator: int) -> int:
     return (2 * numerator + denominator) // (2 * denominator)
 
 
-def report_record(campaign_id: str, start: int, impressions: int, clicks: int, spend_micros: int) -> dict[str, Any]:
-    """A `reports.campaign-minute` record (docs/contract.md §3): aggregates only, no user or session ids."""
+def report_record(campaign_id: str, start: int, impressions: int, clicks: int, spend_micros: int,
+                  conversions: int = 0, conversion_value_micros: int = 0) -> dict[str, Any]:
+    """A `reports.campaign-minute` record (docs/contract.md §3, §8): aggregates only, no user or session ids."""
     return {
         "schema_version": 1,
         "campaign_id": campaign_id,
@@ -43,6 +44,8 @@ def report_record(campaign_id: str, start: int, impressions: int, clicks: int, s
         "spend_micros": spend_micros,
         "ctr": clicks / impressions if impressions else 0.0,
         "ecpm_micros": round_half_up_div(spend_micros * 1000, impressions) if impressions else 0,
+        "conversions": conversions,
+        "conversion_value_micros": conversion_value_micros,
     }
 
 
@@ -50,13 +53,22 @@ def report_record(campaign_id: str, start: int, impressions: int, clicks: int, s
 class Window:
     campaign_id: str
     start: int
-    first_offset: int  # of the earliest record in it: the partition may not be committed past it
+    # input topic → offset of its earliest record in this window: that partition may not be committed past it
+    first_offsets: dict[str, int] = field(default_factory=dict)
     impressions: int = 0
     clicks: int = 0
     spend_micros: int = 0
+    conversions: int = 0
+    conversion_value_micros: int = 0
 
     def record(self) -> dict[str, Any]:
-        return report_record(self.campaign_id, self.start, self.impressions, self.clicks, self.spend_micros)
+        return report_record(self.campaign_id, self.start, self.impressions, self.clicks, self.spend_micros,
+                             self.conversions, self.conversion_value_micros)
+
+    def conversion(self, value_micros: int) -> None:
+        """One attributed conversion, counted in the minute of its own ts (docs/contract.md §8)."""
+        self.conversions += 1
+        self.conversion_value_micros += value_micros
 
     def count(self, kind: str, amount_micros: int) -> None:
         """One ledger entry (an impression or a billable click) and what it charged."""
@@ -72,9 +84,10 @@ W = TypeVar("W", bound=Window)
 
 @dataclass
 class Windows(Generic[W]):
-    """The open windows of one partition; `make(campaign_id, start, first_offset)` opens one."""
+    """The open windows of one partition (or of co-partitioned partitions of several topics);
+    `make(campaign_id, start)` opens one."""
 
-    make: Callable[[str, int, int], W]
+    make: Callable[[str, int], W]
     watermark: int = 0
     grace_ms: int = GRACE_MS
     window_ms: int = WINDOW_MS
@@ -84,16 +97,17 @@ class Windows(Generic[W]):
     def closes_at(self, start: int) -> int:
         return start + self.window_ms + self.grace_ms
 
-    def window(self, campaign_id: str, ts: int, offset: int) -> W | None:
-        """The open window for an event at `ts` (opened if need be), marked changed; None when it
-        has already closed (the event is too late)."""
+    def window(self, campaign_id: str, ts: int, offset: int, source: str = "") -> W | None:
+        """The open window for an event at `ts` read at `offset` of input `source` (opened if need
+        be), marked changed; None when it has already closed (the event is too late)."""
         start = ts - ts % self.window_ms
         if self.closes_at(start) <= self.watermark:
             return None
         key = (campaign_id, start)
         found = self.open.get(key)
         if found is None:
-            found = self.open[key] = self.make(campaign_id, start, offset)
+            found = self.open[key] = self.make(campaign_id, start)
+        found.first_offsets.setdefault(source, offset)
         self.changed.add(key)
         self.watermark = max(self.watermark, ts)
         return found
@@ -108,9 +122,10 @@ class Windows(Generic[W]):
         self.changed.difference_update(due)
         return closed
 
-    def commit_offset(self, next_offset: int) -> int:
-        """Where a restart must resume: the first record of a window still open."""
-        return min((w.first_offset for w in self.open.values()), default=next_offset)
+    def commit_offset(self, next_offset: int, source: str = "") -> int:
+        """Where a restart must resume reading `source`: its first record in a window still open."""
+        return min((w.first_offsets[source] for w in self.open.values() if source in w.first_offsets),
+                   default=next_offset)
 
     def take_changed(self) -> list[W]:
         changed = [self.open[key] for key in self.changed if key in self.open]
@@ -124,9 +139,9 @@ class PartitionWindows(Windows[Window]):
     def __init__(self, watermark: int = 0, grace_ms: int = GRACE_MS) -> None:
         super().__init__(Window, watermark, grace_ms)
 
-    def add(self, campaign_id: str, ts: int, kind: str, amount_micros: int, offset: int) -> bool:
+    def add(self, campaign_id: str, ts: int, kind: str, amount_micros: int, offset: int, source: str = "") -> bool:
         """Count one ledger entry; False when its window has already closed (too late)."""
-        window = self.window(campaign_id, ts, offset)
+        window = self.window(campaign_id, ts, offset, source)
         if window is None:
             return False
         window.count(kind, amount_micros)
@@ -143,66 +158,80 @@ def committed_watermark(metadata: str | None) -> int:
 
 
 class WindowedRole(RoleBase, Generic[W]):
-    """A role that keeps each assigned input partition's open windows: restored from the committed
-    position and watermark on assignment, dropped on revocation, closed by the watermark (which
-    follows wall time `idle_close_ms` behind once the partition is caught up), and committed as
-    the first record of a window still open, with the watermark as the offset's metadata."""
+    """A role that keeps open windows per group of its input partitions (by default each partition
+    is its own group; co-partitioned inputs may share one): restored from the committed positions and
+    watermark on assignment, dropped on revocation, closed by the watermark (which follows wall time
+    `idle_close_ms` behind once every partition of the group is caught up), and each partition
+    committed at its first record in a window still open, with the watermark as the offset's metadata."""
 
     idle_close_ms: int | None = None
 
     def __init__(self) -> None:
-        self.partitions: dict[TopicPartition, Windows[W]] = {}
+        self.partitions: dict[Hashable, Windows[W]] = {}
+        self.members: dict[Hashable, set[TopicPartition]] = {}
         self.next_offset: dict[TopicPartition, int] = {}
 
     def new_windows(self, watermark: int = 0) -> Windows[W]:
         raise NotImplementedError
 
+    def group_of(self, tp: TopicPartition) -> Hashable:
+        """The windows `tp`'s records count into."""
+        return tp
+
     def restored(self, tp: TopicPartition, watermark: int) -> None:
         """A partition assigned, its watermark as committed (0 when never committed)."""
 
-    def due(self, tp: TopicPartition, windows: Windows[W]) -> list[W]:
-        """What closes on `tp` now (a role may add to it)."""
+    def due(self, group: Hashable, windows: Windows[W]) -> list[W]:
+        """What closes in `group` now (a role may add to it)."""
         return windows.close_due()
 
     async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
+        for tp in committed:  # rebuilt from the committed positions (co-partitioned members come together)
+            self.partitions.pop(self.group_of(tp), None)
         for tp, found in committed.items():
             watermark = 0
             if found is not None:
                 self.next_offset[tp] = found.offset
                 watermark = committed_watermark(found.metadata)
-            self.partitions[tp] = self.new_windows(watermark)
+            windows = self.windows_of(tp)
+            windows.watermark = max(windows.watermark, watermark)
             self.restored(tp, watermark)
         return {}
 
     async def on_revoked(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self.partitions.pop(tp, None)
-            self.next_offset.pop(tp, None)
+            group = self.group_of(tp)
+            self.partitions.pop(group, None)
+            for member in self.members.pop(group, set()) | {tp}:
+                self.next_offset.pop(member, None)
 
     def windows_of(self, tp: TopicPartition) -> Windows[W]:
-        found = self.partitions.get(tp)
+        group = self.group_of(tp)
+        self.members.setdefault(group, set()).add(tp)
+        found = self.partitions.get(group)
         if found is None:
-            found = self.partitions[tp] = self.new_windows()
+            found = self.partitions[group] = self.new_windows()
         return found
 
     async def close_due(self, now_ms: int, touched: set[TopicPartition]) -> list[W]:
-        """The windows due on every partition; adds the partitions whose position moves to `touched`."""
+        """The windows due in every group; adds the partitions whose position moves to `touched`."""
         closed: list[W] = []
-        for tp, windows in self.partitions.items():
-            if self.idle_close_ms is not None and await self.loop.caught_up(tp):
+        for group, windows in self.partitions.items():
+            members = self.members.get(group, set())
+            if self.idle_close_ms is not None and members and all([await self.loop.caught_up(tp) for tp in members]):
                 windows.advance(now_ms - self.idle_close_ms)
-            done = self.due(tp, windows)
+            done = self.due(group, windows)
             if done:
                 closed.extend(done)
-                touched.add(tp)
+                touched.update(members)
         return closed
 
     def commit_offsets(self, touched: set[TopicPartition]) -> dict[TopicPartition, Position]:
-        """Each touched partition's resume position with its watermark."""
+        """Each touched partition's resume position with its group's watermark."""
         offsets: dict[TopicPartition, Position] = {}
         for tp in touched:
             if tp in self.next_offset:
-                windows = self.partitions[tp]
+                windows = self.partitions[self.group_of(tp)]
                 metadata = orjson.dumps({"wm": windows.watermark}).decode()
-                offsets[tp] = (windows.commit_offset(self.next_offset[tp]), metadata)
+                offsets[tp] = (windows.commit_offset(self.next_offset[tp], tp.topic), metadata)
         return offsets

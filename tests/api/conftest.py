@@ -53,7 +53,8 @@ def campaign(campaign_id: str = "c-test-1", sample: int = 0, **changes: Any) -> 
 
 
 def minute_record(
-    campaign_id: str, window_start: int, impressions: int, clicks: int, spend: int
+    campaign_id: str, window_start: int, impressions: int, clicks: int, spend: int, conversions: int = 0,
+    conversion_value: int = 0,
 ) -> dict[str, Any]:
     """A reports.campaign-minute record, checked against its JSON Schema."""
     record = {
@@ -66,6 +67,8 @@ def minute_record(
         "spend_micros": spend,
         "ctr": clicks / impressions if impressions else 0.0,
         "ecpm_micros": (spend * 1000 + impressions // 2) // impressions if impressions else 0,
+        "conversions": conversions,
+        "conversion_value_micros": conversion_value,
     }
     jsonschema.validate(record, MINUTE_SCHEMA)
     return record

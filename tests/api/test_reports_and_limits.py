@@ -37,7 +37,8 @@ async def test_report_has_windows_in_range_totals_and_live_spend(
     now = int(time.time() * 1000)
     base = now // MINUTE * MINUTE - 10 * MINUTE
     records = [
-        minute_record("c-r", base + i * MINUTE, 100 * (i + 1), i, 450_000 * (i + 1)) for i in range(10)
+        minute_record("c-r", base + i * MINUTE, 100 * (i + 1), i, 450_000 * (i + 1), i % 2, (i % 2) * 10_000_000)
+        for i in range(10)
     ]
     await write_windows(stack, aredis, records)
     await set_spend(stack, aredis, "c-r", today=7_000_000, total=9_000_000, now_ms=now)
@@ -55,7 +56,9 @@ async def test_report_has_windows_in_range_totals_and_live_spend(
         **{k: v for k, v in records[2].items() if k not in ("schema_version", "campaign_id")},
         "partial": False,
     }
-    assert report["totals"] == {"impressions": 1200, "clicks": 9, "ctr": 9 / 1200, "spend_micros": 5_400_000}
+    assert report["totals"] == {"impressions": 1200, "clicks": 9, "ctr": 9 / 1200, "spend_micros": 5_400_000,
+                                "conversions": 1, "conversion_value_micros": 10_000_000,
+                                "cost_per_conversion_micros": 5_400_000, "return_on_ad_spend": 10_000_000 / 5_400_000}
     assert report["spend"] == {"today_micros": 7_000_000, "total_micros": 9_000_000}
     assert report["budget"] == campaign("c-r")["budget"]
     assert (report["campaign_id"], report["from"], report["to"]) == (

@@ -50,7 +50,8 @@ DESCRIBED_ELSEWHERE = {
 
 # Vickrey's own records between its roles: not in the contract, documented in docs/records.md only.
 INTERNAL = {"autopilot.feed": "the autopilot-feed role's aggregates for the autopilot (streams/autopilot_feed.py)",
-            "conversions.pending": "conversions waiting for their click (streams/conversions.py)"}
+            "conversions.pending": "conversions waiting for their click (streams/conversions.py)",
+            "conversions.by-campaign": "attributed conversions keyed by campaign, for reporting (streams/reporting.py)"}
 
 # §3 states it once for every record ("Every record carries `schema_version`"), no record lists it.
 STATED_ONCE = {"schema_version"}
@@ -65,6 +66,8 @@ BUILDS_ON = {"ad.clicks": "ad.clicks.raw", "ad.clicks.invalid": "ad.clicks.raw",
 SCHEMA_ONLY = {
     # schemas/README.md: a DLQ key or value over 256 KiB keeps its first 256 KiB and sets `truncated`.
     "dlq": {"truncated"},
+    # §8 (not §3's record paragraph): "`reports.campaign-minute` gains `conversions` and `conversion_value_micros`".
+    "reports.campaign-minute": {"conversions", "conversion_value_micros"},
 }
 
 # Topics that §7 (autopilot) and §8 (conversions) define and that are not built yet: no schema, no

@@ -18,7 +18,7 @@ SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.json"))
 EXPECTED = {"chat.intents", "dlq", "ad.decisions", "ad.impressions", "ad.clicks.raw", "ad.clicks",
             "ad.clicks.invalid", "billing.ledger", "reports.campaign-minute", "campaign", "campaigns.autopilot", "autopilot.feed", "user.controls",
             "user.controls.applied", "policy", "ad.conversions.raw", "ad.conversions", "ad.conversions.invalid",
-            "conversions.pending"}
+            "conversions.pending", "conversions.by-campaign"}
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -94,3 +94,40 @@ async def test_idle_stream_windows_close_on_wall_time(topics: Settings, redis_cl
     async with running(settings, [Reporting(settings, Metrics(), port=None, idle_close_ms=0)]):
         reports = await read_topic(settings, "reports.campaign-minute", expect=1)
     assert reports == [report_record("c-idle", w0, impressions=3, clicks=0, spend_micros=6_000)]
+
+
+def attributed(conversion_id: str, campaign_id: str, ts: int, value_micros: int) -> dict[str, object]:
+    """A conversions.by-campaign record (an attributed conversion, keyed by campaign)."""
+    return {"schema_version": 1, "conversion_id": conversion_id, "click_id": f"k-{conversion_id}", "ts": ts,
+            "kind": "purchase", "value_micros": value_micros, "source": "in_chat", "campaign_id": campaign_id,
+            "advertiser_id": f"adv-{campaign_id}", "impression_id": f"e-{conversion_id}:1", "click_ts": ts - 5 * S}
+
+
+async def test_conversions_count_in_the_minute_of_their_ts(topics: Settings, redis_client: redis.Redis) -> None:
+    """Ledger entries and conversions of one campaign meet in one window (co-partitioned inputs),
+    and windows close on wall time once both inputs are caught up."""
+    settings = topics
+    now = now_ms()
+    w0 = now - now % WINDOW_MS - 3 * WINDOW_MS
+    w1 = w0 + WINDOW_MS
+    await produce(settings, "billing.ledger", [
+        ("c-conv", ledger("e-1:1", "impression", "c-conv", w0 + S, 2_000)),
+        ("c-conv", ledger("k-1", "click", "c-conv", w0 + 2 * S, 300_000)),
+        ("c-other", ledger("e-2:1", "impression", "c-other", w0 + S, 1_000)),
+    ], transactional=True)
+    await produce(settings, "conversions.by-campaign", [
+        ("c-conv", attributed("o-1", "c-conv", w0 + 30 * S, 25_000_000)),
+        ("c-conv", attributed("o-2", "c-conv", w0 + 40 * S, 5_000_000)),
+        ("c-conv", attributed("o-3", "c-conv", w1 + S, 1_000_000)),  # a minute with conversions only
+    ], transactional=True)
+    async with running(settings, [Reporting(settings, Metrics(), port=None)]):
+        reports = await read_topic(settings, "reports.campaign-minute", expect=3, timeout_s=60)
+    assert sorted(reports, key=lambda r: (r["campaign_id"], r["window_start"])) == [
+        report_record("c-conv", w0, impressions=1, clicks=1, spend_micros=302_000, conversions=2,
+                      conversion_value_micros=30_000_000),
+        report_record("c-conv", w1, impressions=0, clicks=0, spend_micros=0, conversions=1,
+                      conversion_value_micros=1_000_000),
+        report_record("c-other", w0, impressions=1, clicks=0, spend_micros=1_000),
+    ]
+    stored = orjson.loads(redis_client.hget(settings.keys.minutes("c-conv"), str(w0)) or b"{}")
+    assert stored["conversions"] == 2 and stored["conversion_value_micros"] == 30_000_000

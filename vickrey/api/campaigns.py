@@ -53,6 +53,7 @@ REPORT_DEFAULT_MS: Final = 3_600_000  # the last hour when `from` is left out
 REPORT_MAX_MS: Final = 7 * 86_400_000
 EPOCH_MS_MAX: Final = 2**53 - 1
 _INT_FIELDS: Final = ("window_start", "window_end", "impressions", "clicks", "spend_micros", "ecpm_micros")
+_CONVERSION_FIELDS: Final = ("conversions", "conversion_value_micros")
 _EFFECTIVE_FIELDS: Final = ("bid", "keywords", "categories", "reason", "version", "ts")
 
 
@@ -246,6 +247,9 @@ def _window(raw: bytes, campaign_id: str) -> dict[str, Any] | None:
         log.warning("skipping unreadable minute window of campaign %s: %.200r", campaign_id, raw)
         return None
     out = {f: window[f] for f in (*_INT_FIELDS[:5], "ctr", "ecpm_micros")}
+    for field in _CONVERSION_FIELDS:  # 0 in minutes reported before conversions existed
+        value = record.get(field, 0)
+        out[field] = value if type(value) is int and 0 <= value <= EPOCH_MS_MAX else 0
     out["partial"] = record.get("partial") is True  # reporting marks the minute still open
     return out
 
@@ -262,11 +266,19 @@ async def report(request: web.Request) -> web.Response:
     windows = [w for raw in stored if raw is not None and (w := _window(raw, campaign_id)) is not None]
     impressions = sum(w["impressions"] for w in windows)
     clicks = sum(w["clicks"] for w in windows)
+    spend = sum(w["spend_micros"] for w in windows)
+    conversions = sum(w["conversions"] for w in windows)
+    value = sum(w["conversion_value_micros"] for w in windows)
     totals = {
         "impressions": impressions,
         "clicks": clicks,
         "ctr": clicks / impressions if impressions else 0.0,
-        "spend_micros": sum(w["spend_micros"] for w in windows),
+        "spend_micros": spend,
+        "conversions": conversions,
+        "conversion_value_micros": value,
+        # integer micros, rounded half up; null when there is nothing to divide by
+        "cost_per_conversion_micros": (2 * spend + conversions) // (2 * conversions) if conversions else None,
+        "return_on_ad_spend": value / spend if spend else None,
     }
     return json_response({
         "campaign_id": campaign_id,

@@ -238,11 +238,17 @@ def _schemas() -> dict[str, Any]:
              "description": "Live spend from billing: today (UTC) and in total, in micros.",
              "properties": {"today_micros": _SAFE_INT, "total_micros": _SAFE_INT}}  # fmt: skip
     totals = {"type": "object", "additionalProperties": False,
-              "required": ["impressions", "clicks", "ctr", "spend_micros"],
+              "required": ["impressions", "clicks", "ctr", "spend_micros", "conversions", "conversion_value_micros",
+                           "cost_per_conversion_micros", "return_on_ad_spend"],
               "description": "Sums over the windows of the report (ctr = clicks / impressions, 0 without "
-                             "impressions).",
+                             "impressions); cost per conversion = spend / conversions (micros, rounded half up) "
+                             "and return on ad spend = conversion value / spend, null when dividing by 0.",
               "properties": {"impressions": _SAFE_INT, "clicks": _SAFE_INT, "ctr": {"type": "number", "minimum": 0},
-                             "spend_micros": _SAFE_INT}}  # fmt: skip
+                             "spend_micros": _SAFE_INT, "conversions": _SAFE_INT,
+                             "conversion_value_micros": _SAFE_INT,
+                             "cost_per_conversion_micros": {"anyOf": [_SAFE_INT, {"type": "null"}]},
+                             "return_on_ad_spend": {"anyOf": [{"type": "number", "minimum": 0},
+                                                              {"type": "null"}]}}}  # fmt: skip
     report = {
         "type": "object", "additionalProperties": False,
         "required": ["campaign_id", "from", "to", "status", "pacing", "budget", "spend", "totals", "windows"],
