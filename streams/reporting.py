@@ -98,7 +98,8 @@ class Reporting(WindowedRole[Window]):
         return PartitionWindows(watermark=watermark, grace_ms=self.grace_ms)
 
     def group_of(self, tp: TopicPartition) -> Hashable:
-        return tp.partition  # the ledger's partition N and the conversions' partition N: one campaign's
+        partition: int = tp.partition  # the ledger's and the conversions' partition N: one campaign's windows
+        return partition
 
     # -- one batch -------------------------------------------------------------------------------
 

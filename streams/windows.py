@@ -176,7 +176,8 @@ class WindowedRole(RoleBase, Generic[W]):
 
     def group_of(self, tp: TopicPartition) -> Hashable:
         """The windows `tp`'s records count into."""
-        return tp
+        group: Hashable = tp
+        return group
 
     def restored(self, tp: TopicPartition, watermark: int) -> None:
         """A partition assigned, its watermark as committed (0 when never committed)."""
