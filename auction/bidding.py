@@ -28,6 +28,14 @@ feedback, every DECISION_EVERY_S:
   back); and it never rises above PRICE_HEADROOM × the average price paid per contested click;
 - cold start: until something is won the bid rises by COLD_STEP per decision from a modest start;
 - `target_cpc`: also at most the bid that brings the average CPC to the target;
+- `target_cpa`: never above the value of a click, target CPA × the campaign's learned conversion
+  rate per click (PRIOR_CVR as PRIOR_CLICKS pseudo-clicks, updated from its attributed
+  conversions; `learned_cvr` bids on its estimate plus one standard deviation). In a second-price auction bidding a click's value is the dominant choice when the
+  budget does not bind, and the price paid is at most the bid, so the cost per conversion stays at
+  or below the target as far as the rate is right: behind the pace it bids that value (no
+  saturation or price headroom to guess), and pacing lowers it when the budget binds.
+  (A ceiling on the *average* CPC, as for target_cpc, winds up: early dear clicks keep the day's
+  average high and press the bid to the floor long after the market changed.)
 - never above `max_bid_micros`, never below MIN_BID_MICROS.
 
 The reservation in Redis keeps budgets atomic whatever the bid: the controller decides how the
@@ -43,7 +51,7 @@ from typing import Any
 from core.settings import Settings
 
 DAY_S = 86_400
-BID_GOALS = ("max_clicks", "target_cpc")  # the goals the autopilot bids for
+BID_GOALS = ("max_clicks", "target_cpc", "target_cpa")  # the goals the autopilot bids for
 # Five minutes (VICKREY_AUTOPILOT_DECIDE_EVERY_S's default): several feed windows per decision,
 # 288 decisions a day. The constants below that count decisions assume it.
 DECISION_EVERY_S: int = Settings.model_fields["autopilot_decide_every_s"].default
@@ -62,6 +70,18 @@ SATURATION_RAISES = 4  # raises in a row without a higher spend rate: bidding mo
 SATURATION_HOLD_S = 3600
 PRICE_MEMORY = 6  # decisions whose prices make the average
 START_SHARE = 100  # max_clicks starts at the daily budget / 100 a click
+PRIOR_CVR = 0.05  # target_cpa: the conversion rate per click assumed before any is measured
+PRIOR_CLICKS = 40  # ... weighing as much as this many clicks
+
+
+def learned_cvr(conversions: int, clicks: int) -> float:
+    """Conversions per click to bid on: the estimate (the prior counted as PRIOR_CLICKS pseudo-clicks)
+    plus one standard deviation of it. Optimism while clicks are few: a prior below the market's
+    price would otherwise never win the clicks that could correct it; the margin shrinks as
+    clicks come in."""
+    weight = clicks + PRIOR_CLICKS
+    rate = (conversions + PRIOR_CVR * PRIOR_CLICKS) / weight
+    return min(1.0, rate + math.sqrt(rate * (1 - rate) / (weight + 1)))
 
 
 def start_bid(record: dict[str, Any]) -> int:
@@ -72,7 +92,7 @@ def start_bid(record: dict[str, Any]) -> int:
     if bid:
         start = int(bid["amount_micros"])
     elif goal.get("target_micros"):
-        start = int(goal["target_micros"])
+        start = int(goal["target_micros"] * (PRIOR_CVR if goal.get("type") == "target_cpa" else 1))
     else:
         start = int(record["budget"]["daily_micros"]) // START_SHARE
     return clamp(start, goal.get("max_bid_micros"))
@@ -119,14 +139,20 @@ class BidDecision:
 
 
 class BidController:
-    """One campaign's goal: `max_clicks` or `target_cpc` (target in micros), max bid optional."""
+    """One campaign's goal: `max_clicks`, `target_cpc` or `target_cpa` (target in micros; for
+    target_cpa with the learned `conversion_rate` per click), max bid optional."""
 
-    def __init__(self, goal: str, target_micros: int | None = None, max_bid_micros: int | None = None) -> None:
-        if goal not in ("max_clicks", "target_cpc"):
+    def __init__(self, goal: str, target_micros: int | None = None, max_bid_micros: int | None = None,
+                 conversion_rate: float = PRIOR_CVR) -> None:
+        if goal not in BID_GOALS:
             raise ValueError(f"no bidding for the goal {goal!r}")
         self.goal = goal
         self.target_micros = target_micros
         self.max_bid_micros = max_bid_micros
+        # the CPC the goal allows on average: target CPC, or target CPA × conversions per click
+        self.cpc_target: float | None = None
+        if target_micros:
+            self.cpc_target = target_micros * conversion_rate if goal == "target_cpa" else float(target_micros)
 
     def decide(self, state: BidState, seen: Observation) -> BidDecision:
         """The next bid, and why, in words an advertiser understands. Updates `state`."""
@@ -138,7 +164,9 @@ class BidController:
         else:
             bid, why = self._pace(state, seen)
         state.spent_micros, state.seen_s = seen.spend_today_micros, seen.now_s
-        if self.goal == "target_cpc" and self.target_micros:
+        if self.goal == "target_cpa":
+            bid, why = self._hold_value(bid, why)
+        elif self.goal == "target_cpc":
             bid, why = self._hold_cpc(bid, state.bid_micros, seen, why)
         new_bid = clamp(round(bid), self.max_bid_micros)
         if new_bid == self.max_bid_micros and new_bid < round(bid):
@@ -174,6 +202,9 @@ class BidController:
         if ratio > TOLERANCE:
             step = -min(MAX_CUT, K_DOWN * math.log(ratio / TOLERANCE))
             return bid * math.exp(step), f"{pace}: bid {100 * (math.exp(step) - 1):+.0f}%"
+        if self.goal == "target_cpa" and self.cpc_target is not None:
+            # The value of a click is known: behind the pace, bid it (the ceiling below holds it there).
+            return max(bid, self.cpc_target), f"{pace}: bid a click's value"
         return self._raise(state, seen, bid, ratio, has, pace)
 
     def _raise(self, state: BidState, seen: Observation, bid: float, ratio: float, has: float,
@@ -195,19 +226,28 @@ class BidController:
         raised = min(bid * math.exp(step), max(bid, ceiling))
         return raised, f"{pace}: bid {100 * (raised / bid - 1):+.0f}%"
 
+    def _hold_value(self, bid: float, why: str) -> tuple[float, str]:
+        """target_cpa: never above a click's value (target CPA × conversions per click)."""
+        if self.cpc_target is None or self.target_micros is None or bid <= self.cpc_target:
+            return bid, why
+        rate = self.cpc_target / self.target_micros
+        return self.cpc_target, (f"a click is worth {_money(self.cpc_target)} (CPA target {_money(self.target_micros)}"
+                                 f" × {rate:.1%} conversions per click): bid held there")
+
     def _hold_cpc(self, bid: float, current: int, seen: Observation, why: str) -> tuple[float, str]:
         """The target CPC as a ceiling on the average: at most the bid that would bring the
         measured average CPC to the target (bounded like any step)."""
-        assert self.target_micros is not None
+        if self.cpc_target is None:
+            return bid, why
         if seen.clicks_today == 0:
-            ceiling = float(max(self.target_micros, current))
+            ceiling = max(self.cpc_target, float(current))
         else:
             average = seen.spend_today_micros / seen.clicks_today
-            ratio = max(math.exp(-MAX_STEP), min(math.exp(MAX_STEP), self.target_micros / max(1.0, average)))
+            ratio = max(math.exp(-MAX_STEP), min(math.exp(MAX_STEP), self.cpc_target / max(1.0, average)))
             ceiling = current * ratio
         if bid > ceiling:
             return ceiling, (f"average CPC {_money(seen.spend_today_micros / max(1, seen.clicks_today))} against a "
-                             f"target of {_money(self.target_micros)}: bid {_money(ceiling)}")
+                             f"target of {_money(self.cpc_target)}: bid {_money(ceiling)}")
         return bid, why
 
 

@@ -11,7 +11,7 @@ from schemas.campaign import restricted_vertical_problem, validate_campaign
 
 def prepare_campaign(obj: Any, policy: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     """A campaign as it is stored, or every problem: the record's own (schemas.campaign), a vertical the
-    policy restricts, a goal this version cannot pursue, and with `targeting.auto` the targeting
+    policy restricts, and with `targeting.auto` the targeting
     derived from its creatives and brief (`targeting_derived`; refused when they yield nothing)."""
     campaign, found = validate_campaign(obj)
     problems = list(found)
@@ -21,9 +21,6 @@ def prepare_campaign(obj: Any, policy: dict[str, Any]) -> tuple[dict[str, Any] |
             problems.append(restricted)
     if campaign is None or problems:
         return None, problems
-    if campaign["goal"]["type"] == "target_cpa":
-        return None, ["goal.type: target_cpa needs attributed conversions, which this version does not measure "
-                      "yet; use max_clicks or target_cpc"]
     targeting = campaign.get("targeting") or {}
     campaign.pop("targeting_derived", None)  # Vickrey writes it, whatever the input says
     if targeting.get("auto"):

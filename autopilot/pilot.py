@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from auction.bidding import DAY_S, BidController, BidState, Observation, start_bid
+from auction.bidding import BID_GOALS, DAY_S, BidController, BidState, Observation, learned_cvr, start_bid
 from auction.model import Campaign
 from autopilot.learning import Counts, KeywordCounts, learn
 
-GOALS = ("max_clicks", "target_cpc")
+GOALS = BID_GOALS
 
 
 def feed_window_ms(decide_every_s: int) -> int:
@@ -78,6 +78,8 @@ class Pilot:
     price_sum_micros: int = 0  # per-click prices of the contested impressions since the last decision
     priced_impressions: int = 0
     all_prices_micros: int = 0  # per-click prices of every impression since the last decision
+    clicks_total: int = 0  # since the pilot began: the conversion rate's denominator
+    conversions_total: int = 0  # attributed conversions since the pilot began
 
     @classmethod
     def for_campaign(cls, record: dict[str, Any]) -> Pilot:
@@ -129,6 +131,11 @@ class Pilot:
     def click(self, matched: tuple[str, ...], intent_keywords: frozenset[str], charge_micros: int) -> None:
         self.today.add(clicks=1, spend_micros=charge_micros)
         self.counts.click(matched, intent_keywords, charge_micros)
+        self.clicks_total += 1
+
+    def conversion(self) -> None:
+        """One conversion attributed to one of the campaign's clicks (ad.conversions)."""
+        self.conversions_total += 1
 
     def absorb(self, feed: dict[str, Any]) -> None:
         """One `autopilot.feed` window: the same counts as its impressions and clicks one by one."""
@@ -141,6 +148,8 @@ class Pilot:
         self.price_sum_micros += feed["price_sum_micros"]
         self.priced_impressions += feed["priced_impressions"]
         self.all_prices_micros += feed["all_prices_micros"]
+        self.clicks_total += feed["clicks"]
+        self.conversions_total += feed.get("conversions", 0)
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -159,7 +168,9 @@ class Pilot:
                                self.daily_budget_micros, self.price_sum_micros, self.priced_impressions,
                                self.all_prices_micros * self._ctr())
             self.price_sum_micros = self.priced_impressions = self.all_prices_micros = 0
-            decision = BidController(self.goal, self.target_micros, self.max_bid_micros).decide(self.bid, seen)
+            controller = BidController(self.goal, self.target_micros, self.max_bid_micros,
+                                       learned_cvr(self.conversions_total, self.clicks_total))
+            decision = controller.decide(self.bid, seen)
             bid_micros = decision.bid_micros
             if bid_micros != before or reasons:
                 reasons.append(decision.reason)
@@ -197,6 +208,7 @@ class Pilot:
             "today": [self.today.impressions, self.today.clicks, self.today.spend_micros],
             "counts": self.counts.to_state(), "price_sum_micros": self.price_sum_micros,
             "priced_impressions": self.priced_impressions, "all_prices_micros": self.all_prices_micros,
+            "clicks_total": self.clicks_total, "conversions_total": self.conversions_total,
         }
 
     @classmethod
@@ -213,6 +225,7 @@ class Pilot:
             base=tuple(state["base"]), pending=state["pending"], day=state["day"], today=Counts(*state["today"]),
             counts=KeywordCounts.from_state(state["counts"]), price_sum_micros=state["price_sum_micros"],
             priced_impressions=state["priced_impressions"], all_prices_micros=state["all_prices_micros"],
+            clicks_total=state.get("clicks_total", 0), conversions_total=state.get("conversions_total", 0),
         )
 
     def _ctr(self) -> float:

@@ -212,6 +212,8 @@ class Market:
             pilot.click(winner.matched_keywords, request.keywords, charge)
         if self.rng.random() < self.scenario.true_cvr.get(cid, 0.0):
             tally.conversions += 1
+            if pilot is not None:
+                pilot.conversion()  # live, attributed within seconds of the click's: the same decision period
 
     def _record_spend(self, campaign: Campaign, day: str) -> None:
         today, total = self.ledger.spent(campaign.campaign_id, day)

@@ -388,7 +388,7 @@ def check_autopilot_decision(r: Record, c: Checks = STRICT) -> None:
 
 _FEED_FIELDS: Final = frozenset({"schema_version", "campaign_id", "window_start", "window_end", "impressions", "clicks",
                                  "spend_micros", "price_sum_micros", "priced_impressions", "all_prices_micros",
-                                 "keywords", "via_category"})
+                                 "keywords", "via_category", "conversions"})
 _FEED_KEYWORD_FIELDS: Final = frozenset({"keyword", "impressions", "clicks", "spend_micros"})
 _FEED_VIA_FIELDS: Final = frozenset({"keyword", "impressions", "clicks"})
 FEED_KEYWORDS_MAX: Final = 64
@@ -403,6 +403,7 @@ def check_autopilot_feed(r: Record, c: Checks = STRICT) -> None:
     for key in ("window_start", "window_end", "impressions", "clicks", "spend_micros", "price_sum_micros",
                 "priced_impressions", "all_prices_micros"):
         c.integer(r, key)
+    c.integer(r, "conversions", default=0)  # absent on windows written before conversions existed
     for key, fields, most in (("keywords", _FEED_KEYWORD_FIELDS, FEED_KEYWORDS_MAX),
                               ("via_category", _FEED_VIA_FIELDS, FEED_VIA_CATEGORY_MAX)):
         items = c.array(r, key, hi=most)

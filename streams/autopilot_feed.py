@@ -40,6 +40,7 @@ from streams.windows import GRACE_MS, IDLE_CLOSE_MS, Window, WindowedRole, Windo
 log = logging.getLogger("vickrey.streams.autopilot_feed")
 IMPRESSIONS = "ad.impressions"
 CLICKS = "ad.clicks"
+CONVERSIONS = "ad.conversions"
 FEED = "autopilot.feed"
 PILOTED_REFRESH_S = 2.0
 
@@ -75,6 +76,7 @@ class FeedWindow(Window):
             "schema_version": 1, "campaign_id": self.campaign_id,
             "window_start": self.start, "window_end": self.start + self.length_ms,
             "impressions": self.impressions, "clicks": self.clicks, "spend_micros": self.spend_micros,
+            "conversions": self.conversions,
             "price_sum_micros": self.price_sum_micros, "priced_impressions": self.priced_impressions,
             "all_prices_micros": self.all_prices_micros,
             "keywords": [{"keyword": k, "impressions": c.impressions, "clicks": c.clicks, "spend_micros": c.spend_micros}
@@ -86,7 +88,7 @@ class FeedWindow(Window):
 
 class AutopilotFeed(WindowedRole[FeedWindow]):
     name = "autopilot-feed"
-    inputs = (IMPRESSIONS, CLICKS)
+    inputs = (IMPRESSIONS, CLICKS, CONVERSIONS)
 
     def __init__(self, settings: Settings, metrics: Metrics, batch_max: int = 2000) -> None:
         super().__init__()
@@ -97,6 +99,7 @@ class AutopilotFeed(WindowedRole[FeedWindow]):
         self.grace_ms = min(GRACE_MS, self.window_ms)
         self.idle_close_ms = min(IDLE_CLOSE_MS, 2 * self.window_ms)
         self.impressions_topic = settings.topic(IMPRESSIONS)
+        self.logical = {settings.topic(name): name for name in self.inputs}
         self.feed_topic = settings.topic(FEED)
         self.piloted: frozenset[str] = frozenset()
         self._piloted_at = -PILOTED_REFRESH_S
@@ -140,8 +143,7 @@ class AutopilotFeed(WindowedRole[FeedWindow]):
         touched: set[TopicPartition] = set()
         for tp, records in batch.items():
             windows = self.windows_of(tp)
-            impressions = tp.topic == self.impressions_topic
-            topic = IMPRESSIONS if impressions else CLICKS
+            topic = self.logical[tp.topic]
             for record in records:
                 try:
                     found = decode(topic, record.value)
@@ -153,10 +155,12 @@ class AutopilotFeed(WindowedRole[FeedWindow]):
                 window = windows.window(found["campaign_id"], found["ts"], record.offset, tp.topic)
                 if window is None:
                     self.late.inc()
-                elif impressions:
+                elif topic == IMPRESSIONS:
                     window.impression(found)
-                else:
+                elif topic == CLICKS:
                     window.click(found)
+                else:  # an attributed conversion, in the window of its own ts
+                    window.conversion(found["value_micros"])
             self.next_offset[tp] = records[-1].offset + 1
             touched.add(tp)
         return touched

@@ -3,6 +3,7 @@ own: bounded steps, the max bid, a cold start that explores, no keyword dropped 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from hypothesis import given
@@ -13,9 +14,11 @@ from auction.bidding import (
     MAX_CUT,
     MAX_STEP,
     MIN_BID_MICROS,
+    PRIOR_CVR,
     BidController,
     BidState,
     Observation,
+    learned_cvr,
     start_bid,
 )
 from autopilot.learning import KeywordCounts, impressions_to_judge, learn
@@ -76,6 +79,34 @@ def test_target_cpc_holds_the_average_at_the_target() -> None:
                             expected_spend_micros=1.0)  # far behind, but paying 300,000 a click
     decision = controller.decide(state, expensive)
     assert decision.bid_micros < 400_000 and "target" in decision.reason
+
+
+def test_the_conversion_rate_bid_on_starts_optimistic_and_converges() -> None:
+    assert learned_cvr(0, 0) > PRIOR_CVR  # optimism while nothing is measured
+    assert learned_cvr(0, 500) < PRIOR_CVR < learned_cvr(60, 500)
+    rates = [learned_cvr(clicks // 10, clicks) for clicks in (0, 100, 1_000, 100_000)]
+    assert all(abs(a - 0.1) > abs(b - 0.1) for a, b in itertools.pairwise(rates))  # towards the true 10 %
+    assert abs(rates[-1] - 0.1) < 0.002
+
+
+@given(st.integers(MIN_BID_MICROS, 5_000_000), st.floats(1, DAY_S - 1), st.integers(0, BUDGET),
+       st.floats(0, 1e8), st.integers(0, 10_000), st.integers(0, 200))
+def test_target_cpa_never_bids_more_than_a_click_is_worth(bid: int, now: float, spend: int, expected: float,
+                                                          impressions: int, conversions: int) -> None:
+    rate = learned_cvr(conversions, 1_000)
+    controller = BidController("target_cpa", target_micros=4_000_000, conversion_rate=rate)
+    state = BidState(bid, won_anything=impressions > 0, seen_s=max(0.0, now - 300))
+    decision = controller.decide(state, seen(now, spend, impressions, expected))
+    assert decision.bid_micros <= max(MIN_BID_MICROS, round(4_000_000 * rate))
+
+
+def test_target_cpa_behind_the_pace_bids_a_clicks_value() -> None:
+    controller = BidController("target_cpa", target_micros=4_000_000, conversion_rate=0.08)
+    behind = BidState(100_000, won_anything=True, seen_s=43_200 - 300, spent_micros=BUDGET // 4)
+    decision = controller.decide(behind, seen(43_200, BUDGET // 4, expected=1.0))
+    assert decision.bid_micros == 320_000 and "a click's value" in decision.reason
+    assert start_bid({"budget": {"daily_micros": BUDGET, "total_micros": BUDGET},
+                      "goal": {"type": "target_cpa", "target_micros": 4_000_000}}) == round(4_000_000 * PRIOR_CVR)
 
 
 def test_learning_needs_evidence_before_dropping_and_never_drops_the_advertisers_words() -> None:

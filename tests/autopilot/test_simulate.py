@@ -76,7 +76,7 @@ def test_the_command_prints_one_json_object_and_refuses_bad_scenarios(tmp_path: 
     assert refused.returncode == 2 and "hours" in refused.stderr and "colour" in refused.stderr
 
 
-@pytest.mark.parametrize("name", ["diurnal", "crowded", "dud"])
+@pytest.mark.parametrize("name", ["diurnal", "crowded", "dud", "cpa"])
 def test_no_campaign_passes_its_budget(name: str) -> None:
     result = simulate(read_scenario(shipped(name)))
     for campaign_id, found in result["campaigns"].items():
@@ -99,6 +99,15 @@ def test_target_cpc_keeps_its_average_at_or_below_the_target() -> None:
     campaign = next(c for c in scenario["campaigns"] if (c.get("goal") or {}).get("type") == "target_cpc")
     found = simulate(read_scenario(scenario))["campaigns"][campaign["campaign_id"]]
     assert found["clicks"] > 0 and found["avg_cpc_micros"] <= 1.1 * campaign["goal"]["target_micros"]
+
+
+def test_target_cpa_keeps_its_cost_per_conversion_at_or_below_the_target() -> None:
+    scenario = shipped("cpa")
+    campaign = next(c for c in scenario["campaigns"] if (c.get("goal") or {}).get("type") == "target_cpa")
+    found = simulate(read_scenario(scenario))["campaigns"][campaign["campaign_id"]]
+    assert found["conversions"] >= 5, found  # enough to judge
+    assert found["avg_cpa_micros"] <= 1.15 * campaign["goal"]["target_micros"], found
+    assert found["spend_micros"] <= found["budget_micros"]
 
 
 def test_the_autopilot_drops_a_dud_keyword_with_its_reason() -> None:
