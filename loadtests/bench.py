@@ -3,7 +3,8 @@
 Stages: the auction engine alone (auctions/s, index build, bytes per campaign); the plain
 aiokafka loop, the transactional loop (no auction, no Redis) and the auction worker on the same
 pre-filled topic; end-to-end latency at several fractions of the worker's maximum (the 50% point
-gives the e2e keys), and of the transactional loop at that 50% rate; billing (streams.bench).
+gives the e2e keys), and of the transactional loop at that 50% rate; billing and conversions
+(streams.bench); the autopilot in the simulator (against fixed bids, and target_cpa).
 Writes bench-results.json, docs/bench.png and the figures block of BENCHMARKS.md, prints a table.
 Each Kafka stage runs on its own topic prefix and Redis namespace and removes them afterwards.
 """
@@ -28,6 +29,8 @@ import rich.progress
 from rich.console import Console
 from rich.text import Text
 
+from autopilot.scenario import read_scenario
+from autopilot.simulate import simulate
 from core import native
 from core.settings import Settings
 from loadtests import bench_kafka, engine_bench, optimiser
@@ -39,7 +42,8 @@ from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
 KEYS = (
     "engine_auctions_per_s", "index_build_s_100k", "index_bytes_per_campaign", "baseline_events_per_s",
     "worker_events_per_s", "worker_ratio", "e2e_p50_ms", "e2e_p99_ms", "e2e_rate_events_per_s", "billing_events_per_s",
-    "autopilot_clicks_vs_best_fixed", "autopilot_budget_used", "simulate_intents_per_s",
+    "autopilot_clicks_vs_best_fixed", "autopilot_budget_used", "simulate_intents_per_s", "conversions_events_per_s",
+    "autopilot_cpa_vs_target",
 )
 HELD_OUT_SEEDS = (101, 102, 103, 104)  # random markets (loadtests/optimiser.py) the autopilot was not tuned on
 
@@ -152,23 +156,24 @@ def failed(missing: dict[str, str], keys: tuple[str, ...], error: BaseException)
         missing[key] = f"the stage failed: {type(error).__name__}: {error}"
 
 
-def billing(base: Settings, n: int) -> tuple[float | None, str | None]:
+def streams_rate(base: Settings, name: str, n: int) -> tuple[float | None, str | None]:
+    """`streams.bench.<name>(settings, n)` under its own prefix: (value, None) or (None, why not)."""
     try:
         from streams import bench as streams_bench
     except ImportError as error:
         return None, f"streams.bench is not importable: {error}"
-    measure = getattr(streams_bench, "billing_events_per_s", None)
+    measure = getattr(streams_bench, name, None)
     if measure is None:
-        return None, "streams.bench has no billing_events_per_s(settings, n)"
+        return None, f"streams.bench has no {name}(settings, n)"
     settings = isolated(base, new_tag("benchB"))
     try:
         result = measure(settings, n)
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
         return float(result), None
-    except Exception as error:  # the streams benchmark is another team's code: report, don't crash
+    except Exception as error:  # report, don't crash the other stages
         traceback.print_exc()
-        return None, f"streams.bench.billing_events_per_s failed: {type(error).__name__}: {error}"
+        return None, f"streams.bench.{name} failed: {type(error).__name__}: {error}"
     finally:
         asyncio.run(cleanup(settings))
 
@@ -264,11 +269,15 @@ def txn_loop_latency_stage(bench: Bench, rate: float) -> None:
 
 
 def billing_stage(bench: Bench) -> None:
-    bench.progress.stage(f"billing: {bench.args.billing_events:,} impressions (streams.bench)")
-    value, reason = billing(bench.base, bench.args.billing_events)
-    bench.results["billing_events_per_s"] = None if value is None else round(value)
-    if reason:
-        bench.missing["billing_events_per_s"] = reason
+    """Billing, then the conversions role (its clicks and as many conversions), on pre-filled topics."""
+    n = bench.args.billing_events
+    for key, what in (("billing_events_per_s", f"billing: {n:,} impressions"),
+                      ("conversions_events_per_s", f"conversions: {n:,} clicks, then {n:,} conversions")):
+        bench.progress.stage(f"{what} (streams.bench)")
+        value, reason = streams_rate(bench.base, key, n)
+        bench.results[key] = None if value is None else round(value)
+        if reason:
+            bench.missing[key] = reason
 
 
 def autopilot_stage(bench: Bench) -> None:
@@ -291,6 +300,15 @@ def autopilot_stage(bench: Bench) -> None:
     ratios = [market["clicks_vs_best_fixed"] for market in held_out]
     bench.details["autopilot"] = {"diurnal": found, "held_out": held_out,
                                   "held_out_mean": round(sum(ratios) / len(ratios), 3), "held_out_min": min(ratios)}
+    progress("target_cpa on the cpa scenario")
+    cpa = orjson.loads((ROOT / "loadtests" / "scenarios" / "cpa.json").read_bytes())
+    campaign = next(c for c in cpa["campaigns"] if (c.get("goal") or {}).get("type") == "target_cpa")
+    outcome = simulate(read_scenario(cpa))["campaigns"][campaign["campaign_id"]]
+    target = campaign["goal"]["target_micros"]
+    ratio = None if outcome["avg_cpa_micros"] is None else round(outcome["avg_cpa_micros"] / target, 3)
+    bench.results["autopilot_cpa_vs_target"] = ratio
+    bench.details["autopilot_cpa"] = {"target_micros": target, **{k: outcome[k] for k in (
+        "clicks", "conversions", "spend_micros", "budget_micros", "avg_cpc_micros", "avg_cpa_micros")}}
 
 
 STAGES = {"engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage, "billing": billing_stage,

@@ -25,6 +25,13 @@ TARGETS: dict[str, tuple[str, float | None, str, str]] = {
     "autopilot_clicks_vs_best_fixed": ("autopilot clicks / best fixed bid (diurnal)", 0.9, ">=", "x (aim 1.0)"),
     "autopilot_budget_used": ("autopilot share of the daily budget spent", 0.9, ">=", "x (at most 1.0)"),
     "simulate_intents_per_s": ("vickrey simulate speed", None, ">=", "intents/s"),
+    "conversions_events_per_s": ("conversions role (clicks + conversions)", None, ">=", "events/s"),
+    "autopilot_cpa_vs_target": ("target_cpa: cost per conversion / target (cpa)", 1.15, "<=", "x (at most 1.15)"),
+}
+# Rates that must keep up with what the worker's impressions imply: key -> (share of impressions, words).
+KEEP_UP: dict[str, tuple[float, str]] = {
+    "billing_events_per_s": (1.0, "worker impressions/s"),
+    "conversions_events_per_s": (0.1, "worker clicks/s at a 10 % click rate"),
 }
 START, END = "<!-- bench:start (written by `make bench`; edit outside this block) -->", "<!-- bench:end -->"
 
@@ -40,11 +47,13 @@ def _value(value: Any) -> str:
 def _target(key: str, results: dict[str, Any]) -> tuple[str, str]:
     label, target, op, _unit = TARGETS[key]
     value = results.get(key)
-    if key == "billing_events_per_s":
-        target = results.get("worker_impressions_per_s")
+    keep_up = KEEP_UP.get(key)
+    if keep_up is not None:
+        impressions = results.get("worker_impressions_per_s")
+        target = None if impressions is None else round(impressions * keep_up[0])
     if target is None:
         return "", ""
-    shown = f"{op} {_value(target)}" + (" (worker impressions/s)" if key == "billing_events_per_s" else "")
+    shown = f"{op} {_value(target)}" + (f" ({keep_up[1]})" if keep_up else "")
     if value is None:
         return shown, "n/a"
     met = value >= target if op == ">=" else value <= target
