@@ -3,8 +3,9 @@
 Services up (make did that) → a clean demo stack (prefix `demo.`, namespace `demo`) → the
 advertisers' sample campaigns (and one refused) → an autopilot campaign made from creatives and a
 brief, with the targeting Vickrey derived for it → `vickrey run` → a chat stream with a progress
-bar → clicks on some of the ads → the autopilot's bid changes with their reasons → billing → a
-per-campaign table read back from the ledger and the reports → where to look next. Nothing is
+bar → clicks on some of the ads → purchases inside the chat, attributed once → the autopilot's bid
+changes with their reasons → billing → a per-campaign table read back from the ledger, the
+conversions and the reports → where to look next. Nothing is
 left running unless `--keep-running`.
 """
 
@@ -35,6 +36,7 @@ from rich.table import Table
 from core.settings import Settings
 from core.topics import delete_topics, ensure_topics, topic_partitions
 from vickrey.campaign_store import apply_campaigns, campaign_spend
+from vickrey.client import ChatAdsClient
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 # What people say to the assistant, as the chat service would publish it: (what they typed,
@@ -163,29 +165,54 @@ async def click_some(settings: Settings, impressions: list[dict[str, Any]], shar
     return len(chosen)
 
 
-def table(ledger: list[dict[str, Any]], reports: dict[str, list[dict[str, Any]]], names: dict[str, str], spend: dict[str, int]) -> Table:
-    """Per campaign, from the billing ledger (most spend first), with Redis spend and the minute reports beside it."""
+async def buy_some(settings: Settings, clicks: list[dict[str, Any]], share: float) -> int:
+    """Some clicks end in a purchase inside the chat, reported by the chat service's checkout
+    (`ChatAdsClient.report_purchase`); one order is reported twice (a retry): counted once."""
+    rng = random.Random(17)
+    orders = [(c["click_id"], f"order-{uuid.uuid4().hex[:10]}", rng.randrange(2, 40) * 1_000_000)
+              for c in clicks if rng.random() < share]
+    orders += orders[:1]
+    async with ChatAdsClient(settings) as chat:
+        for click_id, order_id, value_micros in orders:
+            await chat.report_purchase(click_id, order_id, value_micros=value_micros)
+    return len(orders)
+
+
+def table(ledger: list[dict[str, Any]], reports: dict[str, list[dict[str, Any]]], names: dict[str, str],
+          spend: dict[str, int], conversions: list[dict[str, Any]]) -> Table:
+    """Per campaign, from the billing ledger (most spend first) and ad.conversions, with Redis spend
+    and the minute reports beside them."""
     rows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for entry in ledger:
         row = rows[entry["campaign_id"]]
         row["impressions" if entry["kind"] == "impression" else "clicks"] += 1
         row["spend"] += entry["amount_micros"]
         row["overdelivery"] += int(entry.get("overdelivery", False))
+    for conversion in conversions:
+        row = rows[conversion["campaign_id"]]
+        row["conversions"] += 1
+        row["value"] += conversion["value_micros"]
     out = Table(box=box.SIMPLE, show_edge=False, header_style="bold")
     out.add_column("campaign")
     out.add_column("advertiser")
-    for heading in ("impr", "clicks", "CTR", "spend $", "eff CPM $", "Redis $", "report impr", "report $"):
+    for heading in ("impr", "clicks", "CTR", "spend $", "eff CPM $", "conv", "$/conv", "ROAS", "Redis $",
+                    "report impr", "report $", "report conv"):
         out.add_column(heading, justify="right")
     for campaign_id in sorted(rows, key=lambda c: -rows[c]["spend"]):
         row = rows[campaign_id]
-        impressions, clicks = row["impressions"], row["clicks"]
+        impressions, clicks, converted = row["impressions"], row["clicks"], row["conversions"]
         ctr = f"{100 * clicks / impressions:.1f}%" if impressions else "-"
         cpm = f"{row['spend'] / impressions / 1000:.2f}" if impressions else "-"
+        windows = reports.get(campaign_id, [])
         out.add_row(
             campaign_id, names.get(campaign_id, "?"), f"{impressions}", f"{clicks}", ctr,
-            f"{row['spend'] / 1e6:.2f}", cpm, f"{spend.get(campaign_id, 0) / 1e6:.2f}",
-            f"{sum(w['impressions'] for w in reports.get(campaign_id, []))}",
-            f"{sum(w['spend_micros'] for w in reports.get(campaign_id, [])) / 1e6:.2f}",
+            f"{row['spend'] / 1e6:.2f}", cpm, f"{converted}",
+            f"{row['spend'] / converted / 1e6:.2f}" if converted else "-",
+            f"{row['value'] / row['spend']:.1f}x" if row["spend"] and converted else "-",
+            f"{spend.get(campaign_id, 0) / 1e6:.2f}",
+            f"{sum(w['impressions'] for w in windows)}",
+            f"{sum(w['spend_micros'] for w in windows) / 1e6:.2f}",
+            f"{sum(w.get('conversions', 0) for w in windows)}",
         )
     return out
 
@@ -254,8 +281,16 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
         print(f"  {clicks} clicks sent (3 of them double clicks)")
         ledger = await read_topic(settings, "billing.ledger", time.monotonic() + 30, want=len(impressions), idle_s=4)
         invalid = await read_topic(settings, "ad.clicks.invalid", time.monotonic() + 3, idle_s=1)
+        billable = await read_topic(settings, "ad.clicks", time.monotonic() + 3, idle_s=1)
+
+        say("Some clicks end in a purchase inside the chat; the conversions role attributes each once")
+        orders = await buy_some(settings, billable, share=0.2)
+        conversions = await read_topic(settings, "ad.conversions", time.monotonic() + 20, want=orders - 1, idle_s=2)
+        refused = await read_topic(settings, "ad.conversions.invalid", time.monotonic() + 5, want=1, idle_s=1)
+        print(f"  {orders} purchases reported (one of them twice), {len(conversions)} attributed, "
+              f"{len(refused)} refused: " + ", ".join(sorted({r["reason"] for r in refused})))
         closed = await read_topic(settings, "reports.campaign-minute", time.monotonic() + 2, idle_s=1)
-        await asyncio.sleep(1.5)  # reporting refreshes the open minute windows about every second
+        await asyncio.sleep(2.5)  # reporting refreshes the open minute windows about every second
         spend = {c: (await campaign_spend(settings, redis, c, int(time.time() * 1000)))["total_micros"] for c in names}
         reports = {
             c: [orjson.loads(w) for w in (await redis.hgetall(settings.keys.minutes(c))).values()] for c in names
@@ -269,8 +304,8 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
         if not decided:
             print("  no decision yet (it decides every 5 s of traffic once the feed's windows close)")
 
-        say("Per campaign, from the billing ledger; Redis spend and the minute reports beside it must agree")
-        show(table(ledger, reports, names, spend))
+        say("Per campaign, from the billing ledger and ad.conversions; Redis spend and the minute reports beside them must agree")
+        show(table(ledger, reports, names, spend, conversions))
         windows = sum(len(w) for w in reports.values())
         print(f"  ledger entries {len(ledger)}, invalid clicks {len(invalid)}, report windows {windows} "
               f"({len(closed)} closed and published on reports.campaign-minute; the current minute is still open)")
