@@ -1,10 +1,12 @@
-"""Advertisers only ever see aggregates (docs/contract.md §4b): run the whole pipeline on a chat stream
-whose user and session ids are unique markers, then scan everything advertiser-facing — the
-reports topic, the reporting HTTP endpoints, the advertiser API and the Redis report windows —
-for every one of those ids."""
+"""Advertisers only ever see aggregates (docs/contract.md §4b, §8): run the whole pipeline on a chat
+stream whose user and session ids are unique markers, with in-chat purchases and posted conversions
+of some clicks, then scan everything advertiser-facing — the reports topic, the conversions topics,
+the reporting HTTP endpoints, the advertiser API and the Redis report windows — for every one of
+those ids."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +25,7 @@ from tests.kafka_helpers import produce_json, read_all, start_role, stop_role
 from vickrey.advertisers import create_advertiser
 from vickrey.api import create_app
 from vickrey.api.ratelimit import RateLimit
+from vickrey.client import ChatAdsClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,6 +60,10 @@ async def test_nothing_advertiser_facing_carries_a_person(
         await produce_json(settings, "ad.clicks.raw", clicks, "impression_id")
         ledger = await read_all(settings, "billing.ledger", len(impressions) + len(clicks), timeout=60)
         assert len(ledger) == len(impressions) + len(clicks)
+        billable = await read_all(settings, "ad.clicks", len(clicks), timeout=30)
+        async with ChatAdsClient(settings) as chat:
+            for n, click in enumerate(billable[:10]):
+                await chat.report_purchase(click["click_id"], f"order-{marker}-{n}", value_micros=12_000_000)
 
         # Advertiser-facing outputs, gathered while the current minute's window is still open.
         facing: list[bytes] = []
@@ -69,6 +76,20 @@ async def test_nothing_advertiser_facing_carries_a_person(
         await api.start_server()
         try:
             headers = {"Authorization": f"Bearer {key}"}
+            posted = [{"conversion_id": f"signup-{marker}-{n}", "click_id": click["click_id"], "kind": "signup"}
+                      for n, click in enumerate(billable[10:12])]
+            for _ in range(100):  # the conversions role stores the clicks as it reads them
+                if await client.exists(*(settings.keys.click(c["click_id"]) for c in billable[10:12])) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            response = await api.post("/v1/conversions", headers=headers, data=orjson.dumps(posted))
+            assert response.status == 202, await response.text()
+            facing.append(await response.read())
+            conversions = await read_all(settings, "ad.conversions", 12, timeout=30)
+            assert len(conversions) == 12
+            facing += [orjson.dumps(r) for r in conversions]
+            facing += [orjson.dumps(r) for r in await read_all(settings, "ad.conversions.invalid", 0, timeout=2)]
+            await asyncio.sleep(2)  # reporting rewrites the open minute about every second
             for path in ("/v1/campaigns", "/v1/campaigns/agg-1", "/v1/campaigns/agg-1/report"):
                 response = await api.get(path, headers=headers)
                 assert response.status == 200, path
@@ -86,6 +107,7 @@ async def test_nothing_advertiser_facing_carries_a_person(
 
     blob = b"\n".join(facing)
     assert b"agg-1" in blob and b'"impressions"' in blob  # we did scan real report data
+    assert b'"conversions":12' in blob  # ... and the conversions, counted in the report
     for person_id in users + sessions:
         assert person_id.encode() not in blob, f"{person_id} leaked into advertiser-facing output"
     assert b"user_id" not in blob and b"session_id" not in blob

@@ -1,4 +1,4 @@
-"""All four roles in one process, as `vickrey streams` runs them: raw clicks and impressions in,
+"""All the roles in one process, as `vickrey streams` runs them: raw clicks and impressions in,
 ledger, report windows and CTR counts out."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ async def test_all_roles_together(topics: Settings, redis_client: redis.Redis, t
     await ensure_topics(settings)
     redis_client.hset(settings.keys.budget("c-cpc"), mapping={"daily_micros": 10**9, "total_micros": 10**9})
     now = now_ms()
-    # This minute: reporting closes a window on wall time only past its end + 30 s when idle, so
-    # the clicks (billed after attribution) land in it before it closes.
+    # This minute: reporting closes a window on wall time only past its end + the grace (10 s) when
+    # idle, so the clicks (billed after attribution, within a second or two) land in it before it closes.
     start = now - now % WINDOW_MS
     imps = [impression(f"e-{n}:1", "c-cpc", start + 1000 + n, bid_type="cpc", price_micros=250_000) for n in range(10)]
     await produce(settings, "ad.impressions", [(i["impression_id"], i) for i in imps])
