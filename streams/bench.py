@@ -161,18 +161,9 @@ async def _measure(settings: Settings, n: int, role_name: str, timeout_s: float)
                 role = Billing(bench, metrics)
             else:
                 role = Attribution(bench, metrics, state_dir=Path(state_dir))
-            impressions = bench.topic("ad.impressions")
-            first: float | None = None
             async with running(bench, [role], metrics):
-                deadline = time.monotonic() + timeout_s
-                while metrics.value("vickrey_records_committed_total", role=role_name) < n:
-                    if first is None and metrics.value("vickrey_records_in_total", role=role_name, topic=impressions) > 0:
-                        first = time.perf_counter()
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{role_name} did not finish {n} impressions in {timeout_s} s")
-                    await asyncio.sleep(0.002)
-                done = time.perf_counter()
-        return n / (done - (first or done - 1e-9))
+                elapsed = await _until(metrics, role_name, bench.topic("ad.impressions"), n, timeout_s)
+        return n / elapsed
     finally:
         await _cleanup(bench)
 

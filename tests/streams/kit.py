@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import signal
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -137,3 +141,15 @@ async def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "conditi
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def kill_repeatedly(start: Callable[[], subprocess.Popen[bytes]], log: Path, rng: random.Random, times: int,
+                          after_s: tuple[float, float] = (0.1, 2.0)) -> None:
+    """Start the role `times` times, each time SIGKILL it at a random moment once it has taken
+    partitions (its log counts "partitions assigned")."""
+    for kills in range(times):
+        proc = start()
+        await wait_for(lambda n=kills: log.read_text().count("partitions assigned") > n, timeout_s=60, what="assignment")
+        await asyncio.sleep(rng.uniform(*after_s))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

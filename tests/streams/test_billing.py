@@ -19,7 +19,7 @@ from core.topics import ensure_topics
 from streams.billing import Billing
 from streams.runner import running
 from tests.conftest import ROOT
-from tests.streams.kit import click, impression, now_ms, produce, read_topic, wait_for
+from tests.streams.kit import click, impression, kill_repeatedly, now_ms, produce, read_topic
 
 pytestmark = pytest.mark.integration
 VICKREY = ROOT / ".venv" / "bin" / "vickrey"
@@ -112,13 +112,8 @@ async def test_sigkill_billing_keeps_every_charge_exactly_once(
     log = tmp_path / "billing.log"
     log.touch()
     feeder = asyncio.create_task(feed())
-    for kills in range(4):
-        proc = start_billing(env, log)
-        # Kill it while it bills: once it has partitions, at a random moment.
-        await wait_for(lambda n=kills: log.read_text().count("partitions assigned") > n, timeout_s=60, what="assignment")
-        await asyncio.sleep(rng.uniform(0.1, 2.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    # Kill it while it bills: once it has partitions, at a random moment.
+    await kill_repeatedly(lambda: start_billing(env, log), log, rng, times=4)
     killing = False
     await feeder
     proc = start_billing(env, log)

@@ -15,14 +15,17 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio import Redis
 
+from auction.controls import ControlsRole
 from core.metrics import Metrics
 from core.settings import Settings
 from schemas.codec import validate
 from streams.conversions import Conversions
+from streams.reporting import Reporting
 from streams.runner import running
 from tests.conftest import ROOT
-from tests.streams.kit import click, now_ms, produce, read_topic, wait_for
+from tests.streams.kit import click, kill_repeatedly, now_ms, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 VICKREY = ROOT / ".venv" / "bin" / "vickrey"
@@ -109,6 +112,25 @@ async def test_a_duplicate_is_told_across_a_restart(topics: Settings, redis_clie
     assert [r["click_id"] for r in attributed] == ["k-1"]  # the first, once: not judged again
 
 
+async def test_forget_erases_the_persons_stored_clicks(topics: Settings, redis_client: redis.Redis) -> None:
+    settings = topics
+    base = now_ms() - 60_000
+    mine = click("k-mine", "e-1:1", "c-1", base, 0) | {"user_id": "u-forget"}
+    other = click("k-other", "e-2:1", "c-1", base, 0) | {"user_id": "u-stays"}
+    await produce(settings, "ad.clicks", [("e-1:1", mine), ("e-2:1", other)])
+    metrics = Metrics()
+    async with running(settings, [Conversions(settings, metrics)], metrics):
+        await wait_for(lambda: redis_client.exists(settings.keys.click("k-mine"), settings.keys.click("k-other")) == 2,
+                       what="the clicks stored")
+    client = Redis.from_url(settings.redis)
+    try:
+        await ControlsRole(settings, client, Metrics()).apply({"action": "forget", "user_id": "u-forget"})
+    finally:
+        await client.aclose()
+    assert redis_client.exists(settings.keys.click("k-mine")) == 0
+    assert redis_client.exists(settings.keys.click("k-other")) == 1
+
+
 def start_conversions(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - the child writes it
     return subprocess.Popen([str(VICKREY), "streams", "conversions"], env=env, stdout=out, stderr=out,
@@ -157,12 +179,7 @@ async def test_sigkill_keeps_every_conversion_exactly_once(
     log = tmp_path / "conversions.log"
     log.touch()
     feeder = asyncio.create_task(feed())
-    for kills in range(4):
-        proc = start_conversions(env, log)
-        await wait_for(lambda n=kills: log.read_text().count("partitions assigned") > n, timeout_s=60, what="assignment")
-        await asyncio.sleep(rng.uniform(0.2, 2.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    await kill_repeatedly(lambda: start_conversions(env, log), log, rng, times=4, after_s=(0.2, 2.5))
     killing = False
     await feeder
     proc = start_conversions(env, log)
@@ -190,3 +207,11 @@ async def test_sigkill_keeps_every_conversion_exactly_once(
             assert conv_id in unknowns, conv_id
     assert sum(seen.values()) == total, f"{sum(seen.values())} outcomes for {total} raw conversions"
     assert {r["reason"] for r in invalid} <= {"duplicate", "unknown_click"}
+
+    # What reporting counts (conversions.by-campaign): each attributed conversion once.
+    by_campaign = await read_topic(settings, "conversions.by-campaign", expect=len(attributed), timeout_s=30)
+    assert Counter(r["conversion_id"] for r in by_campaign) == Counter(r["conversion_id"] for r in attributed)
+    metrics = Metrics()
+    async with running(settings, [Reporting(settings, metrics, port=None)], metrics):
+        reports = await read_topic(settings, "reports.campaign-minute", expect=1, timeout_s=60, settle_s=3)
+    assert sum(r["conversions"] for r in reports) == len(attributed)
