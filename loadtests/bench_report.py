@@ -21,6 +21,7 @@ TARGETS: dict[str, tuple[str, float | None, str, str]] = {
     "e2e_p99_ms": ("end-to-end p99 at 50% of max", 25.0, "<=", "ms"),
     "txn_loop_e2e_p50_ms": ("transactional loop e2e p50, same rate", None, "<=", "ms"),
     "txn_loop_e2e_p99_ms": ("transactional loop e2e p99, same rate", None, "<=", "ms"),
+    "e2e_p99_vs_txn_loop": ("e2e p99, worker / transactional loop", 1.5, "<=", "x"),
     "billing_events_per_s": ("billing (streams.bench)", None, ">=", "events/s"),
     "autopilot_clicks_vs_best_fixed": ("autopilot clicks / best fixed bid (diurnal)", 0.9, ">=", "x (aim 1.0)"),
     "autopilot_budget_used": ("autopilot share of the daily budget spent", 0.9, ">=", "x (at most 1.0)"),
