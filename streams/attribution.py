@@ -17,6 +17,7 @@ keeps exactly-once without any extra topic: a crash simply re-reads the held cli
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from core.broadcast import BroadcastReader
 from core.loop import Batch, Committed, KafkaRecord, Loop, LoopOptions, Output, Position, RoleBase, Step
 from core.metrics import Metrics
 from core.settings import Settings
@@ -33,6 +35,7 @@ from streams.attribution_store import AttributionStore, StoredImpression, defaul
 
 log = logging.getLogger("vickrey.streams.attribution")
 IMPRESSIONS = "ad.impressions"
+APPLIED = "user.controls.applied"  # `forget` confirmations: the person's impressions leave the table
 RAW_CLICKS = "ad.clicks.raw"
 CLICKS = "ad.clicks"
 INVALID = "ad.clicks.invalid"
@@ -90,16 +93,32 @@ class Attribution(RoleBase):
             "vickrey_attribution_unreadable_impressions_total", "Impressions that could not be read (billing DLQs them)"
         )
         self.store: AttributionStore | None = None
+        self.forgotten = metrics.counter("vickrey_attribution_forgotten_total",
+                                         "Impressions erased from the table because their person asked to be forgotten")
+        self._stop_forgets = asyncio.Event()
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
         self.store = AttributionStore(self.state_dir, self.window_ms // 1000 + STORE_MARGIN_S)
         log.info("attribution store open", extra={"path": str(self.store.path)})
+        # Every forget ever confirmed (from the start: one confirmed while this process was down
+        # counts too), applied to this process's table; idempotent.
+        self._forgets = BroadcastReader(self.settings, APPLIED, self._forget, start="earliest")
+        self._forgetting = asyncio.create_task(self._forgets.run(self._stop_forgets))
 
     async def close(self) -> None:
+        if self._forgetting is not None:
+            self._stop_forgets.set()
+            await self._forgetting
         if self.store is not None:
             self.store.close()
         await super().close()
+
+    def _forget(self, confirmation: dict[str, Any]) -> None:
+        if confirmation["action"] == "forget" and self.store is not None:
+            erased = self.store.forget(confirmation["user_id"])
+            self.forgotten.inc(erased)
 
     @property
     def db(self) -> AttributionStore:
@@ -124,7 +143,7 @@ class Attribution(RoleBase):
         return step
 
     def _apply_impressions(self, tp: TopicPartition, records: list[KafkaRecord], step: Step) -> None:
-        rows: list[tuple[str, bytes]] = []
+        rows: list[tuple[str, str, bytes]] = []
         latest = self.watermark.get(tp.partition, 0)
         for record in records:
             try:
@@ -132,7 +151,7 @@ class Attribution(RoleBase):
             except RecordError:
                 self.unreadable.inc()  # billing sends it to the DLQ
                 continue
-            rows.append((impression["impression_id"], StoredImpression.of(impression)))
+            rows.append((impression["impression_id"], impression["user_id"], StoredImpression.of(impression)))
             latest = max(latest, impression["ts"])
         following = records[-1].offset + 1
         self.db.put_impressions(rows, {(tp.topic, tp.partition): following})
@@ -318,7 +337,7 @@ class Attribution(RoleBase):
                     impression = decode(IMPRESSIONS, record.value)
                 except RecordError:
                     continue
-                rows.append((impression["impression_id"], StoredImpression.of(impression)))
+                rows.append((impression["impression_id"], impression["user_id"], StoredImpression.of(impression)))
             self.db.put_impressions(rows, {})
             return
         for record in records:

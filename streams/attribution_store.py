@@ -9,6 +9,9 @@ Keys (raw bytes):
   (the first verdict, kept so that a batch replayed after a crash republishes the same answer)
 - `c:<impression_id>` → click_id of the impression's billable click (a second one is a duplicate)
 - `o:<topic>:<partition>` → next input offset applied to the table (restore checkpoint)
+- `u:<user_id>\0<impression_id>` → empty: the person's impressions, so that `forget` finds them
+- `f:<user_id>` → a person who asked to be forgotten: their impressions are not stored again
+  (a restore replays the impressions topic, which still holds them)
 
 Everything expires through RocksDB's TTL compaction a little after the attribution window; expiry
 of a click is judged on event times, never on what the store still holds.
@@ -95,10 +98,18 @@ class AttributionStore:
 
     # -- impressions ---------------------------------------------------------------------------
 
-    def put_impressions(self, impressions: list[tuple[str, bytes]], checkpoints: dict[tuple[str, int], int]) -> None:
+    def put_impressions(self, impressions: list[tuple[str, str, bytes]],
+                        checkpoints: dict[tuple[str, int], int]) -> None:
+        """(impression_id, user_id, StoredImpression bytes) rows, but none of a forgotten person."""
         batch = WriteBatch(raw_mode=True)
-        for impression_id, value in impressions:
+        forgotten: dict[str, bool] = {}
+        for impression_id, user_id, value in impressions:
+            if user_id not in forgotten:
+                forgotten[user_id] = self.db.get(_forgotten_key(user_id)) is not None
+            if forgotten[user_id]:
+                continue
             batch.put(b"i:" + impression_id.encode(), value)
+            batch.put(_person_prefix(user_id) + impression_id.encode(), b"")
         for (topic, partition), offset in checkpoints.items():
             batch.put(_checkpoint_key(topic, partition), str(offset).encode())
         self.db.write(batch)
@@ -129,6 +140,27 @@ class AttributionStore:
     def set_clicked(self, impression_id: str, click_id: str) -> None:
         self.db.put(b"c:" + impression_id.encode(), click_id.encode())
 
+    # -- people --------------------------------------------------------------------------------
+
+    def forget(self, user_id: str) -> int:
+        """Erase the person's impressions (and which click each had), and keep them from coming
+        back; the number of impressions erased."""
+        prefix = _person_prefix(user_id)
+        batch = WriteBatch(raw_mode=True)
+        erased = 0
+        rows = self.db.iter()
+        rows.seek(prefix)
+        while rows.valid() and rows.key().startswith(prefix):
+            impression_id = rows.key()[len(prefix):]
+            batch.delete(b"i:" + impression_id)
+            batch.delete(b"c:" + impression_id)
+            batch.delete(rows.key())
+            erased += 1
+            rows.next()
+        batch.put(_forgotten_key(user_id), b"1")
+        self.db.write(batch)
+        return erased
+
     # -- checkpoints ---------------------------------------------------------------------------
 
     def checkpoint(self, topic: str, partition: int) -> int | None:
@@ -141,3 +173,11 @@ class AttributionStore:
 
 def _checkpoint_key(topic: str, partition: int) -> bytes:
     return f"o:{topic}:{partition}".encode()
+
+
+def _person_prefix(user_id: str) -> bytes:
+    return b"u:" + user_id.encode() + b"\0"
+
+
+def _forgotten_key(user_id: str) -> bytes:
+    return b"f:" + user_id.encode()

@@ -11,6 +11,7 @@ import redis
 from core.metrics import Metrics
 from core.settings import Settings
 from core.topics import ensure_topics
+from schemas.codec import applied_control
 from streams.attribution import Attribution
 from streams.billing import Billing
 from streams.runner import running
@@ -115,3 +116,42 @@ async def test_table_restored_from_kafka_on_another_host(topics: Settings, redis
     assert metrics.value("vickrey_attribution_restored_total") >= 21  # 20 impressions + the billable click
     assert sorted(c["click_id"] for c in valid) == ["k-0", "k-7"]
     assert [(c["click_id"], c["reason"]) for c in invalid] == [("k-0b", "duplicate")]
+
+
+async def test_forget_erases_the_persons_impressions_here_and_after_a_restore(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """A confirmed `forget` erases the person's impressions from the table (a later click of theirs
+    is `unknown_impression`), and a process that rebuilds its table from Kafka elsewhere does not
+    take them back; another person's impressions stay."""
+    settings = topics
+    await ensure_topics(settings)
+    t = now_ms() - 60_000
+    await produce(settings, "ad.impressions", [
+        ("e-gone:1", impression("e-gone:1", "c-1", t, user_id="u-forget")),
+        ("e-gone:2", impression("e-gone:2", "c-1", t, user_id="u-forget")),
+        ("e-kept:1", impression("e-kept:1", "c-1", t, user_id="u-stays")),
+    ])
+    control = {"schema_version": 1, "user_id": "u-forget", "action": "forget", "ts": t + 1_000}
+    metrics = Metrics()
+    first = Attribution(settings, metrics, state_dir=tmp_path / "host-1", grace_s=0.5)
+    async with running(settings, [first], metrics):
+        await wait_for(lambda: first.store is not None and first.store.has_impression("e-kept:1"), what="the impressions stored")
+        await produce(settings, "user.controls.applied", [("u-forget", applied_control(control, 0, 0, t + 1_100))])
+        await wait_for(lambda: metrics.value("vickrey_attribution_forgotten_total") == 2, what="the forget applied")
+        assert first.store is not None
+        assert not first.store.has_impression("e-gone:1") and first.store.has_impression("e-kept:1")
+        await produce(settings, "ad.clicks.raw", [("e-gone:1", raw_click("k-gone", "e-gone:1", t + 5_000, "u-forget")),
+                                                  ("e-kept:1", raw_click("k-kept", "e-kept:1", t + 5_000, "u-stays"))])
+        invalid = await read_topic(settings, "ad.clicks.invalid", expect=1)
+        valid = await read_topic(settings, "ad.clicks", expect=1)
+    assert [(c["click_id"], c["reason"]) for c in invalid] == [("k-gone", "unknown_impression")]
+    assert [c["click_id"] for c in valid] == ["k-kept"]
+
+    second = Attribution(settings, Metrics(), state_dir=tmp_path / "host-2", grace_s=0.5)
+    await produce(settings, "ad.clicks.raw", [("e-gone:2", raw_click("k-gone-2", "e-gone:2", t + 6_000, "u-forget"))])
+    async with running(settings, [second]):
+        invalid = await read_topic(settings, "ad.clicks.invalid", expect=2)
+        assert second.store is not None and not second.store.has_impression("e-gone:2")
+    assert sorted((c["click_id"], c["reason"]) for c in invalid) == [
+        ("k-gone", "unknown_impression"), ("k-gone-2", "unknown_impression")]
