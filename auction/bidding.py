@@ -33,7 +33,10 @@ feedback, every DECISION_EVERY_S:
   conversions; `learned_cvr` bids on its estimate plus one standard deviation). In a second-price auction bidding a click's value is the dominant choice when the
   budget does not bind, and the price paid is at most the bid, so the cost per conversion stays at
   or below the target as far as the rate is right: behind the pace it bids that value (no
-  saturation or price headroom to guess), and pacing lowers it when the budget binds.
+  saturation or price headroom to guess), and pacing lowers it when the budget binds. While the
+  second price actually paid per click stays below the value, the ceiling rises with the gap (up to
+  VALUE_HEADROOM × the value), so that the average paid, not the bid, approaches the value: a
+  capped bid alone left CPA at half the target and most of the budget unspent.
   (A ceiling on the *average* CPC, as for target_cpc, winds up: early dear clicks keep the day's
   average high and press the bid to the floor long after the market changed.)
 - never above `max_bid_micros`, never below MIN_BID_MICROS.
@@ -70,6 +73,7 @@ SATURATION_RAISES = 4  # raises in a row without a higher spend rate: bidding mo
 SATURATION_HOLD_S = 3600
 PRICE_MEMORY = 6  # decisions whose prices make the average
 START_SHARE = 100  # max_clicks starts at the daily budget / 100 a click
+VALUE_HEADROOM = 2.0  # target_cpa bids up to this × a click's value while the price paid stays below it
 PRIOR_CVR = 0.05  # target_cpa: the conversion rate per click assumed before any is measured
 PRIOR_CLICKS = 40  # ... weighing as much as this many clicks
 
@@ -165,7 +169,7 @@ class BidController:
             bid, why = self._pace(state, seen)
         state.spent_micros, state.seen_s = seen.spend_today_micros, seen.now_s
         if self.goal == "target_cpa":
-            bid, why = self._hold_value(bid, why)
+            bid, why = self._hold_value(bid, why, state)
         elif self.goal == "target_cpc":
             bid, why = self._hold_cpc(bid, state.bid_micros, seen, why)
         new_bid = clamp(round(bid), self.max_bid_micros)
@@ -204,7 +208,7 @@ class BidController:
             return bid * math.exp(step), f"{pace}: bid {100 * (math.exp(step) - 1):+.0f}%"
         if self.goal == "target_cpa" and self.cpc_target is not None:
             # The value of a click is known: behind the pace, bid it (the ceiling below holds it there).
-            return max(bid, self.cpc_target), f"{pace}: bid a click's value"
+            return max(bid, self._value_ceiling(state)), f"{pace}: bid a click's value"
         return self._raise(state, seen, bid, ratio, has, pace)
 
     def _raise(self, state: BidState, seen: Observation, bid: float, ratio: float, has: float,
@@ -226,13 +230,26 @@ class BidController:
         raised = min(bid * math.exp(step), max(bid, ceiling))
         return raised, f"{pace}: bid {100 * (raised / bid - 1):+.0f}%"
 
-    def _hold_value(self, bid: float, why: str) -> tuple[float, str]:
+    def _value_ceiling(self, state: BidState) -> float:
+        """target_cpa's highest bid: a click's value, raised while the second price paid per click
+        stays below it (up to VALUE_HEADROOM ×), so that the *average* price, not the bid, meets it."""
+        assert self.cpc_target is not None
+        priced = sum(count for _, count in state.prices)
+        if not priced:
+            return self.cpc_target
+        paid = sum(total for total, _ in state.prices) / priced
+        return self.cpc_target * max(1.0, min(VALUE_HEADROOM, self.cpc_target / max(1.0, paid)))
+
+    def _hold_value(self, bid: float, why: str, state: BidState) -> tuple[float, str]:
         """target_cpa: never above a click's value (target CPA × conversions per click)."""
-        if self.cpc_target is None or self.target_micros is None or bid <= self.cpc_target:
+        if self.cpc_target is None or self.target_micros is None:
+            return bid, why
+        ceiling = self._value_ceiling(state)
+        if bid <= ceiling:
             return bid, why
         rate = self.cpc_target / self.target_micros
-        return self.cpc_target, (f"a click is worth {_money(self.cpc_target)} (CPA target {_money(self.target_micros)}"
-                                 f" × {rate:.1%} conversions per click): bid held there")
+        return ceiling, (f"a click is worth {_money(self.cpc_target)} (CPA target {_money(self.target_micros)}"
+                         f" × {rate:.1%} conversions per click): bid {_money(ceiling)}")
 
     def _hold_cpc(self, bid: float, current: int, seen: Observation, why: str) -> tuple[float, str]:
         """The target CPC as a ceiling on the average: at most the bid that would bring the

@@ -15,6 +15,7 @@ from auction.bidding import (
     MAX_STEP,
     MIN_BID_MICROS,
     PRIOR_CVR,
+    VALUE_HEADROOM,
     BidController,
     BidState,
     Observation,
@@ -91,20 +92,28 @@ def test_the_conversion_rate_bid_on_starts_optimistic_and_converges() -> None:
 
 @given(st.integers(MIN_BID_MICROS, 5_000_000), st.floats(1, DAY_S - 1), st.integers(0, BUDGET),
        st.floats(0, 1e8), st.integers(0, 10_000), st.integers(0, 200))
-def test_target_cpa_never_bids_more_than_a_click_is_worth(bid: int, now: float, spend: int, expected: float,
-                                                          impressions: int, conversions: int) -> None:
+def test_target_cpa_bids_at_most_a_clicks_value_unless_the_price_paid_is_below_it(
+        bid: int, now: float, spend: int, expected: float, impressions: int, conversions: int) -> None:
     rate = learned_cvr(conversions, 1_000)
+    value = 4_000_000 * rate
     controller = BidController("target_cpa", target_micros=4_000_000, conversion_rate=rate)
     state = BidState(bid, won_anything=impressions > 0, seen_s=max(0.0, now - 300))
-    decision = controller.decide(state, seen(now, spend, impressions, expected))
-    assert decision.bid_micros <= max(MIN_BID_MICROS, round(4_000_000 * rate))
+    decision = controller.decide(state, seen(now, spend, impressions, expected))  # paying 300,000 a click
+    paid = 300_000 if impressions else None
+    ceiling = value if paid is None or paid >= value else value * min(VALUE_HEADROOM, value / paid)
+    assert decision.bid_micros <= max(MIN_BID_MICROS, round(ceiling) + 1)
 
 
 def test_target_cpa_behind_the_pace_bids_a_clicks_value() -> None:
     controller = BidController("target_cpa", target_micros=4_000_000, conversion_rate=0.08)
     behind = BidState(100_000, won_anything=True, seen_s=43_200 - 300, spent_micros=BUDGET // 4)
-    decision = controller.decide(behind, seen(43_200, BUDGET // 4, expected=1.0))
-    assert decision.bid_micros == 320_000 and "a click's value" in decision.reason
+    decision = controller.decide(behind, seen(43_200, BUDGET // 4, expected=1.0))  # paying 300,000 a click
+    # A click is worth 320,000; the price paid is below that, so the bid may rise by value / paid.
+    assert decision.bid_micros == round(320_000 * 320_000 / 300_000) and "a click's value" in decision.reason
+    cheap = BidState(100_000, won_anything=True, seen_s=43_200 - 300, spent_micros=BUDGET // 4)
+    free = Observation(43_200, BUDGET // 4, clicks_today=3, impressions_today=100, daily_budget_micros=BUDGET,
+                       price_sum_micros=1_000 * 100, priced_impressions=100, expected_spend_micros=1.0)
+    assert controller.decide(cheap, free).bid_micros == round(320_000 * VALUE_HEADROOM)  # at most 2x
     assert start_bid({"budget": {"daily_micros": BUDGET, "total_micros": BUDGET},
                       "goal": {"type": "target_cpa", "target_micros": 4_000_000}}) == round(4_000_000 * PRIOR_CVR)
 
