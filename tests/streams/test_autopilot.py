@@ -63,6 +63,16 @@ async def feed(settings: Settings, windows: list[dict[str, Any]]) -> None:
     await produce(settings, "autopilot.feed", [(w["campaign_id"], w) for w in windows])
 
 
+async def store_campaigns(settings: Settings, campaigns: list[dict[str, Any]]) -> None:
+    """Store campaigns as `vickrey campaigns apply` does (no announcement); none may be refused."""
+    client = Redis.from_url(settings.redis)
+    try:
+        result = await apply_campaigns(settings, client, campaigns, announce=False)
+        assert not result.refused, result.refused
+    finally:
+        await client.aclose()
+
+
 def autopilot_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "VICKREY_AUTOPILOT_DECIDE_EVERY_S": str(DECIDE_EVERY_S)}
 
@@ -71,12 +81,7 @@ async def test_decisions_published_once_per_version_across_a_sigkill(
     topics: Settings, redis_client: redis.Redis, env: dict[str, str], tmp_path: Path
 ) -> None:
     settings = topics
-    client = Redis.from_url(settings.redis)
-    try:
-        result = await apply_campaigns(settings, client, [auto_campaign("volt-auto")], announce=False)
-        assert not result.refused, result.refused
-    finally:
-        await client.aclose()
+    await store_campaigns(settings, [auto_campaign("volt-auto")])
     stored = orjson.loads(redis_client.hget(settings.keys.campaigns(), "volt-auto") or b"{}")
     derived = {item["term"] for item in stored["targeting_derived"]["keywords"]}
     # Two derived keywords the traffic will show to be duds: one before the kill, one after.

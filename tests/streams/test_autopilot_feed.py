@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import redis
-from redis.asyncio import Redis
 
 from core.metrics import Metrics
 from core.settings import Settings
@@ -17,9 +16,8 @@ from schemas.codec import validate
 from streams.autopilot_feed import AutopilotFeed
 from streams.runner import running
 from tests.streams.kit import click, impression, now_ms, produce, read_topic
-from tests.streams.test_autopilot import auto_campaign
+from tests.streams.test_autopilot import auto_campaign, store_campaigns
 from tests.streams.test_autopilot_live import RIVAL
-from vickrey.campaign_store import apply_campaigns
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +29,7 @@ def keyworded(record: dict[str, Any], matched: list[str], intent: list[str]) -> 
 
 async def test_windows_per_campaign_and_keyword(topics: Settings, redis_client: redis.Redis) -> None:
     settings = topics.with_(autopilot_decide_every_s=2)  # windows of 1 s
-    client = Redis.from_url(settings.redis)
-    try:
-        result = await apply_campaigns(settings, client, [auto_campaign("volt-auto"), auto_campaign("quiet-auto"),
-                                                          RIVAL], announce=False)
-        assert not result.refused, result.refused
-    finally:
-        await client.aclose()
+    await store_campaigns(settings, [auto_campaign("volt-auto"), auto_campaign("quiet-auto"), RIVAL])
     start = now_ms() - 20_000
     start -= start % 1000
     imps = [

@@ -16,14 +16,12 @@ import orjson
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from core.settings import Settings
 from tests.auction.factories import intent
 from tests.kafka_helpers import start_role, stop_role
 from tests.streams.kit import produce
-from tests.streams.test_autopilot import auto_campaign
-from vickrey.campaign_store import apply_campaigns
+from tests.streams.test_autopilot import auto_campaign, store_campaigns
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +56,7 @@ async def test_the_worker_bids_what_the_autopilot_decides_within_a_second(
     topics: Settings, redis_client: redis.Redis, env: dict[str, str], tmp_path: Path
 ) -> None:
     settings = topics
-    client = Redis.from_url(settings.redis)
-    try:
-        result = await apply_campaigns(settings, client, [auto_campaign("volt-auto"), RIVAL], announce=False)
-        assert not result.refused, result.refused
-    finally:
-        await client.aclose()
+    await store_campaigns(settings, [auto_campaign("volt-auto"), RIVAL])
     env = {**env, "VICKREY_AUTOPILOT_DECIDE_EVERY_S": "2"}
     roles = [start_role(env, *args, log=tmp_path / f"{'-'.join(args)}.log")
              for args in (("auction",), ("streams",), ("streams", "autopilot"))]

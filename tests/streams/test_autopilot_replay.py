@@ -11,13 +11,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from redis.asyncio import Redis
 
 from core.settings import Settings
 from schemas.codec import validate
 from streams.autopilot import Autopilot
-from tests.streams.test_autopilot import DAY_START, WINDOW_MS, auto_campaign, window
-from vickrey.campaign_store import apply_campaigns
+from tests.streams.test_autopilot import DAY_START, WINDOW_MS, auto_campaign, store_campaigns, window
 
 pytestmark = pytest.mark.integration
 HOUR = DAY_START + 8 * 3_600_000
@@ -43,11 +41,7 @@ async def run_windows(autopilot: Autopilot, dud: str, first: int, last: int) -> 
 
 @pytest.fixture
 async def dud(settings: Settings, redis_client: redis.Redis) -> str:
-    client = Redis.from_url(settings.redis)
-    try:
-        assert not (await apply_campaigns(settings, client, [auto_campaign("volt-auto")], announce=False)).refused
-    finally:
-        await client.aclose()
+    await store_campaigns(settings, [auto_campaign("volt-auto")])
     stored = orjson.loads(redis_client.hget(settings.keys.campaigns(), "volt-auto") or b"{}")
     return str(sorted({item["term"] for item in stored["targeting_derived"]["keywords"]} - {"power bank"})[0])
 
