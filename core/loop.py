@@ -37,6 +37,10 @@ bump start the next batch. Records belong to the generation current when `getman
 - Retries back off (0.5 s doubling to 5 s). When failures have gone on for `GIVE_UP_S` without a
   single commit, the loop raises `LoopGaveUp`: the process exits non-zero and its supervisor
   restarts it with fresh clients (a broker restart of a few seconds is ridden through).
+- A failed commit also replaces the producer (stopped, then a new one with the same
+  transactional id, whose `init_transactions` aborts whatever the old one left open): a broker
+  restart can leave aiokafka's producer in a fatal state (its sender task died) in which it can
+  never begin a transaction again, and retrying with it only ran out GIVE_UP_S.
 - A fenced producer (another process took over this transactional id) is final at once:
   `ProducerFenced` stops the loop; the process that fenced it carries on.
 - Rebalance: `on_partitions_revoked` voids the batch in gathering and waits for the transaction
@@ -89,6 +93,7 @@ Position: TypeAlias = int | tuple[int, str]
 Committed: TypeAlias = dict[TopicPartition, OffsetAndMetadata | None]
 
 GIVE_UP_S = 120.0
+PRODUCER_STOP_S = 5.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 5.0
 # While a transaction commits, records are fetched this often (a getmany that returns at once
@@ -261,6 +266,7 @@ class Loop:
         self._carry: tuple[Batch, int] | None = None
         self._rebalancing = True  # until the first assignment is restored: nothing is processed
         self._failing_since: float | None = None
+        self._producer_suspect = False  # a commit failed: renew the producer before the next batch
         self._backoff_s = BACKOFF_FIRST_S
         self._fatal: BaseException | None = None
         self._next_tick = 0.0
@@ -405,6 +411,7 @@ class Loop:
                 if offsets:
                     await self.producer.send_offsets_to_transaction(offsets, self.group_id)
         except Exception as exc:
+            self._producer_suspect = True
             await self._failed("commit", exc, batch.count)
             return False
         self._failing_since, self._backoff_s = None, BACKOFF_FIRST_S
@@ -451,10 +458,28 @@ class Loop:
             await asyncio.sleep(self._backoff_s)
             self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
             try:
+                if self._producer_suspect:
+                    stage = "producer"
+                    await self._renew_producer()
+                stage = "rewind"
                 await self._rewind(list(self.consumer.assignment()))
                 return
-            except Exception as rewind_failed:
-                stage, exc = "rewind", rewind_failed
+            except Exception as retry_failed:
+                exc = retry_failed
+
+    async def _renew_producer(self) -> None:
+        """Stop the producer and start a new one with the same transactional id. Called between
+        batches only (the failed transaction has ended), so nothing else is using it."""
+        old = self.producer
+        try:
+            await asyncio.wait_for(old.stop(), PRODUCER_STOP_S)
+        except Exception as exc:  # a producer the broker dropped may not stop cleanly: it is discarded anyway
+            log.warning("old producer did not stop cleanly", exc_info=exc, extra={"role": self.name})
+        self.producer = transactional_producer(self.settings, self.transactional_id, self.options.linger_ms)
+        self.sender = BatchSender(self.producer)
+        await self.producer.start()  # init_transactions: aborts what the old producer left open
+        self._producer_suspect = False
+        log.info("producer renewed", extra={"role": self.name, "transactional_id": self.transactional_id})
 
     async def _rewind(self, partitions: list[TopicPartition], *, assignment: bool = False) -> None:
         """Back to the committed offsets: the role rebuilds its state from them (after forgetting

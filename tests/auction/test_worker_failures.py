@@ -86,7 +86,7 @@ async def read_outputs(settings: Settings, total: int) -> tuple[list[dict[str, A
 
 
 async def test_failed_commits_are_consumed_again_and_lose_nothing(
-    settings: Settings, topics: Settings, redis_client: redis.Redis
+    settings: Settings, topics: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     campaigns = crash_campaigns()
     await apply(settings, campaigns)
@@ -95,16 +95,17 @@ async def test_failed_commits_are_consumed_again_and_lose_nothing(
     # The offsets step of these transactions fails, as a broker error would: aiokafka aborts the
     # transaction and the worker goes back to the committed offsets.
     fail_at, calls = {2, 3, 7, 12, 18}, Counter[str]()
-    send_offsets = worker.loop.producer.send_offsets_to_transaction
+    send_offsets = AIOKafkaProducer.send_offsets_to_transaction
 
-    async def flaky_send_offsets(offsets: Any, group_id: str) -> Any:
+    async def flaky_send_offsets(producer: AIOKafkaProducer, offsets: Any, group_id: str) -> Any:
         calls["commits"] += 1
         if calls["commits"] in fail_at:
             calls["failed"] += 1
             raise KafkaError("injected: the offsets could not be added to the transaction")
-        return await send_offsets(offsets, group_id)
+        return await send_offsets(producer, offsets, group_id)
 
-    worker.loop.producer.send_offsets_to_transaction = flaky_send_offsets  # type: ignore[method-assign]
+    # On the class: a failed commit replaces the loop's producer, and the new one fails too.
+    monkeypatch.setattr(AIOKafkaProducer, "send_offsets_to_transaction", flaky_send_offsets)
     async with running(worker):
         await feed_and_catch_up(settings, events)
 

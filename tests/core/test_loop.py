@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from core.loop import Batch, Loop, LoopOptions, RoleBase, Step
@@ -103,24 +104,47 @@ async def test_a_failed_process_is_consumed_again_and_copied_once(topics: Settin
     await assert_once_each(topics, 300)
 
 
-async def test_a_failed_commit_is_consumed_again_and_copied_once(topics: Settings) -> None:
+async def test_a_failed_commit_is_consumed_again_and_copied_once(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     loop = copy_loop(topics)
-    send_offsets = loop.producer.send_offsets_to_transaction
+    send_offsets = AIOKafkaProducer.send_offsets_to_transaction
     calls = Counter[str]()
 
-    async def flaky(offsets: Any, group_id: str) -> Any:
+    async def flaky(producer: AIOKafkaProducer, offsets: Any, group_id: str) -> Any:
         calls["all"] += 1
         if calls["all"] in (2, 3, 6):
             raise KafkaError("injected: the offsets could not be added to the transaction")
-        return await send_offsets(offsets, group_id)
+        return await send_offsets(producer, offsets, group_id)
 
-    loop.producer.send_offsets_to_transaction = flaky  # type: ignore[method-assign]
+    # On the class: a failed commit replaces the loop's producer, and the new one fails too.
+    monkeypatch.setattr(AIOKafkaProducer, "send_offsets_to_transaction", flaky)
     async with running(loop):
         for start in range(0, 400, 40):  # in bursts, so commits fail while the next batch gathers
             await produce(topics, INPUT, numbered(start, 40))
         await caught_up(topics, topics.group("copy"), INPUT)
     assert loop.metrics.value("vickrey_batch_failures_total", role="copy", stage="commit") == 3
     await assert_once_each(topics, 400)
+
+
+async def test_a_producer_left_in_a_fatal_state_is_replaced(topics: Settings) -> None:
+    """What a broker restart once did in CI: aiokafka's producer went to its fatal state (its
+    sender task had died), in which no transaction can begin again. The loop replaces it at the
+    failed commit and goes on at once, not after GIVE_UP_S of failing retries."""
+    metrics = Metrics()
+    loop = copy_loop(topics, metrics=metrics)
+    async with running(loop) as task:
+        await produce(topics, INPUT, numbered(0, 100))
+        await caught_up(topics, topics.group("copy"), INPUT, timeout=30)
+        broken = loop.producer
+        # aiokafka's own path to this state (Sender._fail_all when its task dies), forced here.
+        broken._txn_manager.fatal_error(KafkaError("injected: the sender task died"))
+        await produce(topics, INPUT, numbered(100, 200))
+        await caught_up(topics, topics.group("copy"), INPUT, timeout=30)
+        assert not task.done()
+        assert loop.producer is not broken
+    assert metrics.value("vickrey_batch_failures_total", role="copy", stage="commit") >= 1
+    await assert_once_each(topics, 300)
 
 
 async def test_a_fenced_producer_stops_its_loop_and_the_newcomer_carries_on(topics: Settings) -> None:
