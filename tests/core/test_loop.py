@@ -138,7 +138,7 @@ async def test_a_producer_left_in_a_fatal_state_is_replaced(topics: Settings) ->
         await caught_up(topics, topics.group("copy"), INPUT, timeout=30)
         broken = loop.producer
         # aiokafka's own path to this state (Sender._fail_all when its task dies), forced here.
-        broken._txn_manager.fatal_error(KafkaError("injected: the sender task died"))
+        broken._txn_manager.fatal_error(KafkaError("injected: the sender task died"))  # noqa: SLF001
         await produce(topics, INPUT, numbered(100, 200))
         await caught_up(topics, topics.group("copy"), INPUT, timeout=30)
         assert not task.done()
