@@ -124,12 +124,19 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
         lines += [f"| {p['fraction_of_max']:.0%} | {p['offered_events_per_s']:,} | {p['throughput_events_per_s']:,} | "
                   f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['missing']} | {p.get('cores_busy')} | "
                   f"{_cpu_parts(p.get('cpu_us_per_event'))} |" for p in curve]
-        reference = details.get("txn_loop_latency")
-        if reference:  # the same 50% load on the transactional loop (no auction, no Redis)
-            p = reference
-            lines += [f"| transactional loop, 50% rate | {p['offered_events_per_s']:,} | {p['throughput_events_per_s']:,} | "
-                      f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['missing']} | {p.get('cores_busy')} | "
-                      f"{_cpu_parts(p.get('cpu_us_per_event'))} (loop) |"]
+        references = details.get("txn_loop_latency") or []
+        if isinstance(references, dict):  # bench-results.json of before the e2e rounds: one point
+            references = [references]
+        for n, p in enumerate(references, 1):  # the same 50% load on the transactional loop (no auction, no Redis)
+            lines += [f"| transactional loop, 50% rate, round {n} | {p['offered_events_per_s']:,} | "
+                      f"{p['throughput_events_per_s']:,} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | "
+                      f"{p['missing']} | {p.get('cores_busy')} | {_cpu_parts(p.get('cpu_us_per_event'))} (loop) |"]
+    rounds = details.get("e2e_rounds")
+    if rounds:
+        lines += ["", f"e2e rounds at {rounds['rate_events_per_s']:,.0f} events/s (worker and transactional loop "
+                  f"alternating, fresh stack each; the keys are the medians): worker p99 {rounds['worker_p99_ms']} ms, "
+                  f"transactional loop p99 {rounds['txn_loop_p99_ms']} ms, ratio per round "
+                  f"{rounds['p99_ratio_per_round']}."]
     for key, reason in (results.get("missing") or {}).items():
         lines += ["", f"`{key}` is null: {reason}."]
     profile = details.get("worker_profile")

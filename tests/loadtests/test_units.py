@@ -141,10 +141,12 @@ def test_table_shows_the_transactional_loop_beside_the_worker(tmp_path: Path) ->
                                    "txn_loop_runs": [20000], "worker_runs": [10000]},
                     "latency_curve": [{"fraction_of_max": 0.5, "offered_events_per_s": 5000, "throughput_events_per_s": 4990,
                                        "p50_ms": 40.0, "p95_ms": 60.0, "p99_ms": 80.0, "missing": 0}],
-                    "txn_loop_latency": {"offered_events_per_s": 5000, "throughput_events_per_s": 5000, "p50_ms": 12.0,
-                                         "p95_ms": 20.0, "p99_ms": 30.0, "missing": 0, "cores_busy": 1.5,
-                                         "cpu_us_per_event": {"worker": 100.0, "load_generator": 80.0, "redis": 1.0,
-                                                              "broker": 120.0}}},
+                    "txn_loop_latency": [{"offered_events_per_s": 5000, "throughput_events_per_s": 5000, "p50_ms": 12.0,
+                                          "p95_ms": 20.0, "p99_ms": 30.0, "missing": 0, "cores_busy": 1.5,
+                                          "cpu_us_per_event": {"worker": 100.0, "load_generator": 80.0, "redis": 1.0,
+                                                               "broker": 120.0}}],
+                    "e2e_rounds": {"rate_events_per_s": 5000, "worker_p99_ms": [80.0], "txn_loop_p99_ms": [30.0],
+                                   "p99_ratio_per_round": [2.67]}},
     }
     text = table(results)
     assert "transactional loop / baseline" in text and "transactional loop e2e p99, same rate" in text
@@ -152,4 +154,6 @@ def test_table_shows_the_transactional_loop_beside_the_worker(tmp_path: Path) ->
     assert "| transactional loop / baseline | 0.5 | x |  |  |" in block
     assert "| transactional loop e2e p99, same rate | 30.0 | ms |  |  |" in block
     assert "transactional loop [20000]" in block
-    assert "| transactional loop, 50% rate | 5,000 | 5,000 | 12.0 | 20.0 | 30.0 | 0 | 1.5 | 100.0 / 80.0 / 1.0 / 120.0 (loop) |" in block
+    assert ("| transactional loop, 50% rate, round 1 | 5,000 | 5,000 | 12.0 | 20.0 | 30.0 | 0 | 1.5 | "
+            "100.0 / 80.0 / 1.0 / 120.0 (loop) |") in block
+    assert "worker p99 [80.0] ms, transactional loop p99 [30.0] ms, ratio per round [2.67]" in block
