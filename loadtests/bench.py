@@ -39,6 +39,7 @@ from loadtests.bench_report import TARGETS, markdown_block, table, update_markdo
 from loadtests.plot import bench_plot
 from loadtests.profile import summarise
 from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
+from loadtests.worker_stages import worker_stages
 
 KEYS = (
     "engine_auctions_per_s", "index_build_s_100k", "index_bytes_per_campaign", "baseline_events_per_s",
@@ -228,6 +229,11 @@ def kafka_stage(bench: Bench) -> None:
     profile_file = args.reports / "worker-profile.txt"
     if args.profile and profile_file.exists():
         bench.details["worker_profile"] = summarise(profile_file).splitlines()
+    bench.progress.stage("the worker's steps, in process (µs per event each)")
+    try:
+        bench.details["worker_stages"] = asyncio.run(worker_stages(bench.base, progress=bench.progress))
+    except Exception:
+        traceback.print_exc()
 
 
 def latency_stage(bench: Bench) -> None:

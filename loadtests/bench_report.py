@@ -113,6 +113,13 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
         lines += [f"| {side} | {p.get('process')} | {p.get('redis')} | {p.get('broker')} | {p.get('total')} |"
                   for side, p in parts.items()]
         lines += [""]
+    steps = details.get("worker_stages")
+    if steps:
+        us = steps["us_per_event"]
+        lines += ["The worker's own steps, in process without Kafka (`details.worker_stages`, µs per event, median of "
+                  "rounds): " + ", ".join(f"{step.replace('_', ' ')} {value}" for step, value in us.items())
+                  + f"; the process's steps add up to {steps['process_us_per_event']} (Kafka's share is the "
+                  "transactional loop's process figure above).", ""]
     engine = details.get("engine", {})
     if engine:
         lines += [f"Engine runs {engine.get('engine_runs')} auctions/s; index builds {engine.get('index_build_runs_s')} s."]

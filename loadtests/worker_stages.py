@@ -1,0 +1,148 @@
+"""Where the auction worker's CPU goes, step by step (`make bench`, `details.worker_stages`).
+
+The auction role's own steps, in process on the bench's workload (1,000 active campaigns, the
+worker's batch size), against the real Redis and without Kafka: decoding and validating each
+intent, the auction request, the engine, the records (built, encoded, and the Redis claim),
+the reservation call (the client's side, and Redis's own CPU from `INFO cpu`), and turning the
+answers into the records to publish. The worker's garbage-collection policy is in force. What
+Kafka costs the same process is the transactional loop's figure in the throughput stage.
+
+These are the floors the issue of the worker's speed asks for: each step's µs per event, so a
+target can be checked against the sum before anything is rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+from redis.asyncio import Redis
+
+from auction.model import AuctionRequest
+from auction.people import PeopleCache
+from auction.worker import (
+    BATCH_MAX,
+    FULL_GC_NEVER,
+    GC_GEN0_THRESHOLD,
+    INPUT,
+    RESERVE_CHUNK,
+    AuctionRole,
+    Pending,
+)
+from auction.worker_metrics import Tally, WorkerMetrics
+from core.clock import utc_day
+from core.loop import Output
+from core.metrics import Metrics
+from core.settings import Settings
+from loadtests import workload
+from loadtests.stack import apply, cleanup, create_topics, isolated, new_tag
+from schemas.codec import decode
+
+ACTIVE_CAMPAIGNS = 1_000  # the throughput stage's
+STEPS = ("decode", "request", "engine", "records", "reserve_client", "redis_server", "answers")
+
+
+class _NoLoop:
+    """The role asks its loop for DLQ records only; the bench's intents are all valid."""
+
+    def dlq(self, record: Any, error: Any, now_ms: int) -> Output:
+        raise AssertionError(f"a bench intent was refused: {error}")
+
+
+async def _redis_cpu(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> dict[str, float]:
+    """Every step over `raws`, batch by batch as the worker takes them: CPU seconds per step."""
+    spent = dict.fromkeys(STEPS, 0.0)
+    now_ms = int(time.time() * 1000)
+    day = utc_day(now_ms)
+    role.engine.spend.roll_to(day)
+
+    clock = time.process_time
+    for first in range(0, len(raws), BATCH_MAX):
+        records = [ConsumerRecord(INPUT, 0, first + n, now_ms, 0, None, raw, None, 0, len(raw), [])
+                   for n, raw in enumerate(raws[first : first + BATCH_MAX])]
+        began = clock()
+        intents = [decode(INPUT, record.value) for record in records]
+        decoded = clock()
+        requests = [AuctionRequest.from_intent(intent, now_ms) for intent in intents]
+        requested = clock()
+        pending = [Pending(record, intent, request) for record, intent, request in zip(records, intents, requests, strict=True)]
+        began_engine = clock()
+        results = [role._auction(item, now_ms, 1) for item in pending]  # noqa: SLF001
+        auctioned = clock()
+        claims = [role._claim(item, result, now_ms) for item, result in zip(pending, results, strict=True)]  # noqa: SLF001
+        claimed = clock()
+        spent["decode"] += decoded - began
+        spent["request"] += requested - decoded
+        spent["engine"] += auctioned - began_engine
+        spent["records"] += claimed - auctioned
+        outputs: list[Output] = []
+        blob_ids: list[str] = []
+        tally, again = Tally(), list[Pending]()
+        for start in range(0, len(claims), RESERVE_CHUNK):
+            redis_before, began = await _redis_cpu(redis), clock()
+            reply = await role.reserver.reserve(claims[start : start + RESERVE_CHUNK], day)
+            answered = clock()
+            spent["redis_server"] += await _redis_cpu(redis) - redis_before
+            read_began = clock()
+            role._read_answers(pending[start : start + RESERVE_CHUNK], reply, outputs, blob_ids, now_ms, tally, again)  # noqa: SLF001
+            spent["reserve_client"] += answered - began
+            spent["answers"] += clock() - read_began
+        role.reserver.committed(blob_ids)
+    return spent
+
+
+async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
+                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """µs per event of each step (median of `rounds`, each on fresh intents), and their sum."""
+    stack = isolated(base, new_tag("benchS"))
+    redis = Redis.from_url(stack.redis)
+    try:
+        await create_topics(stack)
+        await apply(stack, workload.campaigns(n=ACTIVE_CAMPAIGNS, advertisers=300, tag="w"))
+        role = AuctionRole(stack, WorkerMetrics(Metrics()), redis, PeopleCache())
+        await role.start(_NoLoop())  # type: ignore[arg-type]
+        per_round: list[dict[str, float]] = []
+        thresholds = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, thresholds[1], FULL_GC_NEVER)  # the worker's (`_tune_gc`)
+        try:
+            for n in range(rounds + 1):  # the first round warms up and is not counted
+                raws = [orjson.dumps(intent) for intent in workload.intents(events, seed=500 + n, tag=f"s{n}")]
+                spent = await _one_round(role, redis, raws)
+                if n:
+                    per_round.append({step: seconds / events * 1e6 for step, seconds in spent.items()})
+                    if progress:
+                        progress(f"worker steps, round {n}/{rounds}: "
+                                 + ", ".join(f"{step} {us:.1f}" for step, us in per_round[-1].items()) + " µs/event")
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
+        await role.close()
+        median = {step: round(statistics.median(r[step] for r in per_round), 1) for step in STEPS}
+        process = sum(us for step, us in median.items() if step != "redis_server")
+        return {"us_per_event": median, "process_us_per_event": round(process, 1), "events_per_round": events,
+                "rounds": [{step: round(us, 1) for step, us in r.items()} for r in per_round]}
+    finally:
+        await redis.aclose()
+        await cleanup(stack)
+
+
+def main() -> None:  # pragma: no cover - a manual entry point
+    print(orjson.dumps(asyncio.run(worker_stages(Settings.from_env(), progress=print)),
+                       option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()
