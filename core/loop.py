@@ -46,7 +46,9 @@ bump start the next batch. Records belong to the generation current when `getman
 - Rebalance: `on_partitions_revoked` voids the batch in gathering and waits for the transaction
   in flight before the partitions go (so a new owner reads committed offsets that include it),
   then the role forgets those partitions' state. `on_partitions_assigned` rewinds the assigned
-  partitions (the role restores their state from the committed offsets). `getmany` is never
+  partitions (the role restores their state from the committed offsets); when that fails (a
+  broker is down), it is retried like a failed rewind, since nothing is processed until it
+  succeeds. `getmany` is never
   called under the loop's lock: aiokafka's getmany waits for an assignment that waits for the
   rebalance listener.
 - SIGTERM (the stop event): no more fetching; the batch in gathering is committed, the
@@ -433,9 +435,10 @@ class Loop:
 
     # -- failures, rewinds, rebalances -------------------------------------------------------------
 
-    async def _failed(self, stage: str, exc: BaseException, records: int) -> None:
+    async def _failed(self, stage: str, exc: BaseException, records: int, *, assignment: bool = False) -> None:
         """Count and log a failure, back off, and rewind; a rewind that fails (the broker is away)
-        is itself a failure, retried the same way until GIVE_UP_S."""
+        is itself a failure, retried the same way until GIVE_UP_S. `assignment`: the failure was
+        restoring a new assignment, which the rewind completes (ending the rebalance)."""
         while True:
             self._families.failures.labels(self.name, stage).inc()
             if isinstance(exc, ProducerFenced):
@@ -462,7 +465,7 @@ class Loop:
                     stage = "producer"
                     await self._renew_producer()
                 stage = "rewind"
-                await self._rewind(list(self.consumer.assignment()))
+                await self._rewind(list(self.consumer.assignment()), assignment=assignment)
                 return
             except Exception as retry_failed:
                 exc = retry_failed
@@ -525,7 +528,13 @@ class Loop:
         self._families.rebalances.labels(self.name).inc()
         log.info("partitions assigned",
                  extra={"role": self.name, "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)})
-        await self._rewind(partitions, assignment=True)
+        try:
+            await self._rewind(partitions, assignment=True)
+        except Exception as exc:
+            # Restoring the assignment failed (the admin asked a broker that is down for the
+            # committed offsets): retried like any rewind. Left alone, nothing would be processed
+            # until the next rebalance, which a steady group never has.
+            await self._failed("assignment", exc, 0, assignment=True)
 
     # -- metrics -----------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, NodeNotReadyError
 
 from core.loop import Batch, Loop, LoopOptions, RoleBase, Step
 from core.metrics import Metrics
@@ -125,6 +125,30 @@ async def test_a_failed_commit_is_consumed_again_and_copied_once(
         await caught_up(topics, topics.group("copy"), INPUT)
     assert loop.metrics.value("vickrey_batch_failures_total", role="copy", stage="commit") == 3
     await assert_once_each(topics, 400)
+
+
+async def test_an_assignment_whose_offsets_cannot_be_read_is_retried(topics: Settings) -> None:
+    """Seen with three brokers, one of them just killed: the admin asked the dead broker for the
+    group's committed offsets while the new assignment was being restored. The listener's error
+    left the loop rebalancing for good: it held its partitions and processed nothing."""
+    await produce(topics, INPUT, numbered(0, 200))
+    metrics = Metrics()
+    loop = copy_loop(topics, metrics=metrics)
+    read_offsets = loop.admin.list_consumer_group_offsets
+    calls = Counter[str]()
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["all"] += 1
+        if calls["all"] <= 2:
+            raise NodeNotReadyError("injected: the coordinator's broker is down")
+        return await read_offsets(*args, **kwargs)
+
+    loop.admin.list_consumer_group_offsets = flaky  # type: ignore[method-assign]
+    async with running(loop) as task:
+        await caught_up(topics, topics.group("copy"), INPUT, timeout=60)
+        assert not task.done()
+    assert metrics.value("vickrey_batch_failures_total", role="copy", stage="assignment") == 1
+    await assert_once_each(topics, 200)
 
 
 async def test_a_producer_left_in_a_fatal_state_is_replaced(topics: Settings) -> None:
