@@ -32,8 +32,10 @@ native: $(BIN)/vickrey ## compile the hot path with mypyc again (core/native.py)
 clean-native: ## remove the compiled modules: the same source then runs interpreted
 	@test -x $(BIN)/python && $(BIN)/python -m core.native clean || true
 
-up: ## start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379) unless they answer
-	@bash ops/up.sh
+BROKERS ?= 1
+
+up: ## start local Kafka (KRaft, 127.0.0.1:9092; BROKERS=3: three brokers on 9092-9094) and Redis (127.0.0.1:6379)
+	@BROKERS=$(BROKERS) bash ops/up.sh
 
 down: ## stop what `make up` started (and nothing else)
 	@bash ops/down.sh

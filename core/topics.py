@@ -1,7 +1,7 @@
 """Kafka topics of one Vickrey stack: create them (idempotently), describe them, delete them.
 
 Every logical topic of `TOPICS` becomes `settings.topic(name)` (the prefix isolates
-stacks and tests), with `settings.partitions` partitions and replication factor 1; the topics of
+stacks and tests), with `settings.partitions` partitions and one replica per broker up to three; the topics of
 `COMPACTED_TOPICS` (the `campaigns` topic: the latest state of every campaign, tombstone = deleted)
 get `cleanup.policy=compact`. Existing topics are left exactly as they are.
 """
@@ -54,8 +54,12 @@ TOPICS: tuple[str, ...] = (
 )
 COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns", "campaigns.autopilot"})
 
-REPLICATION_FACTOR = 1
+# Replicas per topic: one per broker up to three (`make up BROKERS=3`: docs/contract.md §9); with
+# three, a write needs two in sync, so one broker can die without losing an acknowledged record.
+MAX_REPLICATION_FACTOR = 3
+MIN_INSYNC_WITH_THREE = 2
 LEADER_WAIT_S = 30.0
+METADATA_RETRIES, METADATA_RETRY_S = 5, 0.2
 _TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 _UNKNOWN_TOPIC = 3
 
@@ -89,9 +93,18 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
         await admin.close()
 
 
-def topic_configs(name: str) -> dict[str, str]:
-    """Topic-level configuration for a logical topic name."""
-    return {"cleanup.policy": "compact"} if name in COMPACTED_TOPICS else {}
+def topic_configs(name: str, replication_factor: int = 1) -> dict[str, str]:
+    """Topic-level configuration for a logical topic name, at that replication factor."""
+    configs = {"cleanup.policy": "compact"} if name in COMPACTED_TOPICS else {}
+    if replication_factor >= MAX_REPLICATION_FACTOR:
+        configs["min.insync.replicas"] = str(MIN_INSYNC_WITH_THREE)
+    return configs
+
+
+async def replication_factor(admin: AIOKafkaAdminClient) -> int:
+    """One replica per broker of the cluster, up to MAX_REPLICATION_FACTOR."""
+    cluster = await admin.describe_cluster()
+    return max(1, min(MAX_REPLICATION_FACTOR, len(cluster.get("brokers") or [])))
 
 
 async def create_topics(settings: Settings, names: Iterable[str] | None = None) -> TopicsReport:
@@ -105,10 +118,9 @@ async def create_topics(settings: Settings, names: Iterable[str] | None = None) 
         missing = [n for n in logical if settings.topic(n) not in present]
         report.existing = [settings.topic(n) for n in logical if settings.topic(n) in present]
         if missing:
+            replicas = await replication_factor(admin)
             new = [
-                NewTopic(
-                    settings.topic(n), settings.partitions, REPLICATION_FACTOR, topic_configs=topic_configs(n)
-                )
+                NewTopic(settings.topic(n), settings.partitions, replicas, topic_configs=topic_configs(n, replicas))
                 for n in missing
             ]
             response = await admin.create_topics(new)
@@ -139,6 +151,13 @@ async def describe_topics(settings: Settings, names: Iterable[str] | None = None
     physical = [settings.topic(n) for n in dict.fromkeys(TOPICS if names is None else names)]
     async with admin_client(settings) as admin:
         present = set(await admin.list_topics())
+        for _ in range(METADATA_RETRIES):
+            if all(t in present for t in physical):
+                break
+            # With several brokers, the one asked may learn of a topic just created a moment
+            # after the one that created it: ask again briefly before calling it missing.
+            await asyncio.sleep(METADATA_RETRY_S)
+            present = set(await admin.list_topics())
         found = [t for t in physical if t in present]
         partitions: dict[str, int] = {}
         policies: dict[str, str] = {}

@@ -11,31 +11,31 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 STOP_TIMEOUT=${OPS_STOP_TIMEOUT:-30}
 
 stop_one() {
-  local svc=$1 pidfile addr pid i
+  local svc=$1 pidfile addr pid i label=${SVC_LABEL:-$1}
   if [[ $svc == kafka ]]; then pidfile=$KAFKA_PIDFILE addr=$KAFKA_BOOTSTRAP; else pidfile=$REDIS_PIDFILE addr=$REDIS_HOST:$REDIS_PORT; fi
   pid=$(our_pid "$svc")
   if [[ -z $pid ]]; then
     if port_open "${addr%:*}" "${addr##*:}"; then
-      say "$svc: something listens on $addr but make up did not start it -- left running"
+      say "$label: something listens on $addr but make up did not start it -- left running"
     else
-      say "$svc: not running (nothing to stop)"
+      say "$label: not running (nothing to stop)"
     fi
     return 0
   fi
-  say "$svc: stopping pid $pid (SIGTERM) ..."
+  say "$label: stopping pid $pid (SIGTERM) ..."
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
     pid_alive "$pid" || break
     sleep 0.2
   done
   if pid_alive "$pid"; then
-    say "$svc: still running after ${STOP_TIMEOUT}s; SIGKILL"
+    say "$label: still running after ${STOP_TIMEOUT}s; SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.1; done
-    pid_alive "$pid" && { warn "error: $svc pid $pid survived SIGKILL"; return 1; }
-    say "$svc: killed (data kept; it recovers its logs on the next make up)"
+    pid_alive "$pid" && { warn "error: $label pid $pid survived SIGKILL"; return 1; }
+    say "$label: killed (data kept; it recovers its logs on the next make up)"
   else
-    say "$svc: stopped cleanly after $(((i + 4) / 5))s"
+    say "$label: stopped cleanly after $(((i + 4) / 5))s"
   fi
   rm -f "$pidfile"
 }
@@ -43,7 +43,12 @@ stop_one() {
 main() {
   mkdir -p "$RUN_DIR"
   take_lock
-  local rc=0
+  local rc=0 n
+  if [[ -n $(cluster_pids) ]]; then  # the three-broker cluster of `make up BROKERS=3`
+    for n in "${CLUSTER_NODES[@]}"; do
+      (use_node "$n"; SVC_LABEL="kafka node $n" stop_one kafka) || rc=1
+    done
+  fi
   stop_one kafka || rc=1
   stop_one redis || rc=1
   return $rc

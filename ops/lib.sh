@@ -23,12 +23,43 @@ REDIS_LOG=$LOG_DIR/redis.log
 # so these scripts can be tested next to a running stack (another checkout, other ports).
 KAFKA_HOST=127.0.0.1
 KAFKA_PORT=${OPS_KAFKA_PORT:-9092}
-KAFKA_CONTROLLER_PORT=${OPS_KAFKA_CONTROLLER_PORT:-9093}
+# Controllers listen 10000 above their broker (19092, and 19093-19094 in the cluster): never on
+# a port a broker of either mode uses, so the two modes cannot collide (docs/contract.md §9).
+KAFKA_CONTROLLER_PORT=${OPS_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 10000))}
 KAFKA_BOOTSTRAP=$KAFKA_HOST:$KAFKA_PORT
+KAFKA_LOGS_DIR=$LOG_DIR
+# The three-broker cluster (`make up BROKERS=3`): node N serves clients on KAFKA_PORT+N-1.
+CLUSTER_DIR=$KAFKA_DIR/cluster
+CLUSTER_NODES=(1 2 3)
+CLUSTER_BOOTSTRAP=$KAFKA_HOST:$KAFKA_PORT,$KAFKA_HOST:$((KAFKA_PORT + 1)),$KAFKA_HOST:$((KAFKA_PORT + 2))
 REDIS_HOST=127.0.0.1
 REDIS_PORT=${OPS_REDIS_PORT:-6379}
 HEALTH_TOPIC=__vickrey_healthcheck
 INSTALL_HINT="apt-get install -y openjdk-17-jre-headless maven"
+
+# Point the kafka_* functions at node N of the cluster: its ports, configuration, data, pid, logs.
+use_node() {
+  local n=$1
+  NODE_ID=$n
+  KAFKA_PORT=$((${OPS_KAFKA_PORT:-9092} + n - 1))
+  KAFKA_CONTROLLER_PORT=$((${OPS_KAFKA_PORT:-9092} + 10000 + n - 1))
+  KAFKA_CONF=$CLUSTER_DIR/node$n/server.properties
+  KAFKA_DATA=$CLUSTER_DIR/node$n/data
+  KAFKA_PIDFILE=$RUN_DIR/kafka-$n.pid
+  KAFKA_LOGS_DIR=$LOG_DIR/kafka-$n
+  KAFKA_LOG=$KAFKA_LOGS_DIR/kafka.log
+  KAFKA_OUT=$KAFKA_LOGS_DIR/kafka.out
+}
+
+# Live pids of the cluster's nodes that make up started, one per line as "<node> <pid>".
+cluster_pids() {
+  local n pid
+  for n in "${CLUSTER_NODES[@]}"; do
+    pid=$( (use_node "$n"; QUIET_STALE=1 our_pid kafka) )
+    [[ -n $pid ]] && printf '%s %s\n' "$n" "$pid"
+  done
+  return 0
+}
 
 say() { printf '%s\n' "$*"; }
 warn() { printf '%s\n' "$*" >&2; }
