@@ -68,8 +68,9 @@ class CampaignIndex:
             for postings in index._lists_of(campaign, create=True):
                 postings.append(campaign)
         for table in (index.by_keyword, index.by_phrase, index.by_category):
-            for postings in table.values():
+            for term, postings in table.items():
                 postings.sort(key=_order)
+                table[term] = postings[:]  # exactly its size: appends left up to 1/8 spare
         index.untargeted.sort(key=_order)
         return index
 

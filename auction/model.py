@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,10 +69,25 @@ def _prior(pctr_micros: int) -> Fraction:
     return prior
 
 
+# Campaigns repeat the same small sets (countries, devices, placements, categories) and the same
+# advertiser ids: one shared instance each instead of one per campaign keeps the index small.
+_SHARED_SETS: dict[frozenset[str], frozenset[str]] = {}
+_SHARED_MAX = 100_000
+
+
+def _shared(values: frozenset[str]) -> frozenset[str]:
+    found = _SHARED_SETS.get(values)
+    if found is None:
+        if len(_SHARED_SETS) >= _SHARED_MAX:
+            _SHARED_SETS.clear()  # bounded; only sharing is lost
+        found = _SHARED_SETS[values] = frozenset(sys.intern(value) for value in values)
+    return found
+
+
 def _optional_set(values: Any, lower: bool = False) -> frozenset[str] | None:
     if not values:
         return None
-    return frozenset(str(v).lower() if lower else str(v) for v in values)
+    return _shared(frozenset(str(v).lower() if lower else str(v) for v in values))
 
 
 @dataclass(slots=True, eq=False)
@@ -180,7 +196,7 @@ class Campaign:
         bid = record.get("bid") or {"type": "cpc", "amount_micros": start_bid(record)}
         return cls(
             campaign_id=record["campaign_id"],
-            advertiser_id=record["advertiser_id"],
+            advertiser_id=sys.intern(record["advertiser_id"]),
             bid_type=bid["type"],
             bid_micros=int(bid["amount_micros"]),
             prior_pctr=_prior(round(float(record.get("pctr", 0.01)) * PCTR_DENOMINATOR)),
@@ -218,7 +234,7 @@ def _targeting(record: dict[str, Any], targeting: dict[str, Any]
         keywords, phrases = frozenset(), explicit | derived_terms
     categories = set(targeting.get("categories") or ())
     categories.update(item["category"] for item in derived.get("categories") or ())
-    return tuple(sorted(keywords)), tuple(sorted(phrases)), frozenset(categories) or None
+    return tuple(sorted(keywords)), tuple(sorted(phrases)), _shared(frozenset(categories)) if categories else None
 
 
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
