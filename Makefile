@@ -64,8 +64,8 @@ demo: venv ## the whole story on a generated chat stream; stops what it started 
 	if [ $$was_up = 0 ] && [ -z "$(KEEP)" ]; then echo "stopping the services the demo started (KEEP=1 keeps them)"; bash ops/down.sh; fi; \
 	exit $$status
 
-bench: venv up ## measure engine, worker and streams side by side; writes bench-results.json
-	$(BIN)/python -m loadtests.bench
+bench: venv up ## measure engine, worker and streams side by side; writes bench-results.json (CLUSTER=1: also on three brokers)
+	$(BIN)/python -m loadtests.bench $(if $(CLUSTER),--cluster,)
 
 loadtest: venv up ## Locust headless against the running stack (DURATION=20s)
 	$(BIN)/python -m loadtests.run --duration $(DURATION)

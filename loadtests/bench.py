@@ -4,7 +4,8 @@ Stages: the auction engine alone (auctions/s, index build, bytes per campaign); 
 aiokafka loop, the transactional loop (no auction, no Redis) and the auction worker on the same
 pre-filled topic; end-to-end latency at several fractions of the worker's maximum (the 50% point
 gives the e2e keys), and of the transactional loop at that 50% rate; billing and conversions
-(streams.bench); the autopilot in the simulator (against fixed bids, and target_cpa).
+(streams.bench); the autopilot in the simulator (against fixed bids, and target_cpa); with
+--cluster (`make bench CLUSTER=1`), the worker on three brokers and the pause when one dies.
 Writes bench-results.json, docs/bench.png and the figures block of BENCHMARKS.md, prints a table.
 Each Kafka stage runs on its own topic prefix and Redis namespace and removes them afterwards.
 """
@@ -18,6 +19,7 @@ import inspect
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -36,6 +38,7 @@ from core import native
 from core.settings import Settings
 from loadtests import bench_kafka, engine_bench, optimiser
 from loadtests.bench_report import TARGETS, markdown_block, table, update_markdown
+from loadtests.failover import failover_pause
 from loadtests.plot import bench_plot
 from loadtests.profile import summarise
 from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
@@ -45,8 +48,11 @@ KEYS = (
     "engine_auctions_per_s", "index_build_s_100k", "index_bytes_per_campaign", "baseline_events_per_s",
     "worker_events_per_s", "worker_ratio", "e2e_p50_ms", "e2e_p99_ms", "e2e_rate_events_per_s", "billing_events_per_s",
     "autopilot_clicks_vs_best_fixed", "autopilot_budget_used", "simulate_intents_per_s", "conversions_events_per_s",
-    "autopilot_cpa_vs_target", "e2e_p99_vs_txn_loop",
+    "autopilot_cpa_vs_target", "e2e_p99_vs_txn_loop", "failover_pause_ms", "cluster_worker_events_per_s",
 )
+CLUSTER_KEYS = ("failover_pause_ms", "cluster_worker_events_per_s")
+CLUSTER_SKIPPED = ("run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then back to one; "
+                   "needs nothing else running on it)")
 HELD_OUT_SEEDS = (101, 102, 103, 104)  # random markets (loadtests/optimiser.py) the autopilot was not tuned on
 
 
@@ -143,6 +149,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=6.0, help="seconds of paced load per offered level")
     p.add_argument("--fractions", default="0.1,0.25,0.5,0.75,0.9", help="offered loads as fractions of the worker max")
     p.add_argument("--billing-events", type=int, default=50_000, help="impressions for the billing benchmark")
+    p.add_argument("--cluster", action="store_true",
+                   help="also switch Kafka to three brokers (make up BROKERS=3) for the worker's events/s there and "
+                        "failover_pause_ms, then back to one broker")
     p.add_argument("--skip", default="", help="comma-separated stages to skip: engine,kafka,latency,billing,autopilot")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="py-spy the worker during its last run (default: when py-spy is installed)")
@@ -345,8 +354,41 @@ def autopilot_stage(bench: Bench) -> None:
         "clicks", "conversions", "spend_micros", "budget_micros", "avg_cpc_micros", "avg_cpa_micros")}}
 
 
+def cluster_stage(bench: Bench) -> None:
+    """With --cluster: Kafka as three brokers, the worker's events/s there (beside the single
+    broker's of the kafka stage) and the longest pause in decisions when the busiest broker dies,
+    at half the worker's maximum; then one broker again."""
+    if not bench.args.cluster:
+        for key in CLUSTER_KEYS:
+            bench.missing[key] = CLUSTER_SKIPPED
+        return
+    progress, env = bench.progress, dict(os.environ)
+    progress.stage("three brokers: make down, make up BROKERS=3")
+    base = bench.base.with_(kafka="127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094")
+    try:
+        subprocess.run(["bash", "ops/down.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+        subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(env, BROKERS="3"), check=True, capture_output=True,
+                       timeout=600)
+        found = asyncio.run(bench_kafka.throughput(base, bench.args.events // 2, 1, progress, bench.args.reports, False))
+        bench.results["cluster_worker_events_per_s"] = found["worker_events_per_s"]
+        bench.details["cluster_throughput"] = found
+        single_max = bench.results.get("worker_events_per_s") or found["worker_events_per_s"]
+        progress.stage("three brokers: the busiest one killed under half the worker's maximum")
+        failover = asyncio.run(failover_pause(base, 0.5 * float(single_max), progress=progress,
+                                              log=bench.args.reports / "worker-failover.log"))
+        bench.results["failover_pause_ms"] = failover["failover_pause_ms"]
+        bench.details["failover"] = failover
+    except Exception as error:
+        traceback.print_exc()
+        failed(bench.missing, CLUSTER_KEYS, error)
+    finally:
+        progress.stage("one broker again: make down, make up")
+        subprocess.run(["bash", "ops/down.sh"], cwd=ROOT, env=env, capture_output=True, timeout=300)
+        subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(env, BROKERS="1"), capture_output=True, timeout=600)
+
+
 STAGES = {"engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage, "billing": billing_stage,
-          "autopilot": autopilot_stage}
+          "autopilot": autopilot_stage, "cluster": cluster_stage}
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
