@@ -171,3 +171,45 @@ def test_locust_is_headless_and_bounded(compose: dict[str, Any]) -> None:
     run_time = args[args.index("--run-time") + 1]
     assert re.fullmatch(r"(\$\{LOCUST_RUN_TIME:-)?\d+[smh]\}?", run_time), run_time
     assert locust.get("restart", "no") == "no"
+
+
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
+
+
+def merged(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file: mappings key by key, `ports` appended, else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            if key == "ports" and isinstance(out.get(key), list):
+                out[key] = [*out[key], *[p for p in value if p not in out[key]]]
+            else:
+                out[key] = merged(out[key], value) if key in out else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+def test_the_cluster_override_makes_three_brokers(validator: Draft202012Validator, compose: dict[str, Any]) -> None:
+    """docker-compose.cluster.yml (docs/contract.md §9): three KRaft brokers in one quorum,
+    everything replicated 3x with min ISR 2, published on 9092-9094, every Vickrey container
+    naming all three."""
+    override = yaml.safe_load(CLUSTER_FILE.read_text())
+    both = merged(compose, override)
+    assert schema_errors(validator, both) == []
+    services = both["services"]
+    brokers = [services[name] for name in ("kafka", "kafka-2", "kafka-3")]
+    envs = [env_of(broker) for broker in brokers]
+    assert [env["KAFKA_NODE_ID"] for env in envs] == ["1", "2", "3"]
+    assert len({env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in envs}) == 1
+    assert envs[0]["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@") == 3
+    assert len({env["CLUSTER_ID"] for env in envs}) == 1
+    for env in envs:
+        for key in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
+            assert env[key] == "3", key
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+    published = sorted(str(p).split(":")[1] for broker in brokers for p in broker["ports"])
+    assert published == ["9092", "9093", "9094"]
+    for name in VICKREY_ROLES:
+        assert env_of(services[name])["VICKREY_KAFKA"] == "kafka:9092,kafka-2:9092,kafka-3:9092", name
+    assert {"kafka-2", "kafka-3"} <= set(services["topics"]["depends_on"])
