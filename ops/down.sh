@@ -45,9 +45,14 @@ main() {
   take_lock
   local rc=0 n
   if [[ -n $(cluster_pids) ]]; then  # the three-broker cluster of `make up BROKERS=3`
+    # All at once: one by one, the last broker waits out STOP_TIMEOUT for a controller quorum
+    # that its stopped peers no longer give it.
+    local -a stopping=()
     for n in "${CLUSTER_NODES[@]}"; do
-      (use_node "$n"; SVC_LABEL="kafka node $n" stop_one kafka) || rc=1
+      (use_node "$n"; SVC_LABEL="kafka node $n" stop_one kafka) &
+      stopping+=($!)
     done
+    for n in "${stopping[@]}"; do wait "$n" || rc=1; done
   fi
   stop_one kafka || rc=1
   stop_one redis || rc=1
