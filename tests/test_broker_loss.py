@@ -10,10 +10,7 @@ Runs only against the cluster (`make up BROKERS=3`, VICKREY_KAFKA naming its thr
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,20 +22,15 @@ import redis
 from aiokafka import AIOKafkaConsumer
 
 from core.settings import Settings
-from core.topics import admin_client
+from loadtests.failover import busiest_broker, cluster_running, kill_broker, restart_missing_broker
 from tests.auction.factories import campaign_record
 from tests.auction.test_worker import apply, live_intent, spend_total
-from tests.conftest import ROOT
 from tests.kafka_helpers import produce_json, read_all, start_role, stop_role
-
-RUN = ROOT / ".local" / "run"
-NODES = (1, 2, 3)
-CLUSTER_UP = all((RUN / f"kafka-{n}.pid").exists() for n in NODES)
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.cluster,
-    pytest.mark.skipif(not CLUSTER_UP, reason="needs the three-broker cluster (make up BROKERS=3)"),
+    pytest.mark.skipif(not cluster_running(), reason="needs the three-broker cluster (make up BROKERS=3)"),
 ]
 
 
@@ -52,25 +44,6 @@ def campaigns() -> list[dict[str, Any]]:
         )
         for i in range(24)
     ]
-
-
-async def leaders(settings: Settings) -> Counter[int]:
-    """Partitions each broker leads among the stack's topics."""
-    async with admin_client(settings) as admin:
-        described = await admin.describe_topics([settings.topic(name) for name in
-                                                 ("chat.intents", "ad.decisions", "ad.impressions",
-                                                  "ad.clicks.raw", "ad.clicks", "billing.ledger")])
-    return Counter(partition["leader"] for topic in described for partition in topic["partitions"])
-
-
-def kill_broker(node: int) -> None:
-    pid = int((RUN / f"kafka-{node}.pid").read_text().strip())
-    os.kill(pid, signal.SIGKILL)
-
-
-def restart_missing_broker() -> None:
-    subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(os.environ, BROKERS="3"), check=True,
-                   capture_output=True, timeout=180)
 
 
 async def click_on_cpc_impressions(settings: Settings, stop: asyncio.Event, clicked: dict[str, str]) -> None:
@@ -125,7 +98,7 @@ async def test_losing_the_busiest_broker_loses_and_doubles_nothing(
     feeder = asyncio.create_task(feed())
     try:
         await asyncio.sleep(2.5)
-        busiest, led = (await leaders(settings)).most_common(1)[0]
+        busiest, led = await busiest_broker(settings)
         kill_broker(busiest)
         killed_at = time.monotonic()
         await asyncio.sleep(3)
