@@ -80,6 +80,8 @@ class TopicInfo:
     exists: bool
     partitions: int = 0
     cleanup_policy: str | None = None
+    replicas: int = 0  # replication factor (of its first partition)
+    min_insync_replicas: str | None = None
 
 
 @asynccontextmanager
@@ -160,18 +162,20 @@ async def describe_topics(settings: Settings, names: Iterable[str] | None = None
             present = set(await admin.list_topics())
         found = [t for t in physical if t in present]
         partitions: dict[str, int] = {}
-        policies: dict[str, str] = {}
+        replicas: dict[str, int] = {}
+        configs: dict[str, dict[str, str]] = {}
         if found:
             for meta in await admin.describe_topics(found):
                 partitions[meta["topic"]] = len(meta["partitions"])
-            resources = [ConfigResource(ConfigResourceType.TOPIC, t, {"cleanup.policy": None}) for t in found]
+                replicas[meta["topic"]] = len(meta["partitions"][0]["replicas"]) if meta["partitions"] else 0
+            wanted = {"cleanup.policy": None, "min.insync.replicas": None}
+            resources = [ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t in found]
             for response in await admin.describe_configs(resources):
                 for _code, _msg, _type, name, entries in response.resources:
-                    for entry in entries:
-                        if entry[0] == "cleanup.policy":
-                            policies[name] = entry[1]
+                    configs[name] = {entry[0]: entry[1] for entry in entries if entry[0] in wanted}
     return [
-        TopicInfo(t, t in present, partitions.get(t, 0), policies.get(t))
+        TopicInfo(t, True, partitions.get(t, 0), configs.get(t, {}).get("cleanup.policy"), replicas.get(t, 0),
+                  configs.get(t, {}).get("min.insync.replicas"))
         if t in present
         else TopicInfo(t, False)
         for t in physical

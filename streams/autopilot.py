@@ -27,9 +27,9 @@ table is never behind the committed position) and makes replays harmless itself:
 - the Redis history is the authority on versions: a pilot whose table entry is behind it (the
   process died between recording a decision and keeping its state) adopts the recorded decision
   (version, bid, keywords, next decision time) instead of deciding again;
-- at start the app reads `campaigns.autopilot` to its end; a recorded decision missing from it
-  (the process died between recording and publishing) is published then. A version is never
-  published twice, and none is lost.
+- at start the app reads `campaigns.autopilot` to its end; recorded decisions missing from it
+  (the process died between recording and publishing: several, after a burst) are published
+  then, in order. A version is never published twice, and none is lost.
 """
 
 from __future__ import annotations
@@ -122,10 +122,17 @@ class Autopilot:
             due = self._next(latest["ts"])
         if pilot.campaign_id not in self.checked:
             self.checked.add(pilot.campaign_id)
-            if self.published.get(pilot.campaign_id, 0) < latest["version"]:
-                log.warning("publishing a recorded decision the topic lost",
-                            extra={"campaign_id": pilot.campaign_id, "version": latest["version"]})
-                await self._publish(pilot.campaign_id, latest["version"], encode(latest))
+            published = self.published.get(pilot.campaign_id, 0)
+            if published < latest["version"]:
+                # Every recorded decision the topic lost, in order: a burst of windows can make
+                # several decisions that the process recorded but died before its producer sent.
+                lost: list[Any] = await self.redis.zrangebyscore(
+                    self.keys.autopilot(pilot.campaign_id), f"({published}", "+inf")
+                for raw in lost:
+                    decision = orjson.loads(raw)
+                    log.warning("publishing a recorded decision the topic lost",
+                                extra={"campaign_id": pilot.campaign_id, "version": decision["version"]})
+                    await self._publish(pilot.campaign_id, int(decision["version"]), encode(decision))
         return due
 
     async def _latest(self, campaign_id: str) -> dict[str, Any] | None:

@@ -18,11 +18,17 @@ async def test_ensure_topics_is_idempotent_with_partitions_and_compaction(settin
         assert await ensure_topics(settings) == []  # second run: everything exists, nothing created
 
         infos = {i.name: i for i in await describe_topics(settings)}
+        async with admin_client(settings) as admin:
+            brokers = len((await admin.describe_cluster())["brokers"])
         for name in TOPICS:
             info = infos[settings.topic(name)]
             assert info.exists and info.partitions == settings.partitions, info
             want = "compact" if name in COMPACTED_TOPICS else "delete"
             assert info.cleanup_policy == want, info
+            # One replica per broker up to three; with three, a write needs two in sync (§9).
+            assert info.replicas == min(3, brokers), info
+            if brokers >= 3:
+                assert info.min_insync_replicas == "2", info
         async with admin_client(settings) as admin:  # leaders are there right after ensure_topics
             for meta in await admin.describe_topics([settings.topic(n) for n in TOPICS]):
                 assert all(p["leader"] >= 0 for p in meta["partitions"]), meta

@@ -120,3 +120,29 @@ async def test_a_decision_the_topic_lost_is_published_once_on_restart(settings: 
     assert restarted_sent.records[0] == lost
     versions = [r["version"] for r in sent.records + restarted_sent.records]
     assert versions == list(range(1, len(versions) + 1)), versions
+
+
+async def test_several_decisions_the_topic_lost_are_all_published_in_order(settings: Settings, dud: str) -> None:
+    """A burst of windows makes several decisions in a row; the process recorded them all and died
+    before its producer sent the last two: the next process publishes both, in order, once."""
+    table: dict[str, Any] = {}
+    sent = Sent()
+    autopilot = autopilot_for(settings, table, sent, {})
+    try:
+        await run_windows(autopilot, dud, 0, 8)
+    finally:
+        await autopilot.close()
+    assert len(sent.records) >= 3
+    lost = sent.records[-2:]  # never written
+    del sent.records[-2:]
+    on_topic = {"volt-auto": sent.records[-1]["version"]}
+
+    restarted_sent = Sent()
+    restarted = autopilot_for(settings, table, restarted_sent, on_topic)
+    try:
+        await run_windows(restarted, dud, 8, 14)
+    finally:
+        await restarted.close()
+    assert restarted_sent.records[:2] == lost
+    versions = [r["version"] for r in sent.records + restarted_sent.records]
+    assert versions == list(range(1, len(versions) + 1)), versions

@@ -38,7 +38,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="print the result as JSON o
 @topics.command("create", epilog=settings_epilog())
 def topics_create() -> None:
     """Create every Vickrey topic, named VICKREY_TOPIC_PREFIX + name, with VICKREY_PARTITIONS partitions
-    and replication 1; `campaigns` is compacted. Topics that already exist are left alone and reported."""
+    and one replica per broker up to three (min.insync.replicas 2 with three); `campaigns` is compacted. Topics that already exist are left alone and reported."""
     config = settings()
     report = run(config, create_topics(config))
     for name in report.created:
@@ -50,11 +50,14 @@ def topics_create() -> None:
 
 @topics.command("list", epilog=settings_epilog())
 def topics_list() -> None:
-    """Describe every Vickrey topic of this prefix: partitions and cleanup policy, or that it is missing."""
+    """Describe every Vickrey topic of this prefix: partitions, replicas, min.insync.replicas and cleanup
+    policy, or that it is missing."""
     config = settings()
     infos = run(config, describe_topics(config))
     print_table(("TOPIC", "STATE"), [
-        (info.name, f"{info.partitions} partitions, cleanup.policy={info.cleanup_policy}" if info.exists else "missing")
+        (info.name, f"{info.partitions} partitions, {info.replicas} replicas, "
+                    f"min.insync.replicas={info.min_insync_replicas}, cleanup.policy={info.cleanup_policy}"
+         if info.exists else "missing")
         for info in infos
     ])
     missing = sum(not info.exists for info in infos)
