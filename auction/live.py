@@ -147,6 +147,10 @@ class LiveState:
         version = int(await self.redis.get(self.settings.keys.policy_version()) or 0)
         if version == self.policy_version:
             return
+        if version < self.policy_version:
+            # Versions only grow: Redis lost its state. Keep the policy in force (an empty one
+            # would let sensitive topics through) until `vickrey reconcile` puts it back.
+            return
         raw = await self.redis.get(self.settings.keys.policy())
         self.policy_version = version
         if raw is None:

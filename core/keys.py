@@ -31,6 +31,7 @@ to a cluster without a redesign.
 | `{ns}:ratelimit:<key digest>` | hash | an API key's token bucket |
 | `{ns}:reports:campaigns` | set | campaigns that have minute reports |
 | `{ns}:streams:feedback:offsets` | hash | `<topic>:<partition>` → next offset counted into CTR |
+| `{ns}:reconciled` | string | when `vickrey reconcile` last rebuilt the namespace, and what it did (JSON) |
 
 The Lua scripts do not build keys either: they get these templates (`lua_templates`) and fill
 the ids in with `string.format`.
@@ -73,6 +74,7 @@ class Keys:
             "prefs": person + "prefs",
             "person_keys": person + "keys",
             "outcome": f"{self.namespace}:{{e:%s}}:outcome",
+            "reconciled": self.reconciled(),
             "blob": f"{self.namespace}:{{b:%s}}",
         }
 
@@ -96,6 +98,10 @@ class Keys:
     def spend_day(self, campaign_id: str, day: str) -> str:
         """Spend of one UTC day; `day` is `YYYYMMDD` (core.clock.utc_day)."""
         return (self.campaign_prefix + "spend:day:%s") % (campaign_id, day)
+
+    def billed(self, campaign_id: str, click_id: str) -> str:
+        """A charged click's first answer (billing's charge_clicks.lua; restored by reconcile)."""
+        return (self.campaign_prefix + "billed:%s") % (campaign_id, click_id)
 
     def ctr(self, campaign_id: str) -> str:
         return (self.campaign_prefix + "ctr") % campaign_id
@@ -166,6 +172,10 @@ class Keys:
 
     def rate_limit(self, key_digest: str) -> str:
         return f"{self.namespace}:ratelimit:{key_digest}"
+
+    def reconciled(self) -> str:
+        """Left by `vickrey reconcile` (its time and report): absent in a new or emptied namespace."""
+        return f"{self.namespace}:reconciled"
 
     def everything(self) -> str:
         """A SCAN pattern for every key of the namespace."""

@@ -7,7 +7,8 @@ spend by the auction worker, so an impression only becomes a ledger entry (CPC i
 nothing: amount 0). CPC clicks are charged to the campaign's budget by charge_clicks.lua in one
 round trip per part; it keeps each click's first answer, so a replayed batch gets the same amounts
 and never charges twice, and a click past the daily or total budget is an `overdelivery` entry
-with amount 0.
+with amount 0. A click whose campaign has no budget in a namespace Redis lost (no `reconciled`
+marker) waits: the batch fails and is consumed again until `vickrey reconcile` has run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ CHARGE_CLICKS = resources.files("streams").joinpath("charge_clicks.lua").read_te
 IMPRESSIONS = "ad.impressions"
 CLICKS = "ad.clicks"
 LEDGER = "billing.ledger"
+
+
+class NotReconciled(RuntimeError):
+    """A click's campaign has no budget in a namespace that was emptied and not yet reconciled."""
 
 
 def ledger_entry(entry_id: str, kind: str, record: dict[str, Any], amount: int, overdelivery: bool) -> dict[str, Any]:
@@ -104,8 +109,18 @@ class Billing(RoleBase):
             ]
         )
         raw = await self._charge(keys=[], args=[self._templates, utc_day(now_ms), self.settings.event_ttl_s, payload])
+        answers = orjson.loads(raw)
+        waiting = [click["campaign_id"] for (_record, click), answer in zip(clicks, answers, strict=True)
+                   if answer[0] == "wait"]
+        if waiting:
+            # The loop consumes the batch again after a back-off; the clicks charged meanwhile
+            # come back as replays. See charge_clicks.lua.
+            raise NotReconciled(
+                f"campaign {waiting[0]} has no budget in Redis namespace {self.settings.namespace!r}, which lacks "
+                "its reconcile marker (Redis lost its state?): clicks wait for `vickrey reconcile`"
+            )
         outputs: list[Output] = []
-        for (_record, click), answer in zip(clicks, orjson.loads(raw), strict=True):
+        for (_record, click), answer in zip(clicks, answers, strict=True):
             kind = answer[0]
             if kind == "dup":
                 # Another record already carried this click_id and got its ledger entry.

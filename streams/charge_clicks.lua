@@ -8,7 +8,10 @@
 --     record carries the same click_id (no second ledger entry);
 --   * else, when the remaining daily and total budget both cover the charge, the charge is added to
 --     the same spend keys the auction's reserve.lua uses: {"ok", amount, 0};
---     otherwise (or when the campaign has no budget stored) nothing is spent: {"ok", 0, 1} (overdelivery).
+--     otherwise (or when the campaign has no budget stored) nothing is spent: {"ok", 0, 1} (overdelivery);
+--   * but a campaign without a budget in a namespace without the `reconciled` marker is a Redis that
+--     lost its state (docs/contract.md §9): {"wait"}, nothing written, so that the click is billed
+--     against the spend `vickrey reconcile` restores rather than as an overdelivery of 0.
 -- The answer is kept under the `billed` key of the campaign and click = "<src>\n<amount>\n<over>".
 -- Money stays below 2^53 micros, so Lua numbers are exact; amounts go back as decimal strings.
 
@@ -38,8 +41,14 @@ for i, c in ipairs(clicks) do
     end
   else
     local amount, over = 0, 0
+    local limits = {false, false}
     if charge > 0 then
-      local limits = redis.call("HMGET", string.format(K.budget, cid), "daily_micros", "total_micros")
+      limits = redis.call("HMGET", string.format(K.budget, cid), "daily_micros", "total_micros")
+    end
+    if charge > 0 and not limits[1] and redis.call("EXISTS", string.format(K.budget, cid)) == 0
+        and redis.call("EXISTS", K.reconciled) == 0 then
+      answers[i] = {"wait"}
+    elseif charge > 0 then
       local dkey = string.format(K.spend_day, cid, day)
       local tkey = string.format(K.spend_total, cid)
       local today = num(redis.call("GET", dkey))
@@ -53,9 +62,11 @@ for i, c in ipairs(clicks) do
         over = 1
       end
     end
-    local money = string.format("%d", amount)
-    redis.call("SET", kkey, src .. "\n" .. money .. "\n" .. over, "EX", ttl)
-    answers[i] = {"ok", money, tostring(over)}
+    if answers[i] == nil then
+      local money = string.format("%d", amount)
+      redis.call("SET", kkey, src .. "\n" .. money .. "\n" .. over, "EX", ttl)
+      answers[i] = {"ok", money, tostring(over)}
+    end
   end
 end
 return cjson.encode(answers)
