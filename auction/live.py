@@ -147,11 +147,11 @@ class LiveState:
         version = int(await self.redis.get(self.settings.keys.policy_version()) or 0)
         if version == self.policy_version:
             return
-        if version < self.policy_version:
-            # Versions only grow: Redis lost its state. Keep the policy in force (an empty one
-            # would let sensitive topics through) until `vickrey reconcile` puts it back.
-            return
         raw = await self.redis.get(self.settings.keys.policy())
+        if raw is None and self.policy_version > 0:
+            # A policy was applied, and Redis no longer has it: Redis lost its state. Keep the
+            # one in force (the default may be laxer) until `vickrey reconcile` puts it back.
+            return
         self.policy_version = version
         if raw is None:
             self.engine.policy = Policy()
