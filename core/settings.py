@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.keys import Keys
+from core.redis_client import parse_redis_url
 
 ENV_PREFIX = "VICKREY_"
 
@@ -26,7 +27,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
 
     kafka: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (comma-separated)")
-    redis: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
+    redis: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL; redis+cluster://host:port[,host:port...] names a Redis Cluster by its seed nodes",
+    )
     topic_prefix: str = Field(
         "", description="prefixes every topic, consumer group, transactional id and Faust app id"
     )
@@ -55,6 +59,12 @@ class Settings(BaseSettings):
         description="how long after its click a conversion is attributed (judged on the records' own "
         "times); conversion ids are remembered this long per advertiser (duplicates)",
     )
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parse_redis_url(value)  # its ValueError names the problem
+        return value
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -107,4 +117,6 @@ def settings_help() -> list[tuple[str, str, str]]:
 
 def _problem(error: Any) -> str:
     field = str(error["loc"][0]) if error.get("loc") else "?"
-    return f"{env_name(field)}={error.get('input')!r}: {error['msg']}"
+    # A validator's own ValueError reads better without pydantic's "Value error, " before it.
+    problem = str(error["ctx"]["error"]) if error.get("type") == "value_error" and "error" in error.get("ctx", {}) else error["msg"]
+    return f"{env_name(field)}={error.get('input')!r}: {problem}"
