@@ -41,6 +41,7 @@ from core import logs, native
 from core.clock import utc_day
 from core.loop import Batch, Committed, Loop, LoopOptions, Output, Step, run_loops
 from core.metrics import Metrics, serve
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from schemas.codec import RecordError, decode
 
@@ -308,7 +309,7 @@ class AuctionWorker:
         self.settings = settings
         self.stop_event = asyncio.Event()
         self.metrics = Metrics()
-        self.redis = Redis.from_url(settings.redis)
+        self.redis = redis_from_url(settings.redis)
         self.people = PeopleCache()
         self.role = AuctionRole(settings, WorkerMetrics(self.metrics), self.redis, self.people, batch_max, linger_ms, clock)
         self.loop = Loop(settings, self.role, self.metrics, self.stop_event, instance)

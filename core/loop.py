@@ -82,6 +82,7 @@ from redis.asyncio import Redis
 
 from core.kafka import BatchSender, transactional_consumer, transactional_producer
 from core.metrics import Metrics
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from schemas.codec import dlq_record, encode
 
@@ -182,7 +183,7 @@ class RoleBase:
     def redis(self) -> Redis:
         """This role's Redis client, opened on first use after `start`, closed by `close`."""
         if self._redis is None:
-            self._redis = Redis.from_url(self.loop.settings.redis)
+            self._redis = redis_from_url(self.loop.settings.redis)
         return self._redis
 
     async def start(self, loop: Loop) -> None:

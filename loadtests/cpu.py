@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from redis.asyncio import Redis
-
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from loadtests.stack import ROOT
 
@@ -39,7 +38,7 @@ def broker_pid() -> int | None:
 
 
 async def redis_cpu_s(settings: Settings) -> float | None:
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         info = await client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

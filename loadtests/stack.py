@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
+from core.redis_client import parse_redis_url, redis_from_url
 from core.settings import Settings
 from core.topics import admin_client, delete_topics, ensure_topics
 from vickrey.campaign_store import apply_campaigns
@@ -43,15 +43,18 @@ def env_for(settings: Settings) -> dict[str, str]:
 def require_local(settings: Settings) -> None:
     """Load goes to this machine only: refuse any other Kafka or Redis."""
     hosts = [part.rsplit(":", 1)[0] for part in settings.kafka.split(",")]
-    redis_host = settings.redis.split("://", 1)[-1].split("@")[-1].split("/")[0].rsplit(":", 1)[0]
-    for host in [*hosts, redis_host]:
+    seeds = parse_redis_url(settings.redis).seeds  # a Redis Cluster's seed nodes
+    redis_hosts = [host for host, _ in seeds] or [
+        settings.redis.split("://", 1)[-1].split("@")[-1].split("/")[0].rsplit(":", 1)[0]
+    ]
+    for host in [*hosts, *redis_hosts]:
         if host not in LOCAL_HOSTS and not host.startswith("127."):
             raise SystemExit(f"refusing to send load to {host}: load tests and benchmarks target 127.0.0.1 only")
 
 
 async def apply(settings: Settings, records: Sequence[dict[str, Any]]) -> int:
     """Validate and store campaigns (announced on Kafka); returns how many were applied."""
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         result = await apply_campaigns(settings, client, list(records))
     finally:
@@ -63,7 +66,7 @@ async def apply(settings: Settings, records: Sequence[dict[str, Any]]) -> int:
 
 
 async def campaign_count(settings: Settings) -> int:
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         return int(await client.hlen(settings.keys.campaigns()))
     finally:
@@ -74,7 +77,7 @@ async def delete_keys(settings: Settings) -> int:
     """Delete every Redis key of the namespace (never the default one)."""
     if settings.namespace in ("", "vickrey"):
         raise ValueError("refusing to delete the keys of the default namespace")
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     deleted = 0
     try:
         batch: list[Any] = []

@@ -39,6 +39,7 @@ from auction.worker_metrics import Tally, WorkerMetrics
 from core.clock import utc_day
 from core.loop import Output
 from core.metrics import Metrics
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from loadtests import workload
 from loadtests.stack import apply, cleanup, create_topics, isolated, new_tag
@@ -106,7 +107,7 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """µs per event of each step (median of `rounds`, each on fresh intents), and their sum."""
     stack = isolated(base, new_tag("benchS"))
-    redis = Redis.from_url(stack.redis)
+    redis = redis_from_url(stack.redis)
     try:
         await create_topics(stack)
         await apply(stack, workload.campaigns(n=ACTIVE_CAMPAIGNS, advertisers=300, tag="w"))

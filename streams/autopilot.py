@@ -49,6 +49,7 @@ from autopilot.pilot import Pilot, pilots_campaign, seconds_of_day
 from core import logs
 from core.clock import DAY_MS, utc_day
 from core.keys import AUTOPILOT_HISTORY_MAX
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from core.topics import ensure_topics, topic_partitions
 from schemas.checks import Record
@@ -79,7 +80,7 @@ class Autopilot:
     @property
     def redis(self) -> Redis:
         if self._redis is None:  # opened on the app's event loop, on first use
-            self._redis = Redis.from_url(self.settings.redis)
+            self._redis = redis_from_url(self.settings.redis)
         return self._redis
 
     async def close(self) -> None:

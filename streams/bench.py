@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from core.kafka import BatchSender
 from core.loop import Role
 from core.metrics import Metrics
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from core.topics import delete_topics, ensure_topics
 from streams.attribution import Attribution
@@ -142,7 +142,7 @@ async def measure_conversions(settings: Settings, n: int = 50_000, timeout_s: fl
 
 async def _cleanup(bench: Settings) -> None:
     await delete_topics(bench)
-    client = aioredis.Redis.from_url(bench.redis)
+    client = redis_from_url(bench.redis)
     keys = [key async for key in client.scan_iter(match=bench.keys.everything(), count=1000)]
     if keys:
         await client.delete(*keys)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.exceptions import RedisClusterException
 
+from core.redis_client import sync_redis_from_url
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +40,10 @@ def tag() -> str:
 
 
 def _drop_namespace(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis)
+    try:
+        client = sync_redis_from_url(settings.redis)
+    except RedisClusterException:
+        return  # a blocking cluster client asks for the slot map at once: no cluster answers
     try:
         keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
         for start in range(0, len(keys), 500):
@@ -70,7 +75,7 @@ def env(settings: Settings) -> dict[str, str]:
 @pytest.fixture
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     """A real Redis client on this test's namespace (the `settings` fixture removes its keys)."""
-    client = redis.Redis.from_url(settings.redis)
+    client = sync_redis_from_url(settings.redis)
     yield client
     client.close()
 

@@ -16,8 +16,8 @@ import pytest
 import redis
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
-from redis.asyncio import Redis
 
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from tests.auction.factories import campaign_record, intent
 from tests.auction.test_worker import apply
@@ -36,7 +36,7 @@ async def test_nothing_advertiser_facing_carries_a_person(
     marker = uuid.uuid4().hex[:8]
     users = [f"person-{marker}-{i}" for i in range(30)]
     sessions = [f"chat-{marker}-{i}" for i in range(30)]
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     advertiser, key = await create_advertiser(settings, client, "Aggregates Co")
     advertiser_id = advertiser.advertiser_id
     await apply(settings, [campaign_record("agg-1", advertiser_id=advertiser_id, amount_micros=3_000_000)])

@@ -27,12 +27,12 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from redis.asyncio import Redis
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from core.topics import delete_topics, ensure_topics, topic_partitions
 from vickrey.campaign_store import apply_campaigns, campaign_spend
@@ -231,7 +231,7 @@ async def demo(settings: Settings, events: int, rate: int, keep_running: bool) -
     # The autopilot decides every 5 s of traffic here (300 s by default), so a short demo shows it.
     env = settings.with_(metrics_port=0, autopilot_decide_every_s=DEMO_DECIDE_EVERY_S).as_env()
     say(f"Kafka at {settings.kafka}, Redis at {settings.redis}: a clean demo stack (prefix '{settings.topic_prefix}', namespace '{settings.namespace}')")
-    redis = Redis.from_url(settings.redis)
+    redis = redis_from_url(settings.redis)
     await delete_topics(settings)
     stale = [key async for key in redis.scan_iter(match=f"{settings.namespace}:*", count=1000)]
     for start in range(0, len(stale), 500):

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from core.clock import utc_day
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from core.topics import delete_topics
 from tests.conftest import ROOT
@@ -137,7 +138,7 @@ async def stack(settings: Settings, redis_client: redis.Redis) -> AsyncIterator[
 
 @pytest.fixture
 async def aredis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     yield client
     await client.aclose()
 

@@ -13,12 +13,11 @@ from typing import Any
 
 import hypothesis
 import pytest
-import redis
-import redis.asyncio as aioredis
 import schemathesis
 from aiohttp import web
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from core.redis_client import redis_from_url, sync_redis_from_url
 from core.settings import Settings
 from core.topics import delete_topics
 from tests.api.conftest import GENEROUS, campaign, decision, free_port, write_decisions
@@ -83,7 +82,7 @@ def live_api() -> Iterator[LiveApi]:
     settings = base.with_(topic_prefix=f"{tag}.", namespace=tag, partitions=1, metrics_port=0)
 
     async def seed() -> str:
-        r = aioredis.Redis.from_url(settings.redis)
+        r = redis_from_url(settings.redis)
         try:
             advertiser, key = await create_advertiser(settings, r, "Schemathesis Probe")
             body = campaign(SEEDED, advertiser_id=advertiser.advertiser_id)
@@ -104,7 +103,7 @@ def live_api() -> Iterator[LiveApi]:
             yield LiveApi(settings, f"http://127.0.0.1:{server.port}", key)
     finally:
         asyncio.run(delete_topics(settings))
-        client = redis.Redis.from_url(settings.redis)
+        client = sync_redis_from_url(settings.redis)
         keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
         if keys:
             client.delete(*keys)

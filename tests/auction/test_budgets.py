@@ -8,9 +8,9 @@ import random
 
 import pytest
 import redis
-from redis.asyncio import Redis
 
 from auction.budgets import BudgetReserver, Claim, Reservation
+from core.redis_client import redis_from_url
 from core.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def claim(event_id: str, campaign_id: str, charge: int, user: str = "u1", cap: t
 
 
 async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         answers, _, _ = await BudgetReserver(client, settings.keys, 3600).reserve(claims, DAY)
     finally:
@@ -48,7 +48,7 @@ async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
 
 def _reserver_process(settings: Settings, worker: int, auctions: int, charges: list[int], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     async def run() -> None:
-        client = Redis.from_url(settings.redis)
+        client = redis_from_url(settings.redis)
         reserver = BudgetReserver(client, settings.keys, 3600)
         admitted = 0
         for start in range(0, auctions, 50):
@@ -122,7 +122,7 @@ async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis
     set_budget(redis_client, settings, "rich", daily=10**9, total=10**9)
     set_budget(redis_client, settings, "poor", daily=5, total=5)
     two = Claim("e1", "0:1", "u1", b"{}", [Reservation("rich", 50, 50), Reservation("poor", 6, 6)])
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     answers, spends, _ = await BudgetReserver(client, settings.keys, 3600).reserve([two], DAY)
     await client.aclose()
     assert answers[0].kind == "refused" and answers[0].refused == {"poor": "budget"}
@@ -135,7 +135,7 @@ async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: r
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     outcome = '{"a":"ünïcödé \\/ \\"quoted\\""}\n{"b":2}'.encode()
     first = Claim("e1", "0:1", "u1", outcome, [Reservation("c", 3, 3)])
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     reserver = BudgetReserver(client, settings.keys, 3600)
     (answer,), spends, _ = await reserver.reserve([first], DAY)
     assert answer.kind == "ok" and spends == [("c", 3, 3)]
@@ -163,7 +163,7 @@ async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: 
     call drops it. A record read again then gets "committed" (nothing to republish, no charge);
     a reused event_id is still a duplicate for the event TTL."""
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     reserver = BudgetReserver(client, settings.keys, 3600)
     first = [claim(f"e{i}", "c", 5, source=f"1:{i}") for i in range(10)]
     answers, _, blob_id = await reserver.reserve(first, DAY)
@@ -187,7 +187,7 @@ async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: 
 
 async def test_drop_committed_at_shutdown(settings: Settings, redis_client: redis.Redis) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     reserver = BudgetReserver(client, settings.keys, 3600)
     _, _, blob_id = await reserver.reserve([claim("e1", "c", 5)], DAY)
     assert len(blob_keys(redis_client, settings)) == 1
@@ -202,7 +202,7 @@ async def test_outcome_kept_whole_by_an_older_version_still_replays(settings: Se
     """Keys written before outcomes moved to blobs ("<source>\n<outcome bytes>") replay as before."""
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     redis_client.set(settings.keys.outcome("old"), b'0:9\n{"event_id":"old"}', ex=3600)
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     answers, _, _ = await BudgetReserver(client, settings.keys, 3600).reserve([claim("old", "c", 5, source="0:9")], DAY)
     await client.aclose()
     assert (answers[0].kind, answers[0].outcome) == ("replay", b'{"event_id":"old"}')

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from redis.asyncio import Redis
 
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from tests.auction.factories import campaign_record, intent
 from tests.auction.test_worker import apply
@@ -89,7 +89,7 @@ async def test_gates(settings: Settings, worker: None, change: dict[str, Any], r
 async def test_policy_change_is_live(settings: Settings, worker: None) -> None:
     chat = Chat(settings)
     assert (await chat.decide("p1"))["ads"]
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     policy = {"sensitive_categories": ["IAB19"], "restricted_verticals": ["gambling"], "blocked_safety_labels": ["hate"]}
     await apply_policy(settings, client, policy)
     await client.aclose()

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from redis.asyncio import Redis
 
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from loadtests.stack import committed, end_offsets, reset_group
 from tests.auction.factories import campaign_record, intent, load_vectors
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 async def apply(settings: Settings, records: list[dict[str, Any]]) -> None:
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         result = await apply_campaigns(settings, client, records)
     finally:

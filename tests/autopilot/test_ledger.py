@@ -51,6 +51,7 @@ from auction.model import Campaign, NoFillReason, Winner
 from auction.pricing import ceil_div, cpm_charge_micros
 from autopilot.simulate import DAY_START_MS, Ledger
 from core.clock import DAY_MS, utc_day
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from schemas.campaign import validate_campaign
 from streams.billing import CHARGE_CLICKS
@@ -260,7 +261,7 @@ async def compare(settings: Settings, sync: redis.Redis, seed: int, short_window
             "daily_micros": campaign.daily_budget_micros, "total_micros": campaign.total_budget_micros})
     clock = CapClock(sync, [settings.keys.frequency(person, c.campaign_id)
                             for person in PEOPLE for c in by_id.values() if c.frequency_cap])
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     scripts = Scripts(settings, client, sync)
     tally: Counter[str] = Counter()
     try:
@@ -328,7 +329,7 @@ async def test_cap_window_minimal_case(settings: Settings, redis_client: redis.R
     campaign = Campaign.from_record(record)
     redis_client.hset(settings.keys.budget("capped"), mapping={"daily_micros": 10**9, "total_micros": 10**9})
     clock = CapClock(redis_client, [settings.keys.frequency("p0", "capped")])
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     scripts, ledger = Scripts(settings, client, redis_client), Ledger()
     day = DAYS[0]
     seen: list[tuple[int, dict[str, NoFillReason], dict[str, str]]] = []

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from redis.asyncio import Redis
 
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from schemas.codec import validate
 from tests.kafka_helpers import read_all, start_role, stop_role, wait_until
@@ -65,7 +65,7 @@ async def feed(settings: Settings, windows: list[dict[str, Any]]) -> None:
 
 async def store_campaigns(settings: Settings, campaigns: list[dict[str, Any]]) -> None:
     """Store campaigns as `vickrey campaigns apply` does (no announcement); none may be refused."""
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         result = await apply_campaigns(settings, client, campaigns, announce=False)
         assert not result.refused, result.refused

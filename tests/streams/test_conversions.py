@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import redis
-from redis.asyncio import Redis
 
 from auction.controls import ControlsRole
 from core.metrics import Metrics
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from schemas.codec import validate
 from streams.conversions import Conversions
@@ -122,7 +122,7 @@ async def test_forget_erases_the_persons_stored_clicks(topics: Settings, redis_c
     async with running(settings, [Conversions(settings, metrics)], metrics):
         await wait_for(lambda: redis_client.exists(settings.keys.click("k-mine"), settings.keys.click("k-other")) == 2,
                        what="the clicks stored")
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         await ControlsRole(settings, client, Metrics()).apply({"action": "forget", "user_id": "u-forget"})
     finally:

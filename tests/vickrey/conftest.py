@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from tests.conftest import ROOT
 
@@ -47,7 +48,7 @@ async def stack(topics: Settings, redis_client: redis.Redis) -> AsyncIterator[Se
 
 @pytest.fixture
 async def aredis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     yield client
     await client.aclose()
 

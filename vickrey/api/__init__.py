@@ -14,6 +14,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from core.logs import setup as setup_logs
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from vickrey.advertisers import AdvertiserError, add_key, create_advertiser, get_advertiser
 from vickrey.api.app import create_app
@@ -65,7 +66,7 @@ def demo_key(settings: Settings) -> str:
     """
 
     async def run() -> str:
-        r = Redis.from_url(settings.redis, socket_connect_timeout=5, socket_timeout=15)
+        r = redis_from_url(settings.redis, socket_connect_timeout=5, socket_timeout=15)
         try:
             return await ademo_key(settings, r)
         finally:

@@ -10,6 +10,7 @@ from typing import Final
 from aiohttp import web
 from redis.asyncio import Redis
 
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from vickrey.api import campaigns, conversions, ratelimit
 from vickrey.api.http import (
@@ -67,7 +68,7 @@ def create_app(
             app[REDIS] = redis
             yield
             return
-        client = Redis.from_url(settings.redis, socket_connect_timeout=5, socket_timeout=15)
+        client = redis_from_url(settings.redis, socket_connect_timeout=5, socket_timeout=15)
         app[REDIS] = client
         yield
         await client.aclose()

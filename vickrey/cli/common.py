@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
+from core.redis_client import redis_from_url
 from core.settings import Settings, settings_help
 
 T = TypeVar("T")
@@ -86,7 +87,7 @@ def with_redis(config: Settings, fn: Callable[[aioredis.Redis], Awaitable[T]]) -
     """`run` fn with a Redis client for `config.redis`, closed afterwards."""
 
     async def call() -> T:
-        client = aioredis.Redis.from_url(config.redis, socket_connect_timeout=5, socket_timeout=15)
+        client = redis_from_url(config.redis, socket_connect_timeout=5, socket_timeout=15)
         try:
             return await fn(client)
         finally:
