@@ -33,9 +33,10 @@ clean-native: ## remove the compiled modules: the same source then runs interpre
 	@test -x $(BIN)/python && $(BIN)/python -m core.native clean || true
 
 BROKERS ?= 1
+REDIS ?= single
 
-up: ## start local Kafka (KRaft, 127.0.0.1:9092; BROKERS=3: three brokers on 9092-9094) and Redis (127.0.0.1:6379)
-	@BROKERS=$(BROKERS) bash ops/up.sh
+up: ## start local Kafka (KRaft, 127.0.0.1:9092; BROKERS=3: three brokers on 9092-9094) and Redis (127.0.0.1:6379; REDIS=cluster: a Redis Cluster on 7000-7005)
+	@BROKERS=$(BROKERS) REDIS=$(REDIS) bash ops/up.sh
 
 down: ## stop what `make up` started (and nothing else)
 	@bash ops/down.sh

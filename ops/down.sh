@@ -3,7 +3,8 @@
 # in .local/run/ names a live process that is still our broker / our redis-server (checked through
 # /proc, so a recycled pid or a Kafka/Redis started some other way is never touched).
 # Graceful: SIGTERM, wait up to OPS_STOP_TIMEOUT seconds (default 30), then SIGKILL.
-# Data (.local/kafka/data, .local/redis) is kept; `rm -rf .local/kafka/data .local/redis` resets it.
+# Data (.local/kafka/data, .local/redis, the Redis Cluster's .local/redis/cluster) is kept;
+# `rm -rf .local/kafka/data .local/redis` resets it.
 set -euo pipefail
 # shellcheck source=ops/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -55,6 +56,15 @@ main() {
     for n in "${stopping[@]}"; do wait "$n" || rc=1; done
   fi
   stop_one kafka || rc=1
+  if [[ -n $(redis_cluster_pids) ]]; then  # the Redis Cluster of `make up REDIS=cluster`, all at once
+    local port
+    local -a stopping_redis=()
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      (use_redis_node "$port"; SVC_LABEL="redis node $port" stop_one redis) &
+      stopping_redis+=($!)
+    done
+    for port in "${stopping_redis[@]}"; do wait "$port" || rc=1; done
+  fi
   stop_one redis || rc=1
   return $rc
 }

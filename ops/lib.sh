@@ -34,6 +34,15 @@ CLUSTER_NODES=(1 2 3)
 CLUSTER_BOOTSTRAP=$KAFKA_HOST:$KAFKA_PORT,$KAFKA_HOST:$((KAFKA_PORT + 1)),$KAFKA_HOST:$((KAFKA_PORT + 2))
 REDIS_HOST=127.0.0.1
 REDIS_PORT=${OPS_REDIS_PORT:-6379}
+# Redis Cluster (`make up REDIS=cluster`), instead of the single Redis: six nodes (three primaries,
+# three replicas) on 127.0.0.1:7000-7005, their cluster bus 10000 above (17000-17005). Node <port>
+# works in redis/cluster/<port>/ (redis.conf, nodes.conf, appendonlydir), pid file run/redis-<port>.pid,
+# log logs/redis-<port>.log.
+REDIS_CLUSTER_DIR=$REDIS_DIR/cluster
+REDIS_CLUSTER_PORTS=()
+for _n in 0 1 2 3 4 5; do REDIS_CLUSTER_PORTS+=($((${OPS_REDIS_CLUSTER_PORT:-7000} + _n))); done
+unset _n
+REDIS_CLUSTER_URL=redis+cluster://$(IFS=,; printf '%s' "${REDIS_CLUSTER_PORTS[*]/#/$REDIS_HOST:}")
 HEALTH_TOPIC=__vickrey_healthcheck
 INSTALL_HINT="apt-get install -y openjdk-17-jre-headless maven"
 
@@ -49,6 +58,26 @@ use_node() {
   KAFKA_LOGS_DIR=$LOG_DIR/kafka-$n
   KAFKA_LOG=$KAFKA_LOGS_DIR/kafka.log
   KAFKA_OUT=$KAFKA_LOGS_DIR/kafka.out
+}
+
+# Point the redis_* functions at the Redis Cluster node on `port`: its directory, configuration, pid, log.
+use_redis_node() {
+  REDIS_NODE=$1
+  REDIS_PORT=$1
+  REDIS_DIR=$REDIS_CLUSTER_DIR/$1
+  REDIS_CONF=$REDIS_DIR/redis.conf
+  REDIS_PIDFILE=$RUN_DIR/redis-$1.pid
+  REDIS_LOG=$LOG_DIR/redis-$1.log
+}
+
+# Live pids of the Redis Cluster's nodes that make up started, one per line as "<port> <pid>".
+redis_cluster_pids() {
+  local port pid
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    pid=$( (use_redis_node "$port"; QUIET_STALE=1 our_pid redis) )
+    [[ -n $pid ]] && printf '%s %s\n' "$port" "$pid"
+  done
+  return 0
 }
 
 # Live pids of the cluster's nodes that make up started, one per line as "<node> <pid>".

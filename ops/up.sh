@@ -6,10 +6,13 @@
 #
 #   bash ops/up.sh            start what is missing, wait, print where everything is  (make up)
 #   BROKERS=3 bash ops/up.sh  the same with a three-broker cluster on 127.0.0.1:9092-9094 (make up BROKERS=3)
+#   REDIS=cluster bash ops/up.sh  a Redis Cluster on 127.0.0.1:7000-7005 instead of the single Redis
+#                             (make up REDIS=cluster; either broker mode)
 #   bash ops/up.sh --status   only say whether each answers                           (make status)
 #
 # State, all under the ignored .local/: kafka/{libs,data,server.properties,cluster.id},
-# redis/{redis.conf,appendonlydir}, run/{kafka,redis}.pid, logs/{kafka.log,kafka.out,redis.log}.
+# redis/{redis.conf,appendonlydir}, run/{kafka,redis}.pid, logs/{kafka.log,kafka.out,redis.log};
+# the Redis Cluster's nodes in redis/cluster/<port>/, run/redis-<port>.pid, logs/redis-<port>.log.
 # Settings: VICKREY_UP_TIMEOUT (seconds to wait, default 90), KAFKA_HEAP_OPTS (default
 # "-Xms512m -Xmx1g"), KAFKA_JVM_PERFORMANCE_OPTS. ops/down.sh stops only what this started.
 set -euo pipefail
@@ -18,6 +21,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TIMEOUT=${VICKREY_UP_TIMEOUT:-90}
 BROKERS=${BROKERS:-1}
+REDIS_MODE=${REDIS:-single}
 
 # ---------------------------------------------------------------------------------------- status
 status() {
@@ -25,7 +29,9 @@ status() {
   # shellcheck disable=SC2034  # read by our_pid in lib.sh
   QUIET_STALE=1
   pid=$(our_pid kafka)
-  if HEALTH_ERR=/dev/null kafka_answers; then
+  if [[ -n $(cluster_pids) ]]; then
+    cluster_status || rc=1
+  elif HEALTH_ERR=/dev/null kafka_answers; then
     say "kafka  $KAFKA_BOOTSTRAP  answers (produce/consume round trip ok)$(owner "$pid" "$KAFKA_LOG")"
   elif [[ -n $pid ]]; then
     say "kafka  $KAFKA_BOOTSTRAP  NOT answering yet (started by make up, pid $pid; log $(rel "$KAFKA_LOG"))"; rc=1
@@ -33,7 +39,9 @@ status() {
     say "kafka  $KAFKA_BOOTSTRAP  NOT answering (make up starts it)"; rc=1
   fi
   pid=$(our_pid redis)
-  if redis_answers; then
+  if [[ -n $(redis_cluster_pids) ]]; then
+    redis_cluster_status || rc=1
+  elif redis_answers; then
     say "redis  $REDIS_HOST:$REDIS_PORT  answers (PING)$(owner "$pid" "$REDIS_LOG")"
   elif [[ -n $pid ]]; then
     say "redis  $REDIS_HOST:$REDIS_PORT  NOT answering (started by make up, pid $pid; log $(rel "$REDIS_LOG"))"; rc=1
@@ -264,6 +272,16 @@ save ""
 auto-aof-rewrite-percentage 400
 auto-aof-rewrite-min-size 1gb
 EOF
+  if [[ -n ${REDIS_NODE:-} ]]; then
+    cat >>"$REDIS_CONF.tmp" <<EOF
+# A node of the Redis Cluster of make up REDIS=cluster: its view of the cluster (nodes, slots,
+# epochs) is kept in nodes.conf beside its data, so a restarted node rejoins as it left. A primary
+# that does not answer for 5 s is failed over to its replica.
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout 5000
+EOF
+  fi
   mv "$REDIS_CONF.tmp" "$REDIS_CONF"
 }
 
@@ -277,7 +295,7 @@ start_redis() {
     die "redis-server did not start (see $(rel "$REDIS_LOG"))"
   fi
   for _ in {1..50}; do [[ -s $REDIS_PIDFILE ]] && break; sleep 0.1; done
-  say "redis: started (pid $(read_pidfile "$REDIS_PIDFILE")), data $(rel "$REDIS_DIR") (append-only file)"
+  say "redis${REDIS_NODE:+ node $REDIS_NODE}: started (pid $(read_pidfile "$REDIS_PIDFILE")), data $(rel "$REDIS_DIR") (append-only file)"
 }
 
 # ----------------------------------------------------------------------- the three-broker cluster
@@ -342,16 +360,143 @@ cluster_status() {
   return $rc
 }
 
+# ----------------------------------------------------------------------------- the Redis Cluster
+# `make up REDIS=cluster`: six redis-server nodes on 127.0.0.1:7000-7005 (ops/lib.sh), each with the
+# single Redis's configuration plus cluster-enabled; joined once by `redis-cli --cluster create`
+# (three primaries, a replica each). A node whose process is gone is started again (it rejoins from
+# its nodes.conf); the others are left running.
+start_redis_cluster() {
+  local port pid
+  ensure_redis_installed
+  command -v redis-cli >/dev/null 2>&1 || die "redis-cli not found (Debian's redis-tools, which redis-server depends on): the cluster is created with it"
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    pid=$( (use_redis_node "$port"; QUIET_STALE=1 our_pid redis) )
+    if [[ -n $pid ]]; then continue; fi
+    (
+      use_redis_node "$port"
+      port_open "$REDIS_HOST" "$REDIS_PORT" && die "something not started by make up listens on $REDIS_HOST:$REDIS_PORT (Redis Cluster node $port's port)"
+      port_open "$REDIS_HOST" "$((REDIS_PORT + 10000))" && die "something not started by make up listens on $REDIS_HOST:$((REDIS_PORT + 10000)) (Redis Cluster node $port's bus port)"
+      start_redis
+    ) || exit 1
+  done
+}
+
+# `CLUSTER INFO` of one node, one "field:value" a line (empty when it does not answer).
+redis_cluster_info() { timeout 3 redis-cli -h "$REDIS_HOST" -p "$1" cluster info 2>/dev/null | tr -d '\r'; }
+info_field() { sed -n "s/^$1://p" <<<"$2"; }
+
+# Join the six nodes with `redis-cli --cluster create` when none of them knows another yet (a first
+# start, or after the state was removed); leave a created cluster alone. A mix (some nodes joined,
+# some that know nobody) means a node lost its nodes.conf: say how to start afresh.
+ensure_redis_cluster_created() {
+  local port info lone=() joined=() nodes=()
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    info=$(redis_cluster_info "$port")
+    if [[ $(info_field cluster_known_nodes "$info") == 1 && $(info_field cluster_slots_assigned "$info") == 0 ]]; then
+      lone+=("$port")
+    else
+      joined+=("$port")
+    fi
+    nodes+=("$REDIS_HOST:$port")
+  done
+  ((${#lone[@]})) || return 0
+  if ((${#joined[@]})); then
+    die "Redis Cluster nodes ${lone[*]} know no other node while ${joined[*]} form a cluster (a lost nodes.conf?). Start afresh: make down && rm -rf $(rel "$REDIS_CLUSTER_DIR"), then make up REDIS=cluster"
+  fi
+  say "redis: creating the cluster: three primaries, one replica each (redis-cli --cluster create; log $(rel "$LOG_DIR/redis-cluster-create.log"))"
+  printf '\n==== %s ops/up.sh redis-cli --cluster create %s\n' "$(date -Is)" "${nodes[*]}" >>"$LOG_DIR/redis-cluster-create.log"
+  if ! timeout 120 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+    >>"$LOG_DIR/redis-cluster-create.log" 2>&1 </dev/null 9>&-; then
+    tail -n 15 "$LOG_DIR/redis-cluster-create.log" >&2
+    die "redis-cli --cluster create failed (see $(rel "$LOG_DIR/redis-cluster-create.log"))"
+  fi
+}
+
+# Every node of a cluster of six with three primaries says cluster_state:ok, and a key written
+# through one node is read back through another (redis-cli -c follows the redirects).
+redis_cluster_ok() {
+  local port info token got
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    info=$(redis_cluster_info "$port")
+    [[ $(info_field cluster_state "$info") == ok && $(info_field cluster_known_nodes "$info") == 6 &&
+      $(info_field cluster_size "$info") == 3 ]] || return 1
+  done
+  token="vickrey-health-$$-$RANDOM-$(date +%s%N)"
+  timeout 5 redis-cli -c -h "$REDIS_HOST" -p "${REDIS_CLUSTER_PORTS[0]}" set "__vickrey_healthcheck:$token" "$token" EX 60 >/dev/null 2>&1 || return 1
+  got=$(timeout 5 redis-cli -c -h "$REDIS_HOST" -p "${REDIS_CLUSTER_PORTS[5]}" get "__vickrey_healthcheck:$token" 2>/dev/null | tr -d '\r')
+  timeout 5 redis-cli -c -h "$REDIS_HOST" -p "${REDIS_CLUSTER_PORTS[0]}" del "__vickrey_healthcheck:$token" >/dev/null 2>&1 || true
+  [[ $got == "$token" ]]
+}
+
+wait_redis_cluster() {
+  local deadline=$((SECONDS + TIMEOUT)) port ok last_note=$SECONDS created=0
+  while :; do
+    ok=1
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      if ! (use_redis_node "$port"; [[ -n $(QUIET_STALE=1 our_pid redis) ]]); then
+        (
+          use_redis_node "$port"
+          warn "error: Redis Cluster node $port exited. Last lines of $(rel "$REDIS_LOG"):"
+          tail -n 15 "$REDIS_LOG" >&2 2>/dev/null || true
+        )
+        exit 1
+      fi
+      (use_redis_node "$port"; redis_answers) || ok=0
+    done
+    if ((ok && !created)); then ensure_redis_cluster_created; created=1; fi
+    if ((ok)) && redis_cluster_ok; then
+      say "redis: the cluster answers (six nodes, three primaries, cluster_state ok, a key written and read)"; return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      warn "error: the Redis Cluster was not ok within ${TIMEOUT}s; logs $(rel "$LOG_DIR")/redis-70*.log. CLUSTER INFO of node ${REDIS_CLUSTER_PORTS[0]}:"
+      redis_cluster_info "${REDIS_CLUSTER_PORTS[0]}" | grep -E 'cluster_(state|known_nodes|size|slots_ok)' >&2 || true
+      exit 1
+    fi
+    if ((SECONDS - last_note >= 10)); then
+      last_note=$SECONDS; say "... waiting for the Redis Cluster ($((deadline - SECONDS))s left)"
+    fi
+    sleep 0.5
+  done
+}
+
+redis_cluster_status() {
+  local port pid role rc=0 state=
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    pid=$( (use_redis_node "$port"; QUIET_STALE=1 our_pid redis) )
+    if [[ -n $pid ]]; then
+      role=$(timeout 3 redis-cli -h "$REDIS_HOST" -p "$port" role 2>/dev/null | head -n 1 | tr -d '\r')
+      case $role in master) role=primary ;; slave) role=replica ;; "") role="not answering"; rc=1 ;; esac
+      say "redis  node $port  $REDIS_HOST:$port  running, $role (pid $pid, log $(rel "$LOG_DIR/redis-$port.log"))"
+      [[ -n $state ]] || state=$(info_field cluster_state "$(redis_cluster_info "$port")")
+    else
+      say "redis  node $port  $REDIS_HOST:$port  NOT running (make up REDIS=cluster starts it)"; rc=1
+    fi
+  done
+  say "redis  cluster  $REDIS_CLUSTER_URL  cluster_state ${state:-unknown}"
+  [[ $state == ok ]] || rc=1
+  return $rc
+}
+
 # `make up` in one mode while the other runs: refuse, and say how to switch.
 refuse_other_mode() {
-  local single cluster
+  local single cluster again=make\ up
+  [[ $BROKERS == 3 ]] && again+=" BROKERS=3"
+  [[ $REDIS_MODE == cluster ]] && again+=" REDIS=cluster"
   single=$(QUIET_STALE=1 our_pid kafka)
   cluster=$(cluster_pids)
   if [[ $BROKERS == 3 && -n $single ]]; then
-    die "a one-broker Kafka started by make up is running (pid $single); run 'make down' first, then 'make up BROKERS=3'"
+    die "a one-broker Kafka started by make up is running (pid $single); run 'make down' first, then '$again'"
   fi
   if [[ $BROKERS == 1 && -n $cluster ]]; then
-    die "the three-broker Kafka cluster started by 'make up BROKERS=3' is running; run 'make down' first, then 'make up'"
+    die "the three-broker Kafka cluster started by 'make up BROKERS=3' is running; run 'make down' first, then '$again'"
+  fi
+  single=$(QUIET_STALE=1 our_pid redis)
+  cluster=$(redis_cluster_pids)
+  if [[ $REDIS_MODE == cluster && -n $single ]]; then
+    die "the single Redis started by make up is running ($REDIS_HOST:$REDIS_PORT, pid $single); run 'make down' first, then '$again'"
+  fi
+  if [[ $REDIS_MODE == single && -n $cluster ]]; then
+    die "the Redis Cluster started by 'make up REDIS=cluster' is running; run 'make down' first, then '$again'"
   fi
 }
 
@@ -419,18 +564,24 @@ wait_ready() {
 
 main() {
   case ${1:-} in
-    --status|status) if [[ -n $(cluster_pids) ]]; then cluster_status; else status; fi; exit $? ;;
+    --status|status) status; exit $? ;;
     "" ) ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (use --status or nothing)" ;;
   esac
   [[ $BROKERS == 1 || $BROKERS == 3 ]] || die "BROKERS=$BROKERS: use 1 (the default) or 3"
+  [[ $REDIS_MODE == single || $REDIS_MODE == cluster ]] || die "REDIS=$REDIS_MODE: use single (the default) or cluster"
   mkdir -p "$RUN_DIR" "$LOG_DIR" "$KAFKA_DIR" "$REDIS_DIR"
   take_lock
   refuse_other_mode
   local t0=$SECONDS kplan rplan kafka_ok=0 redis_ok=0
   kafka_ours=0 redis_ours=0
-  rplan=$(plan redis)
+  if [[ $REDIS_MODE == cluster ]]; then
+    rplan=ready  # the cluster is started here and waited for below
+    start_redis_cluster
+  else
+    rplan=$(plan redis)
+  fi
   if [[ $BROKERS == 3 ]]; then
     kplan=ready  # the cluster is started and waited for below
     start_cluster
@@ -454,6 +605,7 @@ main() {
     wait_ready "$kafka_ok" "$redis_ok"
   fi
   [[ $BROKERS == 3 ]] && wait_cluster
+  [[ $REDIS_MODE == cluster ]] && wait_redis_cluster
   # shellcheck disable=SC2034  # read by our_pid in lib.sh
   QUIET_STALE=1
   say "ready in $((SECONDS - t0))s:"
@@ -463,7 +615,12 @@ main() {
   else
     say "  kafka  $KAFKA_BOOTSTRAP$(owner "$(our_pid kafka)" "$KAFKA_LOG")"
   fi
-  say "  redis  redis://$REDIS_HOST:$REDIS_PORT/0$(owner "$(our_pid redis)" "$REDIS_LOG")"
+  if [[ $REDIS_MODE == cluster ]]; then
+    say "  redis  $REDIS_CLUSTER_URL (Redis Cluster: three primaries, a replica each)"
+    say "         export VICKREY_REDIS=$REDIS_CLUSTER_URL"
+  else
+    say "  redis  redis://$REDIS_HOST:$REDIS_PORT/0$(owner "$(our_pid redis)" "$REDIS_LOG")"
+  fi
   say "  stop with: make down    state: $(rel "$LOCAL")/    Kafka CLI: bash ops/kafka-cli.sh topics --list"
 }
 
