@@ -40,12 +40,14 @@ from autopilot.campaigns import prepare_campaign
 from core.clock import utc_day
 from core.keys import AUTOPILOT_HISTORY_MAX
 from core.settings import Settings
-from core.topics import ensure_topics
 from schemas.checks import RecordError
 from schemas.records import check_autopilot_decision
+from vickrey.announce import AnnounceError, announce, start_producer
 from vickrey.policy_store import get_policy
 
 log = logging.getLogger("vickrey.campaign_store")
+
+__all__ = ["AnnounceError"]  # raised here, defined with the producer helper (vickrey/announce.py)
 
 CHANGES_MAXLEN = 100_000
 MAX_WATCH_RETRIES = 50
@@ -93,10 +95,6 @@ class ApplyResult:
     applied: list[Change] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     created: list[str] = field(default_factory=list)  # ids that did not exist before
-
-
-class AnnounceError(RuntimeError):
-    """The change is stored in Redis, but announcing it on Kafka failed."""
 
 
 # ---- reading --------------------------------------------------------------------------------------
@@ -265,7 +263,7 @@ async def _write(
     With `announce`, Kafka is connected first (so an unreachable Kafka writes nothing) and the changes
     are announced after the commit.
     """
-    producer = await _start_producer(settings) if announce else None
+    producer = await start_producer(settings, [CAMPAIGNS_TOPIC]) if announce else None
     try:
         changes = await _transact(settings, r, plan)
         if producer is not None and changes:
@@ -363,34 +361,7 @@ async def delete_campaign(settings: Settings, r: Redis, campaign_id: str, *, ann
 # ---- Kafka announcement ---------------------------------------------------------------------------
 
 
-async def _start_producer(settings: Settings) -> AIOKafkaProducer:
-    """A started producer; fails before anything is written to Redis if Kafka is unreachable."""
-    await ensure_topics(settings, [CAMPAIGNS_TOPIC])
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka, acks="all", enable_idempotence=True, request_timeout_ms=15_000
-    )
-    try:
-        await producer.start()
-    except BaseException:
-        await producer.stop()
-        raise
-    return producer
-
-
 async def _announce(settings: Settings, producer: AIOKafkaProducer, changes: Sequence[Change]) -> None:
-    topic = settings.topic(CAMPAIGNS_TOPIC)
-    try:
-        futures = [
-            await producer.send(
-                topic,
-                key=c.campaign_id.encode(),
-                value=None if c.campaign is None else encode_campaign(c.campaign),
-            )
-            for c in changes
-        ]
-        for future in futures:
-            await future
-    except Exception as exc:
-        raise AnnounceError(
-            f"stored in Redis, but announcing on Kafka topic {topic} ({settings.kafka}) failed: {exc}"
-        ) from exc
+    ids = ", ".join(c.campaign_id for c in changes)
+    records = [(c.campaign_id.encode(), None if c.campaign is None else encode_campaign(c.campaign)) for c in changes]
+    await announce(settings, producer, CAMPAIGNS_TOPIC, records, stored=f"the change of campaign(s) {ids}")
