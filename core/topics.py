@@ -2,8 +2,9 @@
 
 Every logical topic of `TOPICS` becomes `settings.topic(name)` (the prefix isolates
 stacks and tests), with `settings.partitions` partitions and one replica per broker up to three; the topics of
-`COMPACTED_TOPICS` (the `campaigns` topic: the latest state of every campaign, tombstone = deleted)
-get `cleanup.policy=compact`. Existing topics are left exactly as they are.
+`COMPACTED_TOPICS` (the latest state per key, tombstone = deleted: `campaigns`, `campaigns.autopilot`,
+and the copies of what Redis holds, `policy`, `advertisers`, `user.controls.state`) get
+`cleanup.policy=compact`. Existing topics are left exactly as they are.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ TOPICS: tuple[str, ...] = (
     "ad.impressions.dlq",
     "ad.clicks.dlq",
     "ad.conversions.raw.dlq",
+    # Compacted copies of what Redis holds (docs/contract.md §9), which `vickrey reconcile` restores:
+    "policy",  # the trust policy and its version (vickrey/policy_store.py)
+    "advertisers",  # each advertiser and its API key hashes (vickrey/advertisers.py)
+    "user.controls.state",  # each person's ad controls; forget = tombstone (auction/controls.py)
 )
-COMPACTED_TOPICS: frozenset[str] = frozenset({"campaigns", "campaigns.autopilot"})
+COMPACTED_TOPICS: frozenset[str] = frozenset(
+    {"campaigns", "campaigns.autopilot", "policy", "advertisers", "user.controls.state"}
+)
 
 # Replicas per topic: one per broker up to three (`make up BROKERS=3`: docs/contract.md §9); with
 # three, a write needs two in sync, so one broker can die without losing an acknowledged record.

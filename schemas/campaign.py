@@ -250,12 +250,25 @@ DEFAULT_POLICY: Final[Record] = {
 """The policy until someone applies another (a shared object: copy it before changing it)."""
 
 
-def check_policy(r: Record, c: Checks = STRICT) -> None:
-    c.unknown_fields(r, _POLICY_KNOWN)
-    c.version(r)
-    c.categories(r, "sensitive_categories", max_items=392)
-    c.texts(r, "restricted_verticals", max_items=_POLICY_LIST_MAX, hi=VERTICAL_MAX, pattern=VERTICAL_PATTERN)
-    c.texts(r, "blocked_safety_labels", max_items=_POLICY_LIST_MAX)
+def check_policy(r: Record, c: Checks = STRICT, prefix: str = "") -> None:
+    c.unknown_fields(r, _POLICY_KNOWN, prefix)
+    c.version(r, prefix)
+    c.categories(r, "sensitive_categories", prefix, max_items=392)
+    c.texts(r, "restricted_verticals", prefix, max_items=_POLICY_LIST_MAX, hi=VERTICAL_MAX, pattern=VERTICAL_PATTERN)
+    c.texts(r, "blocked_safety_labels", prefix, max_items=_POLICY_LIST_MAX)
+
+
+_POLICY_RECORD_FIELDS: Final = frozenset({"schema_version", "version", "policy"})
+
+
+def check_policy_record(r: Record, c: Checks = STRICT) -> None:
+    """A record of the compacted `policy` topic: the policy's version and the policy (schemas/policy.json)."""
+    c.unknown_fields(r, _POLICY_RECORD_FIELDS)
+    c.version(r, required=True)
+    c.integer(r, "version", lo=1)
+    policy = c.obj(r, "policy")
+    if policy is not None:
+        check_policy(policy, c, "policy.")
 
 
 def validate_policy(obj: object) -> tuple[Record | None, list[str]]:

@@ -18,12 +18,13 @@ from typing import Any, Final
 import orjson
 
 from schemas import conversions, records
-from schemas.campaign import check_campaign
+from schemas.campaign import check_campaign, check_policy_record
 from schemas.checks import RECORD_MAX_BYTES, Record, RecordError, show
 
 __all__ = ["RecordError", "applied_control", "decode", "dlq_record", "encode", "json_schema", "schema_file", "validate"]
 
 Validator = Callable[[Record], None]
+STATE_MAX_BYTES: Final = 256 * 1024  # an advertiser's 1000 key hashes, a person's 1000 hidden advertisers
 
 # Logical topic → (validator, byte limit). Inputs and ours alike are ≤ 64 KiB; a DLQ record may carry
 # up to 256 KiB of the bytes it could not read.
@@ -46,6 +47,10 @@ _TOPICS: Final[dict[str, tuple[Validator, int]]] = {
     "conversions.by-campaign": (conversions.check_conversion, RECORD_MAX_BYTES),
     "user.controls": (records.check_user_control, RECORD_MAX_BYTES),
     "user.controls.applied": (records.check_user_control_applied, RECORD_MAX_BYTES),
+    # Compacted copies of what Redis holds (docs/contract.md §9); larger, for long lists.
+    "policy": (check_policy_record, 2 * RECORD_MAX_BYTES),
+    "advertisers": (records.check_advertiser_record, STATE_MAX_BYTES),
+    "user.controls.state": (records.check_controls_state, STATE_MAX_BYTES),
 }
 _DLQ: Final[tuple[Validator, int]] = (records.check_dlq, 2 * 1024 * 1024)
 DLQ_KEEP_BYTES: Final = 256 * 1024  # of an oversized key or value, so the DLQ record fits a Kafka message
@@ -131,7 +136,8 @@ def applied_control(control: Record, partition: int, offset: int, applied_ts: in
 
 def schema_file(topic: str) -> Path:
     """The JSON Schema of a logical topic (`campaigns` → campaign.json, `*.dlq` → dlq.json), or of
-    `campaign` / `policy` / `dlq` by name."""
+    `campaign` / `dlq` by name. The policy object `vickrey policy apply` takes is `$defs.policy` of
+    the `policy` topic's schema."""
     name = {"campaigns": "campaign"}.get(topic, "dlq" if topic.endswith(".dlq") else topic)
     path = SCHEMA_DIR / f"{name}.json"
     if not path.is_file():

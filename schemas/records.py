@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from schemas.checks import INT_MAX, MISSING, SHORT_MAX, STRICT, Checks, Record, show
+from schemas.checks import ID_PATTERN, INT_MAX, MISSING, SHORT_MAX, STRICT, Checks, Record, show
 from schemas.iab import IAB_CATEGORIES
 
 AGE_BRACKETS: Final = ("under_13", "13_17", "18_plus", "unknown")
@@ -179,6 +179,43 @@ def check_user_control_applied(r: Record, c: Checks = STRICT) -> None:
         c.ident(r, "advertiser_id")
     c.integer(r, "ts")
     c.integer(r, "applied_ts")
+
+
+_STATE_FIELDS: Final = frozenset({"schema_version", "user_id", "hidden_advertisers", "personalization", "ts"})
+HIDDEN_MAX: Final = 1000  # advertisers one person may hide (user.controls.state.json)
+PERSONALIZATION: Final = ("on", "off")
+
+
+def check_controls_state(r: Record, c: Checks = STRICT) -> None:
+    """A `user.controls.state` record: a person's whole ad controls (the controls role writes it)."""
+    c.unknown_fields(r, _STATE_FIELDS)
+    c.version(r, required=True)
+    c.text(r, "user_id")
+    c.texts(r, "hidden_advertisers", max_items=HIDDEN_MAX, pattern=ID_PATTERN)
+    if "personalization" not in r:
+        c.problem("personalization", "missing (required; null when the person never chose)")
+    elif r["personalization"] is not None:
+        c.choice(r, "personalization", PERSONALIZATION)
+    c.integer(r, "ts")
+
+
+_ADVERTISER_RECORD_FIELDS: Final = frozenset({"schema_version", "advertiser", "key_hashes"})
+_ADVERTISER_FIELDS: Final = frozenset({"advertiser_id", "name", "created_ms"})
+KEY_HASHES_MAX: Final = 1000  # key hashes in one advertisers record (advertisers.json)
+_SHA256: Final = (re.compile(r"[0-9a-f]{64}"), "must be a SHA-256 digest: 64 lowercase hex digits")
+
+
+def check_advertiser_record(r: Record, c: Checks = STRICT) -> None:
+    """An `advertisers` record: an advertiser and the SHA-256 of every API key it holds."""
+    c.unknown_fields(r, _ADVERTISER_RECORD_FIELDS)
+    c.version(r, required=True)
+    advertiser = c.obj(r, "advertiser")
+    if advertiser is not None:
+        c.unknown_fields(advertiser, _ADVERTISER_FIELDS, "advertiser.")
+        c.ident(advertiser, "advertiser_id", "advertiser.")
+        c.text(advertiser, "name", "advertiser.")
+        c.integer(advertiser, "created_ms", "advertiser.")
+    c.texts(r, "key_hashes", min_items=1, max_items=KEY_HASHES_MAX, lo=64, hi=64, pattern=_SHA256)
 
 
 _CREATIVE_FIELDS: Final = frozenset({"creative_id", "title", "body", "url", "cta"})

@@ -31,8 +31,9 @@ SCHEMA_DIR = ROOT / "schemas"
 VECTORS = ROOT / "tests" / "data" / "auction_vectors.json"
 
 # Records with a schema that are no entry of TOPICS: campaign.json is also what `vickrey campaigns
-# apply` takes, policy.json what `vickrey policy apply` takes, dlq.json every `{topic}.dlq`.
-EXTRA_RECORDS = ("campaign", "policy", "dlq")
+# apply` takes, dlq.json every `{topic}.dlq`. (What `vickrey policy apply` takes is `$defs.policy` of
+# policy.json, the `policy` topic's record.)
+EXTRA_RECORDS = ("campaign", "dlq")
 
 # The only edits of the copy besides its header: paths into the shared folder become the repository's own.
 REPO_PATHS = {"`shared/examples/auction_vectors.json`": "`tests/data/auction_vectors.json`",
@@ -45,7 +46,9 @@ HEADING_SCHEMA = {"{topic}.dlq": "dlq", "Campaign": "campaign"}
 DESCRIBED_ELSEWHERE = {
     "user.controls": "§4b: a bullet gives {user_id, action, advertiser_id, ts}",
     "user.controls.applied": "§4b: named as the confirmation of each applied control, no fields",
-    "policy": "§4b: sensitive topics and restricted verticals, no record format",
+    "policy": "§4b: sensitive topics and restricted verticals, no record format; §9: kept on a compacted topic",
+    "advertisers": "§9: advertisers' key hashes, kept on a compacted topic, no record format",
+    "user.controls.state": "§9: people's controls, kept on a compacted topic, no record format",
 }
 
 # Vickrey's own records between its roles: not in the contract, documented in docs/records.md only.

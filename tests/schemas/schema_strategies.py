@@ -24,7 +24,7 @@ Json = Any
 TOPICS = ("chat.intents", "ad.decisions", "ad.impressions", "ad.clicks.raw", "ad.clicks", "ad.clicks.invalid",
           "billing.ledger", "reports.campaign-minute", "campaigns", "campaigns.autopilot", "autopilot.feed", "user.controls",
           "user.controls.applied", "ad.conversions.raw", "ad.conversions", "ad.conversions.invalid", "conversions.pending",
-          "conversions.by-campaign",
+          "conversions.by-campaign", "policy", "advertisers", "user.controls.state",
           "chat.intents.dlq")
 INPUT_TOPICS = ("chat.intents", "ad.clicks.raw", "user.controls", "ad.conversions.raw")
 

@@ -204,7 +204,9 @@ def test_default_policy_is_the_designs_and_the_schema_example() -> None:
         "restricted_verticals": ["dating", "health", "financial_services", "politics", "gambling"],
         "blocked_safety_labels": ["hate", "extremism", "self_harm", "adult", "violence_graphic"],
     }
-    assert json_schema("policy")["examples"][0] == DEFAULT_POLICY
+    policy_schema = json_schema("policy")  # the `policy` topic's record; the policy object is $defs.policy
+    assert policy_schema["$defs"]["policy"]["examples"][0] == DEFAULT_POLICY
+    assert policy_schema["examples"][0]["policy"] == DEFAULT_POLICY
     assert validate_policy(DEFAULT_POLICY) == (DEFAULT_POLICY, [])
 
 
