@@ -1,5 +1,6 @@
 """Advertisers and keys (vickrey.advertisers), `vickrey advertisers create|list`, `demo_key`, and
-`vickrey api` serving on its port."""
+`vickrey api` serving on its port. Creating an advertiser announces it on Kafka (`advertisers`), so
+those tests take `stack`, which deletes their topics afterwards."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_slug() -> None:
 
 
 async def test_ids_are_unique_slugs_and_only_key_hashes_are_stored(
-    settings: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
+    settings: Settings, stack: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
     first, key1 = await adv.create_advertiser(settings, aredis, "Acme Inc.")
     second, key2 = await adv.create_advertiser(settings, aredis, "ACME inc")
@@ -62,14 +63,14 @@ async def test_ids_are_unique_slugs_and_only_key_hashes_are_stored(
 
 
 async def test_concurrent_creates_get_distinct_ids(
-    settings: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
+    settings: Settings, stack: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
     made = await asyncio.gather(*(adv.create_advertiser(settings, aredis, "Same Name") for _ in range(8)))
     assert len({a.advertiser_id for a, _ in made}) == 8
 
 
 def test_cli_create_prints_the_key_once_and_list_never(
-    env: dict[str, str], settings: Settings, redis_client: redis.Redis
+    env: dict[str, str], settings: Settings, stack: Settings, redis_client: redis.Redis
 ) -> None:
     created = run_cli(env, "advertisers", "create", "Bike Shed")
     assert created.returncode == 0, created.stderr
@@ -87,7 +88,7 @@ def test_cli_create_prints_the_key_once_and_list_never(
 
 
 async def test_demo_key_gives_working_keys_of_the_demo_advertiser(
-    settings: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
+    settings: Settings, stack: Settings, aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
     first = demo_key(settings)  # called inside a running loop: it runs in a thread
     second = await asyncio.to_thread(demo_key, settings)  # and outside one

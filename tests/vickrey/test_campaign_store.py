@@ -87,7 +87,7 @@ async def test_delete_keeps_spend_and_status_is_checked(
         await store.delete_campaign(settings, aredis, "c-var-1", announce=False)
 
 
-async def test_policy_store(settings: Settings, aredis: aioredis.Redis, redis_client: redis.Redis) -> None:
+async def test_policy_store(settings: Settings, stack: Settings, aredis: aioredis.Redis, redis_client: redis.Redis) -> None:
     from schemas.campaign import DEFAULT_POLICY
 
     assert await get_policy(settings, aredis) == DEFAULT_POLICY

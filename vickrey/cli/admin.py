@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from core.topics import TOPICS, create_topics, describe_topics
-from vickrey.advertisers import AdvertiserError, create_advertiser, list_advertisers
+from vickrey.advertisers import AdvertiserError, KeyNotAnnounced, create_advertiser, list_advertisers
+from vickrey.announce import AnnounceError
 from vickrey.cli.common import (
     CliError,
     dump,
@@ -38,7 +39,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="print the result as JSON o
 @topics.command("create", epilog=settings_epilog())
 def topics_create() -> None:
     """Create every Vickrey topic, named VICKREY_TOPIC_PREFIX + name, with VICKREY_PARTITIONS partitions
-    and one replica per broker up to three (min.insync.replicas 2 with three); `campaigns` is compacted. Topics that already exist are left alone and reported."""
+    and one replica per broker up to three (min.insync.replicas 2 with three); the topics of the latest
+    state per key (`campaigns`, `campaigns.autopilot`, `policy`, `advertisers`, `user.controls.state`)
+    are compacted. Topics that already exist are left alone and reported."""
     config = settings()
     report = run(config, create_topics(config))
     for name in report.created:
@@ -83,6 +86,8 @@ def policy_apply(file: Annotated[str, typer.Argument(metavar="FILE", help="JSON 
         _policy, version = with_redis(config, lambda r: apply_policy(config, r, data))
     except InvalidPolicy as exc:
         raise CliError(f"refused policy: {'; '.join(exc.problems)}") from exc
+    except AnnounceError as exc:
+        raise CliError(f"{exc}; apply it again once Kafka answers (`make up`)") from exc
     print(f"applied policy (version {version}); workers pick it up within 1 s")
 
 
@@ -98,6 +103,9 @@ def advertisers_create(
         advertiser, key = with_redis(config, lambda r: create_advertiser(config, r, name))
     except AdvertiserError as exc:
         raise CliError(str(exc), 2) from exc
+    except KeyNotAnnounced as exc:  # created, and the key works: hand it over, then fail loudly
+        print(f"API key of {exc.advertiser.advertiser_id}, shown only now: {exc.api_key}")
+        raise CliError(str(exc)) from exc
     if json:
         print(dump({"advertiser_id": advertiser.advertiser_id, "name": advertiser.name, "api_key": key}))
     else:
