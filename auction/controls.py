@@ -1,14 +1,20 @@
-"""People's ad controls (docs/contract.md §4b): `user.controls` → Redis → `user.controls.applied`.
+"""People's ad controls (docs/contract.md §4b): `user.controls` → Redis → `user.controls.applied`
+and `user.controls.state`.
 
-`ControlsRole` applies each control to the person's keys in Redis and confirms it on
-`user.controls.applied`; the loop publishes the confirmations with the consumed offsets. Every
-Redis step is idempotent (a set add, a flag, an erase), so a batch replayed after a crash leaves
-the same state and the confirmation is published once. `AppliedListener` runs in every auction
-worker and drops what that worker remembers about a person as soon as a `forget` is confirmed.
+`ControlsRole` applies each control to the person's keys in Redis, confirms it on
+`user.controls.applied` and publishes the person's whole state after it on the compacted topic
+`user.controls.state` (key user_id; a `forget` publishes a tombstone, so compaction erases the
+person): the loop publishes both with the consumed offsets, in one transaction. Every Redis step is
+idempotent (a set add, a flag, an erase), so a batch replayed after a crash leaves the same state
+and each record is published once. Redis is never the only copy of a person's controls
+(docs/contract.md §9): `restore_people` puts the topic's latest back into an emptied Redis.
+`AppliedListener` runs in every auction worker and drops what that worker remembers about a person
+as soon as a `forget` is confirmed.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,9 +25,14 @@ from core.loop import Batch, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
 from core.settings import Settings
 from schemas.codec import RecordError, applied_control, decode, encode
+from schemas.records import HIDDEN_MAX
+
+log = logging.getLogger("auction.controls")
 
 CONTROLS = "user.controls"
 APPLIED = "user.controls.applied"
+STATE = "user.controls.state"
+RESTORE_CHUNK = 500
 # Erase every per-person key: the ones listed in the person's key index (frequency caps,
 # written by reserve.lua) and the fixed ones. One script, so nothing is added halfway.
 FORGET_SCRIPT = """
@@ -43,6 +54,7 @@ class ControlsRole(RoleBase):
         self.keys = settings.keys
         self.client = redis  # the worker's client, shared with the auction role (closed by the worker)
         self.applied_topic = settings.topic(APPLIED)
+        self.state_topic = settings.topic(STATE)
         self._forget = redis.register_script(FORGET_SCRIPT)
         self.applied = metrics.counter("vickrey_controls_applied_total", "User controls applied, by action", ("action",))
 
@@ -52,23 +64,37 @@ class ControlsRole(RoleBase):
             for record in records:
                 try:
                     control = decode(CONTROLS, record.value)
+                    state = await self.apply(control, now_ms)
                 except RecordError as error:
                     outputs.append(self.loop.dlq(record, error, now_ms))
                     continue
-                await self.apply(control)
+                user = control["user_id"].encode()
                 confirmation = applied_control(control, record.partition, record.offset, now_ms)
-                outputs.append((self.applied_topic, control["user_id"].encode(), encode(confirmation)))
+                outputs.append((self.applied_topic, user, encode(confirmation)))
+                outputs.append((self.state_topic, user, None if state is None else encode(state)))
                 self.applied.labels(control["action"]).inc()
         return Step(outputs)
 
-    async def apply(self, control: dict[str, Any]) -> None:
+    async def apply(self, control: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
+        """Apply one control; the person's whole state afterwards (a `user.controls.state` record),
+        None after a forget. One round trip: the change and the read of the state in one pipeline.
+        RecordError for a hide past HIDDEN_MAX hidden advertisers (undone: it goes to the DLQ)."""
         keys, user, action = self.keys, control["user_id"], control["action"]
         if action == "forget":
             await self._forget(keys=[keys.person_keys(user), keys.hidden(user), keys.prefs(user)])
-        elif action == "hide_advertiser":
-            await self.client.sadd(keys.hidden(user), control["advertiser_id"])
+            return None
+        pipe: Any = self.client.pipeline(transaction=True)
+        if action == "hide_advertiser":
+            pipe.sadd(keys.hidden(user), control["advertiser_id"])
         else:  # personalization_off / personalization_on
-            await self.client.hset(keys.prefs(user), "personalization", "off" if action == "personalization_off" else "on")
+            pipe.hset(keys.prefs(user), "personalization", "off" if action == "personalization_off" else "on")
+        pipe.smembers(keys.hidden(user))
+        pipe.hget(keys.prefs(user), "personalization")
+        changed, hidden, personalization = await pipe.execute()
+        if action == "hide_advertiser" and changed and len(hidden) > HIDDEN_MAX:
+            await self.client.srem(keys.hidden(user), control["advertiser_id"])
+            raise RecordError("advertiser_id", f"the person hides {HIDDEN_MAX} advertisers already, the most kept")
+        return controls_state(user, hidden, personalization, now_ms)
 
 
 class AppliedListener(BroadcastReader):
@@ -82,3 +108,48 @@ class AppliedListener(BroadcastReader):
     def _apply(self, confirmation: dict[str, Any]) -> None:
         if confirmation["action"] == "forget":
             self.people.forget(confirmation["user_id"])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def controls_state(user_id: str, hidden: Any, personalization: bytes | str | None, now_ms: int) -> dict[str, Any]:
+    """A `user.controls.state` record from what Redis holds for the person."""
+    return {"schema_version": 1, "user_id": user_id, "hidden_advertisers": sorted(_text(a) for a in hidden),
+            "personalization": None if personalization is None else _text(personalization), "ts": now_ms}
+
+
+async def restore_people(settings: Settings, r: Redis, latest: dict[bytes, bytes | None]) -> int:
+    """Put back people's controls from the `user.controls.state` topic's latest records (`latest`:
+    key → latest value, as core.compacted.read_latest gives it): each hidden advertiser (SADD) and
+    the personalization choice where Redis has none (HSETNX), so nothing Redis holds is undone.
+    A tombstone (a forgotten person) restores nothing. Returns how many people it restored
+    something for; an unreadable record is logged and skipped."""
+    keys = settings.keys
+    people: list[dict[str, Any]] = []
+    for key, value in sorted(latest.items()):
+        if value is None:
+            continue
+        try:
+            people.append(decode(STATE, value))
+        except RecordError as error:
+            log.error("user.controls.state record of %r is unreadable, not restored: %s", key, error)
+    restored = 0
+    for start in range(0, len(people), RESTORE_CHUNK):
+        chunk = people[start : start + RESTORE_CHUNK]
+        pipe: Any = r.pipeline(transaction=False)
+        writes: list[int] = []  # commands queued per person
+        for person in chunk:
+            user, queued = person["user_id"], 0
+            if person["hidden_advertisers"]:
+                pipe.sadd(keys.hidden(user), *person["hidden_advertisers"])
+                queued += 1
+            if person["personalization"] is not None:
+                pipe.hsetnx(keys.prefs(user), "personalization", person["personalization"])
+                queued += 1
+            writes.append(queued)
+        results = iter(await pipe.execute())
+        for queued in writes:
+            restored += any([bool(next(results)) for _ in range(queued)])
+    return restored
