@@ -124,7 +124,7 @@ async def test_forget_erases_the_persons_stored_clicks(topics: Settings, redis_c
                        what="the clicks stored")
     client = redis_from_url(settings.redis)
     try:
-        await ControlsRole(settings, client, Metrics()).apply({"action": "forget", "user_id": "u-forget"})
+        await ControlsRole(settings, client, Metrics()).apply({"action": "forget", "user_id": "u-forget"}, now_ms())
     finally:
         await client.aclose()
     assert redis_client.exists(settings.keys.click("k-mine")) == 0
