@@ -6,15 +6,16 @@
 --   {event_id, "<partition>:<offset>", user_id,
 --    {{campaign_id, charge_micros, need_micros, cap_max, cap_window_s, advertiser_id}, ...},
 --    "<partition>:<offset>\n@<blob id> <start> <length>"}
--- ARGV[5] blob id, ARGV[6] the blob: every auction's outcome (the exact bytes to publish) end to
--- end, auction i's at <start>, <length> bytes long; ARGV[7...] ids of blobs to drop.
+-- ARGV[5] blob id, ARGV[6] the blob: every auction's outcome end to end (bytes the script does
+-- not read: the worker's compact outcome, auction/records.py), auction i's at <start>, <length>
+-- bytes long; ARGV[7...] ids of blobs to drop.
 --
 -- What is kept: per decided event, `{e:<event_id>}:outcome` = where it came from and where its
 -- outcome is (the last element above), for the TTL, so a reused event_id is known for that long;
 -- the outcomes themselves in one blob per call, `{b:<blob id>}`. The caller drops a blob (ARGV[7...]
 -- of a later call) once the Kafka transaction that published its outcomes has committed: an
--- outcome is only needed to replay a batch whose commit failed, and a kept copy of every record
--- for a day would cost Redis ~2 KB per event.
+-- outcome is only needed to replay a batch whose commit failed, and keeping every one for a day
+-- would cost Redis ~0.5 KB per event (~2 KB when it was the encoded records).
 -- For each auction, in order, all or nothing:
 --   * an event already decided: {"replay", kept outcome} when it comes from the same record (a
 --     batch replayed after a crash), {"committed"} when that record's outcome was dropped (it

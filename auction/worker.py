@@ -4,8 +4,9 @@
 decode (bad records to the DLQ) → one engine pass → one Redis round trip per chunk (reserve.lua:
 budgets, caps, idempotency) → re-run only the auctions Redis refused → the records to publish.
 The loop publishes them in one Kafka transaction with the consumed offsets. A crash anywhere
-aborts the transaction; the batch is consumed again and Redis hands back the outcomes it kept,
-so the same records are published once and nothing is charged twice.
+aborts the transaction; the batch is consumed again and Redis hands back the compact outcomes
+it kept (auction/records.py), from which the same records are built again, byte for byte: they
+are published once and nothing is charged twice.
 
 `AuctionWorker` is the process: the auction role and the user-controls role on their loops,
 the live campaign state, the forget listener and the metrics endpoint.
@@ -35,7 +36,16 @@ from auction.live import LiveState
 from auction.model import AuctionRequest, AuctionResult, NoFillReason
 from auction.pacing import SpendView
 from auction.people import PeopleCache
-from auction.records import SEPARATOR, build_records, encode_outcome, split_outcome
+from auction.records import (
+    WINNERS,
+    decode_compact,
+    encode_compact,
+    encode_outcome,
+    is_compact,
+    outcome_of,
+    records_of,
+    split_outcome,
+)
 from auction.worker_metrics import Tally, WorkerMetrics
 from core import logs, native
 from core.clock import utc_day
@@ -186,12 +196,10 @@ class AuctionRole:
         return result
 
     def _claim(self, item: Pending, result: AuctionResult, now_ms: int) -> Claim:
-        """Records for this result, encoded once: published as they are, and kept in Redis."""
-        decision, impressions = build_records(item.intent, result, now_ms, self.live.creatives, personalized=False,
-                                              intent_keywords=sorted(item.request.keywords) if result.winners else None)
-        item.encoded = encode_outcome(decision, impressions)
-        item.impression_ids = [impression["impression_id"] for impression in impressions]
-        item.no_fill_reason = decision["no_fill_reason"]
+        """Records for this result, encoded once to be published; Redis keeps the compact outcome
+        they were built from, to build the same bytes again on a replay."""
+        outcome = outcome_of(item.request.event_id, result, now_ms, self.live.creatives, personalized=False)
+        self._set_records(item, outcome)
         reservations = []
         for winner in result.winners:
             campaign = winner.campaign
@@ -204,9 +212,18 @@ class AuctionRole:
             event_id=item.request.event_id,
             source=f"{item.record.partition}:{item.record.offset}",
             user_id=item.request.user_id,
-            outcome=SEPARATOR.join(item.encoded),
+            outcome=encode_compact(outcome),
             reservations=reservations,
         )
+
+    @staticmethod
+    def _set_records(item: Pending, outcome: list[Any]) -> None:
+        """The records of `outcome` for this intent, encoded: the first attempt's and a replay's alike."""
+        keywords = sorted(item.request.keywords) if outcome[WINNERS] else None
+        decision, impressions = records_of(item.intent, outcome, keywords)
+        item.encoded = encode_outcome(decision, impressions)
+        item.impression_ids = [impression["impression_id"] for impression in impressions]
+        item.no_fill_reason = decision["no_fill_reason"]
 
     def _read_answers(
         self,
@@ -253,10 +270,14 @@ class AuctionRole:
             tally.already_committed += 1
             return False
         if answer.kind == "replay":
-            # Publish exactly what the first attempt kept, whatever changed since.
-            item.encoded = split_outcome(answer.outcome)
-            item.impression_ids = [orjson.loads(raw)["impression_id"] for raw in item.encoded[1:]]
-            item.no_fill_reason = orjson.loads(item.encoded[0])["no_fill_reason"]
+            # Publish what the first attempt published, whatever changed since: its records built
+            # again from the outcome it kept (or, kept whole by an earlier version, as they are).
+            if is_compact(answer.outcome):
+                self._set_records(item, decode_compact(answer.outcome))
+            else:
+                item.encoded = split_outcome(answer.outcome)
+                item.impression_ids = [orjson.loads(raw)["impression_id"] for raw in item.encoded[1:]]
+                item.no_fill_reason = orjson.loads(item.encoded[0])["no_fill_reason"]
             tally.replays += 1
         decision_topic, impression_topic = self.topics["ad.decisions"], self.topics["ad.impressions"]
         outputs.append((decision_topic, item.intent["session_id"].encode(), item.encoded[0]))

@@ -8,11 +8,16 @@ answers into the records to publish. The worker's garbage-collection policy is i
 Kafka costs the same process is the transactional loop's figure in the throughput stage.
 
 These are the floors the issue of the worker's speed asks for: each step's µs per event, so a
-target can be checked against the sum before anything is rewritten.
+target can be checked against the sum before anything is rewritten. Beside them, what the kept
+outcomes cost Redis in bytes: the outcomes one reservation call keeps (its blob, held until the
+batch commits) and what the calls add to the append-only file, per event.
+
+`python -m loadtests.worker_stages [--events N] [--rounds R]` prints the figures as JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import statistics
@@ -61,9 +66,20 @@ async def _redis_cpu(redis: Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> dict[str, float]:
-    """Every step over `raws`, batch by batch as the worker takes them: CPU seconds per step."""
+async def _aof_size(redis: Redis) -> tuple[int, int] | None:
+    """The append-only file's size and rewrites so far (None when Redis keeps no AOF)."""
+    info = await redis.info("persistence")
+    if not int(info.get("aof_enabled", 0)):
+        return None
+    return int(info["aof_current_size"]), int(info.get("aof_rewrites", 0))
+
+
+async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> tuple[dict[str, float], dict[str, int | None]]:
+    """Every step over `raws`, batch by batch as the worker takes them: CPU seconds per step, and
+    the bytes of kept outcomes and of the AOF (None when unknown: no AOF, or it was rewritten)."""
     spent = dict.fromkeys(STEPS, 0.0)
+    kept = 0
+    aof_before = await _aof_size(redis)
     now_ms = int(time.time() * 1000)
     day = utc_day(now_ms)
     role.engine.spend.roll_to(day)
@@ -99,8 +115,14 @@ async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> dict
             role._read_answers(pending[start : start + RESERVE_CHUNK], reply, outputs, blob_ids, now_ms, tally, again)  # noqa: SLF001
             spent["reserve_client"] += answered - began
             spent["answers"] += clock() - read_began
+            kept += int(await redis.strlen(role.settings.keys.blob(reply[2])))
         role.reserver.committed(blob_ids)
-    return spent
+    await role.reserver.drop_committed()
+    aof_after = await _aof_size(redis)
+    aof = None
+    if aof_before is not None and aof_after is not None and aof_after[1] == aof_before[1]:
+        aof = aof_after[0] - aof_before[0]
+    return spent, {"kept_bytes": kept, "aof_bytes": aof}
 
 
 async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
@@ -114,6 +136,7 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
         role = AuctionRole(stack, WorkerMetrics(Metrics()), redis, PeopleCache())
         await role.start(_NoLoop())  # type: ignore[arg-type]
         per_round: list[dict[str, float]] = []
+        bytes_per_round: list[dict[str, float | None]] = []
         thresholds = gc.get_threshold()
         gc.collect()
         gc.freeze()
@@ -121,9 +144,10 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
         try:
             for n in range(rounds + 1):  # the first round warms up and is not counted
                 raws = [orjson.dumps(intent) for intent in workload.intents(events, seed=500 + n, tag=f"s{n}")]
-                spent = await _one_round(role, redis, raws)
+                spent, sizes = await _one_round(role, redis, raws)
                 if n:
                     per_round.append({step: seconds / events * 1e6 for step, seconds in spent.items()})
+                    bytes_per_round.append({what: None if size is None else size / events for what, size in sizes.items()})
                     if progress:
                         progress(f"worker steps, round {n}/{rounds}: "
                                  + ", ".join(f"{step} {us:.1f}" for step, us in per_round[-1].items()) + " µs/event")
@@ -134,14 +158,27 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
         median = {step: round(statistics.median(r[step] for r in per_round), 1) for step in STEPS}
         process = sum(us for step, us in median.items() if step != "redis_server")
         return {"us_per_event": median, "process_us_per_event": round(process, 1), "events_per_round": events,
-                "rounds": [{step: round(us, 1) for step, us in r.items()} for r in per_round]}
+                "rounds": [{step: round(us, 1) for step, us in r.items()} for r in per_round],
+                # Redis bytes per event: outcomes kept until the batch commits, and AOF written
+                "kept_bytes_per_event": _median_of(bytes_per_round, "kept_bytes"),
+                "aof_bytes_per_event": _median_of(bytes_per_round, "aof_bytes")}
     finally:
         await redis.aclose()
         await cleanup(stack)
 
 
-def main() -> None:  # pragma: no cover - a manual entry point
-    print(orjson.dumps(asyncio.run(worker_stages(Settings.from_env(), progress=print)),
+def _median_of(rounds: list[dict[str, float | None]], what: str) -> float | None:
+    values = [r[what] for r in rounds if r[what] is not None]
+    return round(statistics.median([v for v in values if v is not None])) if values else None
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a manual entry point
+    parser = argparse.ArgumentParser(prog="python -m loadtests.worker_stages", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000, help="intents per round (default 20000)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up (median; default 3)")
+    args = parser.parse_args(argv)
+    print(orjson.dumps(asyncio.run(worker_stages(Settings.from_env(), args.events, args.rounds, progress=print)),
                        option=orjson.OPT_INDENT_2).decode())
 
 

@@ -18,3 +18,5 @@ async def test_every_step_is_measured_and_the_process_steps_add_up(settings: Set
     process = sum(value for step, value in us.items() if step != "redis_server")
     assert found["process_us_per_event"] == pytest.approx(process, abs=0.5)
     assert len(found["rounds"]) == 1
+    assert found["kept_bytes_per_event"] > 0  # the outcomes one reservation call keeps
+    assert found["aof_bytes_per_event"] is None or found["aof_bytes_per_event"] > 0  # None: Redis keeps no AOF
