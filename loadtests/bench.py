@@ -1,11 +1,13 @@
 """`make bench` (`python -m loadtests.bench`): every performance figure, side by side, one run.
 
-Stages: the auction engine alone (auctions/s, index build, bytes per campaign); the plain
-aiokafka loop, the transactional loop (no auction, no Redis) and the auction worker on the same
-pre-filled topic; end-to-end latency at several fractions of the worker's maximum (the 50% point
-gives the e2e keys), and of the transactional loop at that 50% rate; billing and conversions
-(streams.bench); the autopilot in the simulator (against fixed bids, and target_cpa); with
---cluster (`make bench CLUSTER=1`), the worker on three brokers and the pause when one dies.
+Stages: a broker warm-up first (not measured: traffic of every kind the stages make, so that a
+cold JIT does not decide the figures; loadtests/warmup.py); the auction engine alone (auctions/s,
+index build, bytes per campaign); the plain aiokafka loop, the transactional loop (no auction, no
+Redis) and the auction worker on the same pre-filled topic; end-to-end latency at several
+fractions of the worker's maximum (the 50% point gives the e2e keys), and of the transactional
+loop at that 50% rate; billing and conversions (streams.bench); the autopilot in the simulator
+(against fixed bids, and target_cpa); with --cluster (`make bench CLUSTER=1`), the worker on three
+brokers (warmed up first too) and the pause when one dies.
 Writes bench-results.json, docs/bench.png and the figures block of BENCHMARKS.md, prints a table.
 Each Kafka stage runs on its own topic prefix and Redis namespace and removes them afterwards.
 """
@@ -42,6 +44,7 @@ from loadtests.failover import failover_pause
 from loadtests.plot import bench_plot
 from loadtests.profile import summarise
 from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
+from loadtests.warmup import cluster_broker_pids, warm_up
 from loadtests.worker_stages import worker_stages
 
 KEYS = (
@@ -53,6 +56,7 @@ KEYS = (
 CLUSTER_KEYS = ("failover_pause_ms", "cluster_worker_events_per_s")
 CLUSTER_SKIPPED = ("run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then back to one; "
                    "needs nothing else running on it)")
+CLUSTER_KAFKA = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
 HELD_OUT_SEEDS = (101, 102, 103, 104)  # random markets (loadtests/optimiser.py) the autopilot was not tuned on
 
 
@@ -152,7 +156,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cluster", action="store_true",
                    help="also switch Kafka to three brokers (make up BROKERS=3) for the worker's events/s there and "
                         "failover_pause_ms, then back to one broker")
-    p.add_argument("--skip", default="", help="comma-separated stages to skip: engine,kafka,latency,billing,autopilot")
+    p.add_argument("--warmup-seconds", type=float, default=45.0,
+                   help="seconds of broker warm-up traffic before the measured stages (default 45)")
+    p.add_argument("--warmup-rate", type=float, default=10_000.0, help="intents/s of the warm-up (default 10000)")
+    p.add_argument("--skip", default="",
+                   help="comma-separated stages to skip: warmup,engine,kafka,latency,billing,autopilot")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="py-spy the worker during its last run (default: when py-spy is installed)")
     p.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
@@ -204,6 +212,7 @@ class Bench:
     progress: Progress
     results: dict[str, Any]
     fractions: list[float]  # of the worker's maximum rate, for the latency curve
+    skip: set[str] = field(default_factory=set)
     missing: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -211,6 +220,27 @@ class Bench:
         """Record a stage's headline keys; the rest is returned, for `details`."""
         self.results.update({k: v for k, v in values.items() if k in KEYS})
         return {k: v for k, v in values.items() if k not in KEYS}
+
+
+def warmup_stage(bench: Bench) -> None:
+    """The broker driven for a bounded time before anything is measured (`details.warmup`: what,
+    how long, and the broker's CPU per event at its start and its end)."""
+    warm_brokers(bench, "warmup", bench.base, bench.args.warmup_seconds, None)
+
+
+def warm_brokers(bench: Bench, key: str, base: Settings, seconds: float, broker_pids: list[int] | None) -> None:
+    bench.progress.stage(f"broker warm-up: {seconds:g} s at {bench.args.warmup_rate:,.0f} intents/s "
+                         "(not measured; a cold broker JIT compiles for minutes)")
+    try:
+        found = asyncio.run(warm_up(base, seconds, bench.args.warmup_rate, bench.progress, broker_pids))
+    except Exception as error:  # the figures are measured all the same, on a colder broker
+        traceback.print_exc()
+        bench.details[key] = {"error": f"{type(error).__name__}: {error}"}
+        return
+    bench.details[key] = found
+    bench.progress(f"broker warm-up: {found['events']:,} intents in {found['traffic_s']} s; broker "
+                   f"{found['broker_us_per_event_start']} µs per intent in the first {found['window_s']:g} s, "
+                   f"{found['broker_us_per_event_end']} in the last")
 
 
 def engine_stage(bench: Bench) -> None:
@@ -364,11 +394,14 @@ def cluster_stage(bench: Bench) -> None:
         return
     progress, env = bench.progress, dict(os.environ)
     progress.stage("three brokers: make down, make up BROKERS=3")
-    base = bench.base.with_(kafka="127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094")
+    base = bench.base.with_(kafka=CLUSTER_KAFKA)
     try:
         subprocess.run(["bash", "ops/down.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
         subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(env, BROKERS="3"), check=True, capture_output=True,
                        timeout=600)
+        # Three new brokers, three cold JITs: warmed up as the single broker was, for at most 30 s.
+        if "warmup" not in bench.skip:
+            warm_brokers(bench, "cluster_warmup", base, min(30.0, bench.args.warmup_seconds), cluster_broker_pids())
         found = asyncio.run(bench_kafka.throughput(base, bench.args.events // 2, 1, progress, bench.args.reports, False))
         bench.results["cluster_worker_events_per_s"] = found["worker_events_per_s"]
         bench.details["cluster_throughput"] = found
@@ -387,8 +420,8 @@ def cluster_stage(bench: Bench) -> None:
         subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(env, BROKERS="1"), capture_output=True, timeout=600)
 
 
-STAGES = {"engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage, "billing": billing_stage,
-          "autopilot": autopilot_stage, "cluster": cluster_stage}
+STAGES = {"warmup": warmup_stage, "engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage,
+          "billing": billing_stage, "autopilot": autopilot_stage, "cluster": cluster_stage}
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -402,7 +435,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     results.update(machine=machine(), command=command, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     # What ran: the compiled hot path (core/native.py) or the same source interpreted.
     results["hot_path"] = native.check()
-    bench = Bench(args, command, base, progress, results, fractions)
+    bench = Bench(args, command, base, progress, results, fractions, skip=skip)
     try:
         for name, stage in STAGES.items():
             if name not in skip:

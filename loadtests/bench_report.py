@@ -82,6 +82,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"machine: {m.get('cores')} cores ({m.get('cpu') or 'cpu unknown'}), Python {m.get('python')}, "
                  f"{m.get('platform')}; load average at start {m.get('load_average_at_start')}")
     lines.append(f"command: {results.get('command')}")
+    lines += [line for line in _warmup_lines(results.get("details", {})) if line]
     for key, reason in (results.get("missing") or {}).items():
         lines.append(f"null {key}: {reason}")
     return "\n".join(lines)
@@ -102,6 +103,7 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
     ]
     lines += [f"| {label} | {value} | {unit} | {target} | {status} |" for label, value, unit, target, status in rows(results)]
     details = results.get("details", {})
+    lines += _warmup_lines(details)
     runs = details.get("throughput", {})
     if runs:
         lines += ["", f"Runs ({runs.get('throughput_events_per_run', 0):,} events each, median taken): "
@@ -121,7 +123,7 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
         lines += ["The worker's own steps, in process without Kafka (`details.worker_stages`, µs per event, median of "
                   "rounds): " + ", ".join(f"{step.replace('_', ' ')} {value}" for step, value in us.items())
                   + f"; the process's steps add up to {steps['process_us_per_event']} (Kafka's share is the "
-                  "transactional loop's process figure above).", ""]
+                  "transactional loop's process figure above)." + _kept_bytes(steps), ""]
     engine = details.get("engine", {})
     if engine:
         lines += [f"Engine runs {engine.get('engine_runs')} auctions/s; index builds {engine.get('index_build_runs_s')} s."]
@@ -158,6 +160,35 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
         lines += ["", f"![throughput and latency against offered load]({os.path.relpath(plot, md_dir)})"]
     lines.append(END)
     return "\n".join(lines)
+
+
+def _warmup_lines(details: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, where in (("warmup", "before the measured stages"), ("cluster_warmup", "of the three brokers")):
+        line = warmup_line(details.get(key), key, where)
+        if line:
+            lines += ["", line]
+    return lines
+
+
+def warmup_line(warmup: dict[str, Any] | None, key: str, where: str) -> str:
+    """One sentence on a broker warm-up (`details.warmup`), or "" when there was none."""
+    if not warmup:
+        return ""
+    if "error" in warmup:
+        return f"Broker warm-up {where} failed: {warmup['error']}."
+    ratio = warmup.get("end_vs_start")
+    return (f"Broker warm-up {where} (`details.{key}`, not counted): {warmup['traffic_s']} s at {warmup['rate_events_per_s']:,.0f} intents/s, "
+            f"{warmup['events']:,} intents through the plain and the transactional loop; broker CPU per intent "
+            f"{warmup['broker_us_per_event_start']} µs in the first {warmup['window_s']:g} s, "
+            f"{warmup['broker_us_per_event_end']} in the last" + (f" ({ratio}×)." if ratio is not None else "."))
+
+
+def _kept_bytes(steps: dict[str, Any]) -> str:
+    kept, aof = steps.get("kept_bytes_per_event"), steps.get("aof_bytes_per_event")
+    if kept is None and aof is None:
+        return ""
+    return f" Redis bytes per event: {kept} of kept outcomes (until the batch commits), {aof} written to the AOF."
 
 
 def _cpu_parts(parts: dict[str, Any] | None) -> str:
