@@ -365,3 +365,30 @@ async def _announce(settings: Settings, producer: AIOKafkaProducer, changes: Seq
     ids = ", ".join(c.campaign_id for c in changes)
     records = [(c.campaign_id.encode(), None if c.campaign is None else encode_campaign(c.campaign)) for c in changes]
     await announce(settings, producer, CAMPAIGNS_TOPIC, records, stored=f"the change of campaign(s) {ids}")
+
+
+# ---- restore (vickrey reconcile) ------------------------------------------------------------------
+
+
+async def restore_campaigns(settings: Settings, r: Redis, campaigns: dict[str, dict[str, Any]]) -> int:
+    """Put back the campaigns (campaign_id → JSON, as on the `campaigns` topic) that the campaigns
+    hash lacks, each with a change entry so running workers load it; a campaign Redis has is left
+    as it is (it is as new as the topic's or newer). Budget limits are reconcile's, with spend.
+    Returns how many were put back."""
+    hkey, restored = settings.keys.campaigns(), 0
+    ids = sorted(campaigns)
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        pipe = r.pipeline(transaction=False)
+        for cid in chunk:
+            pipe.hsetnx(hkey, cid, encode_campaign(campaigns[cid]))
+        written = [cid for cid, done in zip(chunk, await pipe.execute(), strict=True) if done]
+        if not written:
+            continue
+        last = int(await r.incrby(settings.keys.campaigns_version(), len(written)))
+        pipe = r.pipeline(transaction=False)
+        for version, cid in enumerate(written, start=last - len(written) + 1):
+            _queue_change(settings, pipe, Change(cid, "upsert", version, campaigns[cid]))
+        await pipe.execute()
+        restored += len(written)
+    return restored

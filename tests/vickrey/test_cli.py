@@ -37,6 +37,7 @@ COMMANDS = [
     ["simulate"],
     ["run"],
     ["api"],
+    ["reconcile"],
     ["advertisers"],
     ["advertisers", "create"],
     ["advertisers", "list"],

@@ -19,12 +19,12 @@ from rich.progress import BarColumn, Progress, TextColumn
 from auction import worker
 from autopilot.scenario import ScenarioError, read_scenario
 from autopilot.simulate import simulate
-from core.settings import SettingsError
+from core.settings import Settings, SettingsError
 from streams import runner
 from streams.runner import AUTOPILOT, ROLES
-from vickrey import api, supervisor
+from vickrey import api, reconcile, supervisor
 from vickrey.cli import admin, campaigns
-from vickrey.cli.common import CliError, exit_with, read_json, settings, settings_epilog
+from vickrey.cli.common import CliError, dump, exit_with, read_json, settings, settings_epilog, with_redis
 
 app = typer.Typer(
     name="vickrey",
@@ -50,6 +50,50 @@ def _at_least_one(value: int) -> int:
     return value
 
 
+def _progress(message: str) -> None:
+    print(f"vickrey reconcile: {message} ...", file=sys.stderr, flush=True)
+
+
+def reconciled_settings() -> Settings:
+    """This process's settings, after rebuilding the namespace from Kafka if it lacks the reconcile
+    marker (new, or Redis was emptied): what every role does at start (docs/contract.md §9)."""
+    config = settings()
+    found = with_redis(config, lambda client: reconcile.ensure_reconciled(config, client, _progress))
+    if found is not None:
+        print(f"vickrey: namespace {config.namespace!r} rebuilt from Kafka: {orjson.dumps(found.to_json()).decode()}",
+              file=sys.stderr, flush=True)
+    return config
+
+
+@app.command("reconcile", epilog=settings_epilog())
+def reconcile_command(
+    as_json: Annotated[bool, typer.Option("--json", help="print what was rebuilt as JSON on stdout")] = False,
+) -> None:
+    """Rebuild Redis from Kafka (docs/contract.md §9): campaigns and their budgets, the trust policy,
+    advertisers' API key hashes and people's ad controls from their compacted topics, and every
+    campaign's spend today and in total from billing.ledger (plus the impressions billing has not
+    reached yet). Idempotent and safe while workers run: it only fills in what Redis lacks and only
+    ever raises a spend counter to what the ledger proves. Workers run it at start when their
+    namespace is new or was emptied."""
+    config = settings()
+    report = with_redis(config, lambda client: reconcile.reconcile(config, client, progress=_progress))
+    summary = report.to_json()
+    if as_json:
+        print(dump(summary))
+        return
+    print(f"policy restored: {'yes' if report.policy_restored else 'no (Redis had it, or none was applied)'}")
+    print(f"advertisers restored: {report.advertisers_restored}")
+    print(f"people's controls restored: {report.people_restored}")
+    print(f"campaigns: {report.campaigns_on_topic} on the topic, {report.campaigns_restored} put back, "
+          f"{report.budgets_restored} budgets put back")
+    print(f"ledger entries read: {report.ledger_entries}; impressions not yet billed: {report.unbilled_impressions}")
+    raised = summary["spend_raised_micros"]
+    print(f"spend raised for {len(report.spend_raised)} campaigns: +{raised['today']} micros today, "
+          f"+{raised['total']} in total")
+    print(f"clicks remembered as billed: {report.clicks_remembered}")
+    print(f"done in {report.seconds:.1f} s")
+
+
 @app.command(epilog=settings_epilog())
 def auction(
     workers: Annotated[int, typer.Option(metavar="N", help="worker processes, supervised", callback=_at_least_one)] = 1,
@@ -63,7 +107,7 @@ def auction(
 ) -> None:
     """Run the auction worker: chat.intents in batches → auctions → ad.decisions and ad.impressions in
     Kafka transactions (and people's user.controls). Scale out by running more of them."""
-    config = settings()
+    config = reconciled_settings()
     if workers > 1:
         exit_with(supervisor.run_auction_workers(config, workers, instance, batch_max, linger_ms))
     else:
@@ -88,26 +132,26 @@ def streams(
                                      param_hint="ROLE")
         from streams import autopilot  # Faust is imported only by the process that runs it
 
-        exit_with(autopilot.main(settings()))
+        exit_with(autopilot.main(reconciled_settings()))
         return
     unknown = [role for role in roles or () if role not in ROLES]
     if unknown:
         raise typer.BadParameter(f"unknown role {unknown[0]!r} (choose from {', '.join(ROLES)} or {AUTOPILOT})",
                                  param_hint="ROLE")
-    exit_with(runner.main(settings(), roles or ROLES, port))
+    exit_with(runner.main(reconciled_settings(), roles or ROLES, port))
 
 
 @app.command(epilog=settings_epilog())
 def run(no_streams: Annotated[bool, typer.Option("--no-streams", help="run only the auction worker")] = False) -> None:
     """Run the auction worker and the stream roles under one supervisor (dev and demo): a child that
     dies is restarted."""
-    exit_with(supervisor.run_everything(settings(), streams=not no_streams))
+    exit_with(supervisor.run_everything(reconciled_settings(), streams=not no_streams))
 
 
 @app.command("api", epilog=settings_epilog())
 def serve_api(port: Annotated[int, typer.Option(help="HTTP port")] = 8080) -> None:
     """Serve the advertiser HTTP API and dashboard (aggregates only)."""
-    exit_with(api.main(settings(), port))
+    exit_with(api.main(reconciled_settings(), port))
 
 
 @app.command("simulate")
@@ -132,7 +176,7 @@ def simulate_command(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["topics"], ["campaigns"], ["policy"], ["advertisers"]):
+    if args[:1] in (["topics"], ["campaigns"], ["policy"], ["advertisers"], ["reconcile"]):
         # management commands report failures themselves, in one line; keep client libraries quiet
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
