@@ -191,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         build(args.quiet)
     elif args.command == "clean":
         print(f"removed {clean()} files; the modules run interpreted")
-    for source, state in status().items():
-        print(f"{state:12} {source}")
-    return 1 if args.command == "build" and any(s != "compiled" for s in status().values()) else 0
+    states = status()
+    # A quiet build already named what it compiled: the table only when something is not compiled.
+    if not (args.command == "build" and args.quiet and all(s == "compiled" for s in states.values())):
+        for source, state in states.items():
+            print(f"{state:12} {source}")
+    return 1 if args.command == "build" and any(s != "compiled" for s in states.values()) else 0
 
 
 if __name__ == "__main__":
