@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ from redis.asyncio import Redis
 from auction.worker import BATCH_MAX
 from core.settings import Settings
 from tests.auction.factories import campaign_record
-from tests.auction.test_worker import apply, live_intent, spend_total
+from tests.auction.test_worker import apply, spend_total
 from tests.conftest import ROOT
-from tests.kafka_helpers import produce_json, read_all, start_role, stop_role, wait_until
-from tests.test_broker_loss import click_on_cpc_impressions
+from tests.kafka_helpers import produce_json, wait_until
+from tests.streamed_pipeline import StreamedPipeline
 from vickrey.advertisers import authenticate, create_advertiser
 from vickrey.policy_store import apply_policy, get_policy
 
@@ -127,21 +126,8 @@ async def test_losing_redis_mid_stream_loses_and_doubles_no_charge(
     await apply(settings, records)
     budgets = {r["campaign_id"]: r["budget"] for r in records}
 
-    total = 3000
-    rng = random.Random(5)
-    events = [live_intent(f"rl{i}", f"topic{rng.randrange(4)}", slots=rng.randint(1, 2), user_id=f"p{rng.randrange(400)}")
-              for i in range(total)]
-    worker = start_role(env, "auction", "--instance", "rl", log=tmp_path / "worker.log")
-    streams = start_role(env, "streams", "attribution", "billing", "--port", "0", log=tmp_path / "streams.log")
-    stop_clicking = asyncio.Event()
-    clicked: dict[str, str] = {}
-    clicker = asyncio.create_task(click_on_cpc_impressions(settings, stop_clicking, clicked))
-
-    async def feed() -> None:  # a stream, so the loss lands mid-flow
-        for start in range(0, total, 100):
-            await produce_json(settings, "chat.intents", events[start : start + 100], "user_id")
-            await asyncio.sleep(0.2)
-
+    pipeline = StreamedPipeline(settings, tmp_path, "rl", topics=4, people=400, seed=5)
+    pipeline.start_roles()
     sync = redis.Redis.from_url(settings.redis)
     try:
         # The person hides an advertiser (through the worker's controls role) before the loss.
@@ -149,7 +135,7 @@ async def test_losing_redis_mid_stream_loses_and_doubles_no_charge(
                                                         "advertiser_id": "ra2", "ts": int(time.time() * 1000)}],
                            "user_id")
         assert await wait_until(lambda: sync.sismember(settings.keys.hidden("p7"), "ra2"), timeout=60)
-        feeder = asyncio.create_task(feed())
+        pipeline.start_stream()
         await asyncio.sleep(2.5)
         lost_redis.kill()
         await asyncio.sleep(1)
@@ -157,37 +143,18 @@ async def test_losing_redis_mid_stream_loses_and_doubles_no_charge(
         assert sync.dbsize() == 0, "the restarted Redis is not empty"
         await asyncio.sleep(2)  # workers meet the empty Redis: no budgets, so no ads, and clicks wait
         first = reconcile(env)
-        await feeder
-        decisions = await read_all(settings, "ad.decisions", total, timeout=180, settle=3)
-        await asyncio.sleep(3)  # the last impressions' clicks
-        stop_clicking.set()
-        await clicker
-        impressions = await read_all(settings, "ad.impressions", 0, timeout=30, settle=2)
-        billable = await read_all(settings, "ad.clicks", len(clicked), timeout=120, settle=2)
-        expected = {i["impression_id"] for i in impressions} | set(clicked)
-        ledger = await read_all(settings, "billing.ledger", len(expected), timeout=180, settle=3)
+        published = await pipeline.drain()
         after_first = {r["campaign_id"]: spend_total(sync, settings, r["campaign_id"]) for r in records}
         second = reconcile(env)
         hidden_after = sync.smembers(settings.keys.hidden("p7"))
     finally:
-        stop_clicking.set()
-        await asyncio.gather(clicker, return_exceptions=True)
-        codes = stop_role(worker), stop_role(streams)
+        codes = await pipeline.stop()
         sync.close()
-    worker_log = (tmp_path / "worker.log").read_text()
-    assert codes == (0, 0), (worker_log[-3000:], (tmp_path / "streams.log").read_text()[-3000:])
+    assert codes == (0, 0), pipeline.logs_tail()
     # The loss hit the worker mid-batch (or its next batch): that batch was consumed again
     # against the new Redis, its kept outcome gone with the old one.
-    assert "batch failed" in worker_log, "the worker never felt the loss: the test proves nothing"
-
-    per_event = Counter(d["event_id"] for d in decisions)
-    assert set(per_event) == {e["event_id"] for e in events}, "an intent has no decision"
-    assert max(per_event.values()) == 1, "an intent was decided twice"
-    assert max(Counter(i["impression_id"] for i in impressions).values()) == 1, "an impression was published twice"
-    assert sorted(c["click_id"] for c in billable) == sorted(clicked), "a click was lost or attributed twice"
-    entries = Counter(e["entry_id"] for e in ledger)
-    assert {k: n for k, n in entries.items() if n > 1} == {}, "billed twice"
-    assert set(entries) == expected, f"not billed: {sorted(expected - set(entries))[:10]}"
+    assert "batch failed" in pipeline.worker_log.read_text(), "the worker never felt the loss: the test proves nothing"
+    pipeline.assert_once_each(published)
 
     assert first["budgets_restored"] == len(records), first
     assert first["policy_restored"] and first["advertisers_restored"] == 1 and first["people_restored"] >= 1, first
@@ -200,11 +167,8 @@ async def test_losing_redis_mid_stream_loses_and_doubles_no_charge(
     finally:
         await client.aclose()
 
-    billed: Counter[str] = Counter()
-    charged_cpc_clicks = 0
-    for entry in ledger:
-        billed[entry["campaign_id"]] += entry["amount_micros"]
-        charged_cpc_clicks += entry["kind"] == "click" and entry["amount_micros"] > 0
+    billed = published.billed()
+    charged_cpc_clicks = sum(1 for e in published.ledger if e["kind"] == "click" and e["amount_micros"] > 0)
     assert charged_cpc_clicks > 0, "no click was charged: the test proves nothing about clicks"
     # The first reconcile can only miss what a batch reserved in the lost Redis and committed later.
     missed = {cid: billed[cid] - after_first[cid] for cid in billed if billed[cid] != after_first[cid]}
