@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
 from auction.controls import restore_people
@@ -54,6 +55,7 @@ log = logging.getLogger("vickrey.reconcile")
 DAY_TTL_S = 3 * 86_400  # as reserve.lua and charge_clicks.lua keep a day's spend
 POLICY_SETTLE_S = 1.0  # workers reload the policy within 1 s (docs/contract.md §4b)
 PIPELINE_CHUNK = 1000
+COORDINATOR_WAIT_S = 60.0
 READS = ("policy", "advertisers", "user.controls.state", "campaigns", "ad.impressions", "billing.ledger")
 
 # One campaign, one hash slot ({c:<id>}). KEYS: budget, spend total, spend of the day.
@@ -192,11 +194,22 @@ def _campaigns_of(latest: dict[bytes, bytes | None]) -> dict[str, dict[str, Any]
 
 
 async def _billing_positions(settings: Settings) -> dict[int, int]:
-    """partition of ad.impressions → billing's committed offset (what it has made entries of)."""
+    """partition of ad.impressions → billing's committed offset (what it has made entries of).
+    A broker that has not served a group yet creates its offsets topic on this first request
+    and answers "coordinator not available" meanwhile: asked again for up to COORDINATOR_WAIT_S."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, request_timeout_ms=15_000)
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(settings.group("billing"))
+        deadline = time.monotonic() + COORDINATOR_WAIT_S
+        while True:
+            try:
+                offsets = await admin.list_consumer_group_offsets(settings.group("billing"))
+                break
+            except KafkaError as error:
+                if not error.retriable or time.monotonic() > deadline:
+                    raise
+                log.info("billing's group coordinator not available yet (%s): asking again", error)
+                await asyncio.sleep(0.5)
     finally:
         await admin.close()
     topic = settings.topic("ad.impressions")
