@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from auction.people import PeopleCache
 from core.broadcast import BroadcastReader
+from core.keys import Keys
 from core.loop import Batch, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
 from core.settings import Settings
@@ -33,15 +34,75 @@ CONTROLS = "user.controls"
 APPLIED = "user.controls.applied"
 STATE = "user.controls.state"
 RESTORE_CHUNK = 500
-# Erase every per-person key: the ones listed in the person's key index (frequency caps,
-# written by reserve.lua) and the fixed ones. One script, so nothing is added halfway.
+# Erasing a person (`forget_person`). The person's key index `{u:<id>}:keys` lists their expiring
+# keys: frequency caps (reserve.lua, the person's own slot) and stored clicks (the conversions
+# role, `{k:<click_id>}`: other slots). A script keeps to one slot on a Redis Cluster, so the
+# clicks are deleted by the caller, and this script erases the person's own keys and the index
+# only once every key of another slot that the index lists has been deleted (ARGV[2...]: the
+# ones the caller deleted); otherwise it erases nothing and returns those not deleted yet. The
+# index thus outlives every key it lists, and a click stored meanwhile (the store writes the
+# click, then lists it) is either listed in time to be returned, or listed afterwards in a new
+# index, for a later forget. ARGV[1] is the prefix of the person's own keys.
 FORGET_SCRIPT = """
 local listed = redis.call("SMEMBERS", KEYS[1])
-local erased = 0
-for _, key in ipairs(listed) do erased = erased + redis.call("DEL", key) end
-erased = erased + redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
-return erased
+local prefix = ARGV[1]
+local deleted, own, elsewhere = {}, {}, {}
+for i = 2, #ARGV do deleted[ARGV[i]] = true end
+for _, key in ipairs(listed) do
+  if string.sub(key, 1, #prefix) == prefix then
+    own[#own + 1] = key
+  elseif not deleted[key] then
+    elsewhere[#elsewhere + 1] = key
+  end
+end
+if #elsewhere > 0 then return elsewhere end
+for _, key in ipairs(own) do redis.call("DEL", key) end
+redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
+return elsewhere
 """
+FORGET_ROUNDS = 20  # clicks stored while a person is forgotten, each round; past this, the batch is retried
+# List a key of another slot (a stored click) in the person's key index; the index lives as long
+# as its longest-lived key. KEYS[1] the index, ARGV[1] the key, ARGV[2] its TTL (s).
+LIST_KEY_SCRIPT = """
+redis.call("SADD", KEYS[1], ARGV[1])
+if redis.call("TTL", KEYS[1]) < tonumber(ARGV[2]) then redis.call("EXPIRE", KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+async def forget_person(client: Redis, keys: Keys, user_id: str) -> None:
+    """Erase every key of the person, in their slot and elsewhere (see FORGET_SCRIPT). Idempotent:
+    a forget replayed after a crash finds what is left and erases it."""
+    finish = client.register_script(FORGET_SCRIPT)
+    fixed = [keys.person_keys(user_id), keys.hidden(user_id), keys.prefs(user_id)]
+    deleted: list[str] = []
+    for _ in range(FORGET_ROUNDS):
+        elsewhere = [_text(key) for key in await finish(keys=fixed, args=[keys.person(user_id), *deleted])]
+        if not elsewhere:
+            return
+        pipe: Any = client.pipeline(transaction=False)
+        for key in elsewhere:
+            pipe.delete(key)  # one key per DEL: each goes to its own slot's node on a cluster
+        await pipe.execute()
+        deleted += elsewhere
+    raise RuntimeError(f"forget of {user_id!r}: keys kept being stored for {FORGET_ROUNDS} rounds")
+
+
+async def store_listed(client: Redis, keys: Keys, entries: list[tuple[str, str, bytes]], ttl_s: int) -> None:
+    """Store keys of other slots that belong to a person: (key, user_id, value) each, for `ttl_s`.
+    Each key is written first, then listed in the person's key index (see FORGET_SCRIPT for why
+    this order); a crash in between is mended when the batch is stored again."""
+    if not entries:
+        return
+    pipe: Any = client.pipeline(transaction=False)
+    for key, _, value in entries:
+        pipe.set(key, value, ex=ttl_s)
+    await pipe.execute()
+    list_key = client.register_script(LIST_KEY_SCRIPT)
+    pipe = client.pipeline(transaction=False)
+    for key, user_id, _ in entries:
+        await list_key(keys=[keys.person_keys(user_id)], args=[key, ttl_s], client=pipe)
+    await pipe.execute()
 
 
 class ControlsRole(RoleBase):
@@ -55,7 +116,6 @@ class ControlsRole(RoleBase):
         self.client = redis  # the worker's client, shared with the auction role (closed by the worker)
         self.applied_topic = settings.topic(APPLIED)
         self.state_topic = settings.topic(STATE)
-        self._forget = redis.register_script(FORGET_SCRIPT)
         self.applied = metrics.counter("vickrey_controls_applied_total", "User controls applied, by action", ("action",))
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
@@ -81,7 +141,7 @@ class ControlsRole(RoleBase):
         RecordError for a hide past HIDDEN_MAX hidden advertisers (undone: it goes to the DLQ)."""
         keys, user, action = self.keys, control["user_id"], control["action"]
         if action == "forget":
-            await self._forget(keys=[keys.person_keys(user), keys.hidden(user), keys.prefs(user)])
+            await forget_person(self.client, keys, user)
             return None
         pipe: Any = self.client.pipeline(transaction=True)
         if action == "hide_advertiser":

@@ -24,6 +24,7 @@ from auction.engine import AuctionEngine, Policy
 from auction.index import CampaignIndex
 from auction.model import Campaign, blended_pctr
 from core.clock import utc_day
+from core.redis_client import get_many
 from core.settings import Settings
 
 log = logging.getLogger("vickrey.auction.live")
@@ -126,7 +127,7 @@ class LiveState:
                     self.settings.keys.spend_day(campaign.campaign_id, day),
                     self.settings.keys.spend_total(campaign.campaign_id),
                 ]
-            values = await self.redis.mget(keys)
+            values = await get_many(self.redis, keys)
             for position, campaign in enumerate(chunk):
                 today, total = values[2 * position], values[2 * position + 1]
                 spend.record(campaign, int(today or 0), int(total or 0))

@@ -2,7 +2,8 @@
 
 `{ns}` is `VICKREY_NAMESPACE`. Braces in a key are a Redis Cluster hash tag: every key of one
 campaign (`{c:<id>}`), of one person (`{u:<user_id>}`), of one event (`{e:<event_id>}`), of one click (`{k:<click_id>}`), of one
-advertiser (`{a:<advertiser_id>}`) or of one kept-outcome blob (`{b:<id>}`) lands in one slot, so the atomic steps that touch them can move
+advertiser's conversions (`{a:<advertiser_id>}`) or of one kept-outcome blob (`{b:<id>}`) lands in one slot, and so do the
+policy's keys (`{policy}`) and the advertiser registry (`{advertisers}`), so the atomic steps that touch them can move
 to a cluster without a redesign.
 
 | key | type | what |
@@ -25,9 +26,9 @@ to a cluster without a redesign.
 | `{ns}:{a:<advertiser_id>}:conversion:<conversion_id>` | string | the raw record that attributed it (conversions) |
 | `{ns}:{e:<event_id>}:outcome` | string | where a decided event came from, and where its outcome is kept |
 | `{ns}:{b:<blob id>}` | string | the outcomes of one reservation call, until its batch commits |
-| `{ns}:policy`, `{ns}:policy:version` | string, int | the trust policy and its version |
-| `{ns}:advertisers` | hash | SHA-256 of an API key → the advertiser JSON |
-| `{ns}:advertiser:<id>` | string | the advertiser JSON (claims the id) |
+| `{ns}:{policy}`, `{ns}:{policy}:version` | string, int | the trust policy and its version |
+| `{ns}:{advertisers}` | hash | SHA-256 of an API key → the advertiser JSON |
+| `{ns}:{advertisers}:<id>` | string | the advertiser JSON (claims the id) |
 | `{ns}:ratelimit:<key digest>` | hash | an API key's token bucket |
 | `{ns}:reports:campaigns` | set | campaigns that have minute reports |
 | `{ns}:streams:feedback:offsets` | hash | `<topic>:<partition>` → next offset counted into CTR |
@@ -158,17 +159,21 @@ class Keys:
 
     # -- policy and advertisers -------------------------------------------------------------------------
 
+    # The policy's two keys share one hash tag, and so do every advertiser's: the policy's
+    # WATCH/MULTI and an advertiser's create script each keep to one slot on a cluster. Both are
+    # low-volume (API and CLI writes; workers read the policy once a second).
+
     def policy(self) -> str:
-        return f"{self.namespace}:policy"
+        return f"{self.namespace}:{{policy}}"
 
     def policy_version(self) -> str:
-        return f"{self.namespace}:policy:version"
+        return f"{self.namespace}:{{policy}}:version"
 
     def advertisers(self) -> str:
-        return f"{self.namespace}:advertisers"
+        return f"{self.namespace}:{{advertisers}}"
 
     def advertiser(self, advertiser_id: str) -> str:
-        return f"{self.namespace}:advertiser:{advertiser_id}"
+        return f"{self.namespace}:{{advertisers}}:{advertiser_id}"
 
     def rate_limit(self, key_digest: str) -> str:
         return f"{self.namespace}:ratelimit:{key_digest}"

@@ -139,3 +139,14 @@ def sync_cluster_client(target: RedisTarget, **options: Any) -> RedisCluster:
 def is_cluster(client: object) -> bool:
     """True for a cluster client from this module (either kind), whatever its static type says."""
     return isinstance(client, (AsyncRedisCluster, RedisCluster))
+
+
+async def get_many(client: Redis, keys: list[str]) -> list[Any]:
+    """The values of `keys`, in order (None where absent): one MGET on a single Redis; on a
+    cluster, split by slot (`mget_nonatomic`), which is no less atomic than the reads need: each
+    caller reads independent keys (spend counters, stored clicks), never a set that must agree."""
+    if not keys:
+        return []
+    if isinstance(client, AsyncRedisCluster):
+        return list(await client.mget_nonatomic(keys))
+    return list(await client.mget(keys))

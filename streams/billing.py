@@ -5,7 +5,7 @@ click_id), published by the loop in the same Kafka transaction as the consumed o
 anywhere aborts the batch, which is consumed again. CPM charges were already reserved in Redis
 spend by the auction worker, so an impression only becomes a ledger entry (CPC impressions cost
 nothing: amount 0). CPC clicks are charged to the campaign's budget by charge_clicks.lua in one
-round trip per part; it keeps each click's first answer, so a replayed batch gets the same amounts
+round trip per part (one script call per campaign, pipelined: each keeps to its campaign's hash slot); it keeps each click's first answer, so a replayed batch gets the same amounts
 and never charges twice, and a click past the daily or total budget is an `overdelivery` entry
 with amount 0. A click whose campaign has no budget in a namespace Redis lost (no `reconciled`
 marker) waits: the batch fails and is consumed again until `vickrey reconcile` has run.
@@ -22,6 +22,7 @@ import orjson
 from core.clock import utc_day
 from core.loop import Batch, KafkaRecord, Loop, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
+from core.redis_client import is_cluster
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 
@@ -102,14 +103,25 @@ class Billing(RoleBase):
         return Step(outputs)
 
     async def _charge_clicks(self, clicks: list[tuple[KafkaRecord, dict[str, Any]]], now_ms: int) -> list[Output]:
-        payload = orjson.dumps(
-            [
-                [click["click_id"], f"{record.partition}:{record.offset}", click["campaign_id"], click["charge_micros"]]
-                for record, click in clicks
-            ]
-        )
-        raw = await self._charge(keys=[], args=[self._templates, utc_day(now_ms), self.settings.event_ttl_s, payload])
-        answers = orjson.loads(raw)
+        """One charge_clicks.lua call per campaign (its clicks in batch order), pipelined: each
+        keeps to the campaign's hash slot, and campaigns share nothing the order could change."""
+        by_campaign: dict[str, list[int]] = {}  # campaign_id → positions in `clicks`
+        for position, (_record, click) in enumerate(clicks):
+            by_campaign.setdefault(click["campaign_id"], []).append(position)
+        keys, day, ttl = self.settings.keys, utc_day(now_ms), self.settings.event_ttl_s
+        marker = "check"
+        if is_cluster(self.redis):
+            marker = "1" if await self.redis.exists(keys.reconciled()) else "0"
+        pipe: Any = self.redis.pipeline(transaction=False)
+        for campaign_id, positions in by_campaign.items():
+            payload = orjson.dumps([[clicks[p][1]["click_id"], f"{clicks[p][0].partition}:{clicks[p][0].offset}",
+                                     campaign_id, clicks[p][1]["charge_micros"]] for p in positions])
+            await self._charge(keys=[keys.budget(campaign_id)], args=[self._templates, day, ttl, payload, marker],
+                               client=pipe)
+        answers: list[Any] = [None] * len(clicks)
+        for positions, raw in zip(by_campaign.values(), await pipe.execute(), strict=True):
+            for position, answer in zip(positions, orjson.loads(raw), strict=True):
+                answers[position] = answer
         waiting = [click["campaign_id"] for (_record, click), answer in zip(clicks, answers, strict=True)
                    if answer[0] == "wait"]
         if waiting:

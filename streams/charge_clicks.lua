@@ -1,7 +1,14 @@
--- Vickrey billing: charge a batch of CPC clicks to their campaigns' budgets, idempotent per click.
+-- Vickrey billing: charge one campaign's CPC clicks of a batch to its budget, idempotent per click.
+-- Every key it touches is the campaign's (hash tag {c:<id>}), so on a Redis Cluster it runs on
+-- that campaign's slot; the billing role calls it once per campaign of a batch, pipelined.
 --
+-- KEYS[1] the campaign's budget key (it routes the call; the script builds the others from the
+-- templates, all in the same slot)
 -- ARGV[1] JSON of the key templates (core/keys.py `lua_templates`), ARGV[2] UTC day "YYYYMMDD", ARGV[3] ttl seconds of the kept answers,
--- ARGV[4] JSON list of clicks: {{click_id, src "<partition>:<offset>", campaign_id, charge_micros}, ...}
+-- ARGV[4] JSON list of the campaign's clicks, in order: {{click_id, src "<partition>:<offset>", campaign_id, charge_micros}, ...}
+-- ARGV[5] whether the namespace has its `reconciled` marker: "check" (a single Redis: look it up
+-- here, atomically with the rest), or "1"/"0" as the caller read it just before (a cluster, where
+-- the marker lives in another slot)
 -- For each click, in order:
 --   * already charged: {"replay", amount, over} when it comes from the same record (a batch replayed
 --     after a crash: the first answer again, nothing charged twice), {"dup", first src} when another
@@ -20,6 +27,12 @@ local clicks = cjson.decode(ARGV[4])
 local answers = {}
 local DAY_TTL = 3 * 86400
 
+
+local marker = ARGV[5]
+local function reconciled()
+  if marker == "check" then return redis.call("EXISTS", K.reconciled) == 1 end
+  return marker == "1"
+end
 
 local function num(value)
   if value == false or value == nil then return 0 end
@@ -46,7 +59,7 @@ for i, c in ipairs(clicks) do
       limits = redis.call("HMGET", string.format(K.budget, cid), "daily_micros", "total_micros")
     end
     if charge > 0 and not limits[1] and redis.call("EXISTS", string.format(K.budget, cid)) == 0
-        and redis.call("EXISTS", K.reconciled) == 0 then
+        and not reconciled() then
       answers[i] = {"wait"}
     elseif charge > 0 then
       local dkey = string.format(K.spend_day, cid, day)

@@ -39,8 +39,10 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from auction.controls import store_listed
 from core.loop import Batch, KafkaRecord, Loop, LoopOptions, Output, Position, RoleBase, Step
 from core.metrics import Metrics
+from core.redis_client import get_many
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 from schemas.conversions import RAW_FIELDS
@@ -56,14 +58,6 @@ WAIT_MS = 60_000  # a conversion waits this long (from when it was read) for its
 RETRY_DELAYS_MS = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000)  # then every 32 s, up to WAIT_MS
 CLICK_MARGIN_S = 86_400  # clicks are kept this long past the window, to tell `expired` from `unknown_click`
 
-# A click, and its key listed among the person's (so `forget` erases it); the list lives as long as
-# its longest-lived key.
-STORE_CLICK = """
-redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2])
-redis.call("SADD", KEYS[2], KEYS[1])
-if redis.call("TTL", KEYS[2]) < tonumber(ARGV[2]) then redis.call("EXPIRE", KEYS[2], ARGV[2]) end
-return 1
-"""
 # 1 when the conversion_id is this origin's (claimed now or by this very record before), else 0.
 CLAIM = """
 local found = redis.call("GET", KEYS[1])
@@ -104,7 +98,6 @@ class Conversions(RoleBase):
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
-        self._store_click = self.redis.register_script(STORE_CLICK)
         self._claim = self.redis.register_script(CLAIM)
 
     async def on_revoked(self, partitions: list[TopicPartition]) -> None:
@@ -157,28 +150,28 @@ class Conversions(RoleBase):
         self.pending_next[tp] = records[-1].offset + 1
 
     async def _store_clicks(self, records: list[KafkaRecord]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            stored = 0
-            for record in records:
-                try:
-                    click = decode(CLICKS, record.value)
-                except RecordError:
-                    self.unreadable.inc()  # billing sends unreadable clicks to the DLQ
-                    continue
-                value = orjson.dumps({"campaign_id": click["campaign_id"], "advertiser_id": click["advertiser_id"],
-                                      "impression_id": click["impression_id"], "ts": click["ts"]})
-                keys = [self.settings.keys.click(click["click_id"]), self.settings.keys.person_keys(click["user_id"])]
-                await self._store_click(keys=keys, args=[value, self.ttl_s], client=pipe)
-                stored += 1
-            await pipe.execute()
-        self.clicks_stored.inc(stored)
+        """Each billable click under its click_id, listed among the person's keys (so `forget`
+        erases it: auction/controls.py)."""
+        keys = self.settings.keys
+        entries: list[tuple[str, str, bytes]] = []
+        for record in records:
+            try:
+                click = decode(CLICKS, record.value)
+            except RecordError:
+                self.unreadable.inc()  # billing sends unreadable clicks to the DLQ
+                continue
+            value = orjson.dumps({"campaign_id": click["campaign_id"], "advertiser_id": click["advertiser_id"],
+                                  "impression_id": click["impression_id"], "ts": click["ts"]})
+            entries.append((keys.click(click["click_id"]), click["user_id"], value))
+        await store_listed(self.redis, keys, entries, self.ttl_s)
+        self.clicks_stored.inc(len(entries))
 
     async def _judge(self, judging: list[tuple[dict[str, Any], str, int]], attempts: dict[str, int],
                      now_ms: int) -> list[Output]:
         if not judging:
             return []
         keys = self.settings.keys
-        found = await self.redis.mget([keys.click(conversion["click_id"]) for conversion, _, _ in judging])
+        found = await get_many(self.redis, [keys.click(conversion["click_id"]) for conversion, _, _ in judging])
         outputs: list[Output] = []
         claims: list[tuple[dict[str, Any], dict[str, Any], str]] = []
         for (conversion, origin, read_at), stored in zip(judging, found, strict=True):

@@ -2,10 +2,12 @@
 
 Redis layout (`{ns}` = `VICKREY_NAMESPACE`):
 
-- `{ns}:advertiser:<advertiser_id>` — string: the advertiser JSON `{"advertiser_id", "name",
+- `{ns}:{advertisers}:<advertiser_id>` — string: the advertiser JSON `{"advertiser_id", "name",
   "created_ms"}`. Its existence claims the id (ids are unique).
-- `{ns}:advertisers` — hash: SHA-256 hex digest of an API key → the advertiser JSON of its owner.
+- `{ns}:{advertisers}` — hash: SHA-256 hex digest of an API key → the advertiser JSON of its owner.
   An advertiser may hold several keys (one field each); the keys themselves are never stored.
+  Both share the hash tag `{advertisers}`: the create script and the restore's MULTI/EXEC keep to
+  one slot on a Redis Cluster (core/keys.py).
 
 After each change of an advertiser's keys (`create_advertiser`, `add_key`) the advertiser and the
 SHA-256 of every key it holds are published on `advertisers` (key advertiser_id;

@@ -217,7 +217,8 @@ class Scripts:
     async def click(self, campaign_id: str, charge_micros: int, day: str) -> tuple[str, int]:
         self.serial += 1
         payload = orjson.dumps([[f"click-{self.serial}", f"1:{self.serial}", campaign_id, charge_micros]])
-        raw = await self.charge(keys=[], args=[self.templates, day, self.settings.event_ttl_s, payload])
+        raw = await self.charge(keys=[self.settings.keys.budget(campaign_id)],
+                                args=[self.templates, day, self.settings.event_ttl_s, payload, "check"])
         ((kind, amount, over),) = orjson.loads(raw)
         assert kind == "ok" and over in ("0", "1"), (kind, amount, over)
         return ("overdelivery" if over == "1" else "charged"), int(amount)

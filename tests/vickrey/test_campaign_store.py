@@ -95,6 +95,6 @@ async def test_policy_store(settings: Settings, stack: Settings, aredis: aioredi
     policy = dict(DEFAULT_POLICY, restricted_verticals=["gambling"])
     stored, version = await apply_policy(settings, aredis, policy)
     assert version == 1 and stored["restricted_verticals"] == ["gambling"]
-    assert orjson.loads(redis_client.get(f"{settings.namespace}:policy") or b"") == stored
+    assert orjson.loads(redis_client.get(settings.keys.policy()) or b"") == stored
     assert await get_policy(settings, aredis) == stored
     assert (await apply_policy(settings, aredis, stored))[1] == 2

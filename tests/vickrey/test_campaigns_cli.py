@@ -172,7 +172,7 @@ async def test_restricted_vertical_refused_naming_the_policy(
     assert applied.returncode == 0, applied.stderr
     assert "version 1" in applied.stdout
     assert orjson.loads(run_cli(env, "policy", "show").stdout)[key] == policy[key]
-    assert int(redis_client.get(f"{stack.namespace}:policy:version") or 0) == 1
+    assert int(redis_client.get(stack.keys.policy_version()) or 0) == 1
     assert run_cli(env, "campaigns", "apply", "-", stdin=orjson.dumps(camp).decode()).returncode == 0
 
 
@@ -189,7 +189,7 @@ async def test_bad_policy_names_every_problem(
     assert result.stderr.startswith("vickrey: error: refused policy: ")
     for key in policy:
         assert key in result.stderr, (key, result.stderr)
-    assert redis_client.get(f"{stack.namespace}:policy") is None
+    assert redis_client.get(stack.keys.policy()) is None
 
 
 async def test_unreadable_input_exits_2(stack: Settings, env: dict[str, str], tmp_path: Any) -> None:

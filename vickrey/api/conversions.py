@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from core.redis_client import get_many
 from core.settings import Settings
 from schemas.checks import CollectedChecks
 from schemas.conversions import check_conversion_raw
@@ -101,7 +102,7 @@ async def post_conversions(request: web.Request) -> web.Response:
         raise ApiError(400, [f"(query): unknown parameter(s) {names} (this operation takes none)"])
     items, listed = _items(await read_json(request, MAX_LIST_BODY))
     records = _checked(items, listed, advertiser.advertiser_id, int(time.time() * 1000))
-    stored = await r.mget([settings.keys.click(record["click_id"]) for record in records])
+    stored = await get_many(r, [settings.keys.click(record["click_id"]) for record in records])
     unknown = [
         f"{f'[{index}].' if listed else ''}click_id: no such click of yours ({record['click_id'][:40]!r})"
         for index, (record, click) in enumerate(zip(records, stored, strict=True))
