@@ -46,6 +46,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
 from redis.connection import parse_url
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -150,3 +151,13 @@ async def get_many(client: Redis, keys: list[str]) -> list[Any]:
     if isinstance(client, AsyncRedisCluster):
         return list(await client.mget_nonatomic(keys))
     return list(await client.mget(keys))
+
+
+async def load_for_pipeline(client: Redis, *scripts: AsyncScript) -> None:
+    """Make `scripts` callable inside a pipeline. A single Redis's pipeline loads a script it
+    misses by itself; redis-py's cluster pipeline does not (NOSCRIPT), so on a cluster they are
+    loaded on every primary first (SCRIPT LOAD goes to all of them; a primary that took over
+    since then gets them at the next call)."""
+    if isinstance(client, AsyncRedisCluster):
+        for script in scripts:
+            await client.script_load(script.script)

@@ -22,7 +22,7 @@ import orjson
 from core.clock import utc_day
 from core.loop import Batch, KafkaRecord, Loop, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
-from core.redis_client import is_cluster
+from core.redis_client import is_cluster, load_for_pipeline
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 
@@ -112,6 +112,7 @@ class Billing(RoleBase):
         marker = "check"
         if is_cluster(self.redis):
             marker = "1" if await self.redis.exists(keys.reconciled()) else "0"
+        await load_for_pipeline(self.redis, self._charge)
         pipe: Any = self.redis.pipeline(transaction=False)
         for campaign_id, positions in by_campaign.items():
             payload = orjson.dumps([[clicks[p][1]["click_id"], f"{clicks[p][0].partition}:{clicks[p][0].offset}",

@@ -42,7 +42,7 @@ from aiokafka import TopicPartition
 from auction.controls import store_listed
 from core.loop import Batch, KafkaRecord, Loop, LoopOptions, Output, Position, RoleBase, Step
 from core.metrics import Metrics
-from core.redis_client import get_many
+from core.redis_client import get_many, load_for_pipeline
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 from schemas.conversions import RAW_FIELDS
@@ -185,6 +185,7 @@ class Conversions(RoleBase):
             else:
                 claims.append((conversion, click, origin))
         if claims:
+            await load_for_pipeline(self.redis, self._claim)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conversion, click, origin in claims:
                     claim_key = keys.conversion_claim(click["advertiser_id"], conversion["conversion_id"])

@@ -44,6 +44,7 @@ from redis.asyncio import Redis
 from auction.controls import restore_people
 from core.clock import utc_day
 from core.compacted import read_latest, read_to_end
+from core.redis_client import load_for_pipeline
 from core.settings import Settings
 from core.topics import ensure_topics
 from vickrey.advertisers import restore_advertisers
@@ -261,6 +262,7 @@ async def _restore_spend(settings: Settings, r: Redis, campaigns: dict[str, dict
                          spend: dict[str, Spend], day: str, report: Report) -> None:
     keys = settings.keys
     script = r.register_script(RESTORE_SPEND)
+    await load_for_pipeline(r, script)
     ids = sorted(set(campaigns) | set(spend))
     for start in range(0, len(ids), PIPELINE_CHUNK):
         chunk = ids[start : start + PIPELINE_CHUNK]
