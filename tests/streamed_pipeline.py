@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from core.redis_client import sync_redis_from_url
 from core.settings import Settings
 from tests.auction.test_worker import live_intent
-from tests.kafka_helpers import produce_json, read_all, start_role, stop_role
+from tests.kafka_helpers import produce_json, read_all, start_role, stop_role, wait_until
 
 BURST = 100
 BURST_EVERY_S = 0.2
@@ -101,12 +102,20 @@ class StreamedPipeline:
     def streams_log(self) -> Path:
         return self.logs / "streams.log"
 
-    def start_roles(self) -> None:
+    async def start_roles(self) -> None:
+        """Start the roles and the clicker; return once the namespace is reconciled (the roles do
+        it at start in a new namespace), so that what breaks next lands on running roles."""
         env = self.settings.as_env()
         self._roles = [start_role(env, "auction", "--instance", self.name, log=self.worker_log),
                        start_role(env, "streams", "attribution", "billing", "--port", "0", log=self.streams_log)]
         self._tasks.append(asyncio.create_task(click_on_cpc_impressions(self.settings, self._stop_clicking,
                                                                         self.clicked)))
+        client = sync_redis_from_url(self.settings.redis)
+        try:
+            reconciled = await wait_until(lambda: client.exists(self.settings.keys.reconciled()), timeout=120)
+        finally:
+            client.close()
+        assert reconciled, f"the roles did not reconcile the namespace at start: {self.logs_tail()}"
 
     def start_stream(self) -> None:
         """The intents, in bursts: what breaks after this lands mid-flow."""

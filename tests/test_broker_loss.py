@@ -50,7 +50,7 @@ async def test_losing_the_busiest_broker_loses_and_doubles_nothing(
     records = campaigns()
     await apply(settings, records)
     pipeline = StreamedPipeline(settings, tmp_path, "bl", topics=6, people=500, seed=3)
-    pipeline.start_roles()
+    await pipeline.start_roles()
     pipeline.start_stream()
     try:
         await asyncio.sleep(2.5)

@@ -127,7 +127,7 @@ async def test_losing_redis_mid_stream_loses_and_doubles_no_charge(
     budgets = {r["campaign_id"]: r["budget"] for r in records}
 
     pipeline = StreamedPipeline(settings, tmp_path, "rl", topics=4, people=400, seed=5)
-    pipeline.start_roles()
+    await pipeline.start_roles()
     sync = redis.Redis.from_url(settings.redis)
     try:
         # The person hides an advertiser (through the worker's controls role) before the loss.

@@ -57,6 +57,7 @@ DAY_TTL_S = 3 * 86_400  # as reserve.lua and charge_clicks.lua keep a day's spen
 POLICY_SETTLE_S = 1.0  # workers reload the policy within 1 s (docs/contract.md §4b)
 PIPELINE_CHUNK = 1000
 COORDINATOR_WAIT_S = 60.0
+START_WAIT_S = 180.0  # how long a role starting up keeps trying to reconcile while Kafka fails
 READS = ("policy", "advertisers", "user.controls.state", "campaigns", "ad.impressions", "billing.ledger")
 
 # One campaign, one hash slot ({c:<id>}). KEYS: budget, spend total, spend of the day.
@@ -176,13 +177,24 @@ async def reconcile(settings: Settings, r: Redis, *, now_ms: int | None = None,
     return report
 
 
-async def ensure_reconciled(settings: Settings, r: Redis, progress: Progress = _quiet) -> Report | None:
-    """Reconcile when the namespace lacks the marker (what workers do at start); None otherwise."""
+async def ensure_reconciled(settings: Settings, r: Redis, progress: Progress = _quiet,
+                            wait_s: float = START_WAIT_S) -> Report | None:
+    """Reconcile when the namespace lacks the marker (what workers do at start); None otherwise.
+    A broker that goes away meanwhile (a restart, a lost broker of a cluster) does not stop the
+    role: reconcile is idempotent, so it runs again from the start, for up to `wait_s`."""
     if await is_reconciled(settings, r):
         return None
     log.warning("namespace %s has no reconcile marker (new, or Redis was emptied): rebuilding it from Kafka",
                 settings.namespace)
-    return await reconcile(settings, r, progress=progress)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await reconcile(settings, r, progress=progress)
+        except KafkaError as error:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("reconcile at start failed (%s: %s); again in 1 s", type(error).__name__, error)
+            await asyncio.sleep(1.0)
 
 
 def _campaigns_of(latest: dict[bytes, bytes | None]) -> dict[str, dict[str, Any]]:

@@ -141,6 +141,8 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     feeder = asyncio.create_task(feed())
     log = tmp_path / "worker.log"
     worker = start_role(env, "auction", "--instance", "crashy", "--batch-max", "100", log=log)
+    # The first worker reconciles the new namespace at start; the kills land on running workers.
+    assert await wait_until(lambda: redis_client.exists(settings.keys.reconciled()), timeout=120), log.read_text()
     kills = 0
     for _ in range(4):
         await asyncio.sleep(rng.uniform(0.8, 2.5))
