@@ -47,6 +47,7 @@ from core.compacted import read_latest, read_to_end
 from core.redis_client import load_for_pipeline
 from core.settings import Settings
 from core.topics import ensure_topics
+from schemas.codec import RecordError, decode
 from vickrey.advertisers import restore_advertisers
 from vickrey.campaign_store import restore_campaigns
 from vickrey.policy_store import restore_policy
@@ -57,6 +58,7 @@ DAY_TTL_S = 3 * 86_400  # as reserve.lua and charge_clicks.lua keep a day's spen
 POLICY_SETTLE_S = 1.0  # workers reload the policy within 1 s (docs/contract.md §4b)
 PIPELINE_CHUNK = 1000
 COORDINATOR_WAIT_S = 60.0
+UNREADABLE_LOGGED = 5
 START_WAIT_S = 180.0  # how long a role starting up keeps trying to reconcile while Kafka fails
 READS = ("policy", "advertisers", "user.controls.state", "campaigns", "ad.impressions", "billing.ledger")
 
@@ -111,6 +113,7 @@ class Report:
     ledger_entries: int = 0
     unbilled_impressions: int = 0
     clicks_remembered: int = 0
+    unreadable: int = 0  # records of ad.impressions or billing.ledger that are not valid records
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -129,6 +132,7 @@ class Report:
             "ledger_entries_read": self.ledger_entries,
             "unbilled_impressions": self.unbilled_impressions,
             "clicks_remembered": self.clicks_remembered,
+            "unreadable_records": self.unreadable,
             "seconds": round(self.seconds, 3),
         }
 
@@ -239,8 +243,8 @@ async def _rebuilt_spend(settings: Settings, now_ms: int, report: Report
     unbilled: dict[str, tuple[str, int, int]] = {}  # impression_id → campaign, charge, ts
     async for records in read_to_end(settings, "ad.impressions", start=positions):
         for record in records:
-            impression = orjson.loads(record.value)
-            if impression["bid_type"] == "cpm":
+            impression = _readable(report, "ad.impressions", record.value)
+            if impression is not None and impression["bid_type"] == "cpm":
                 unbilled[impression["impression_id"]] = (impression["campaign_id"], impression["charge_micros"],
                                                          impression["ts"])
     spend: dict[str, Spend] = {}
@@ -248,7 +252,9 @@ async def _rebuilt_spend(settings: Settings, now_ms: int, report: Report
     young = now_ms - settings.event_ttl_s * 1000
     async for records in read_to_end(settings, "billing.ledger"):
         for record in records:
-            entry = orjson.loads(record.value)
+            entry = _readable(report, "billing.ledger", record.value)
+            if entry is None:
+                continue
             report.ledger_entries += 1
             if entry["kind"] == "impression":
                 unbilled.pop(entry["entry_id"], None)  # billed since billing's position was read
@@ -259,6 +265,19 @@ async def _rebuilt_spend(settings: Settings, now_ms: int, report: Report
     for campaign_id, charge, ts in unbilled.values():
         _add(spend, campaign_id, charge, ts, today)
     return spend, clicks
+
+
+def _readable(report: Report, topic: str, value: bytes | None) -> dict[str, Any] | None:
+    """The record, validated as the worker and billing write it; None (counted, the first few
+    logged) for one that is not: billing sends such an impression to its DLQ and never bills it,
+    so it is no charge, and a reconcile must not stop at it."""
+    try:
+        return decode(topic, value)
+    except RecordError as error:
+        report.unreadable += 1
+        if report.unreadable <= UNREADABLE_LOGGED:
+            log.error("unreadable %s record skipped: %s", topic, error)
+        return None
 
 
 def _add(spend: dict[str, Spend], campaign_id: str, amount: int, ts: int, today: str) -> None:

@@ -158,3 +158,26 @@ async def test_reconcile_command_prints_what_it_rebuilt(topics: Settings, env: d
     as_json = subprocess.run([str(VICKREY), "reconcile", "--json"], env=env, capture_output=True, timeout=120,
                              check=False)
     assert as_json.returncode == 0 and orjson.loads(as_json.stdout)["campaigns_restored"] == 0
+
+
+async def test_unreadable_records_are_skipped_and_counted(topics: Settings, redis_client: redis.Redis) -> None:
+    """A record of ad.impressions or billing.ledger that is not a valid record (billing never bills
+    such an impression) is no charge: reconcile counts it and goes on, rather than stop every
+    role's start at it."""
+    settings = topics
+    await apply(settings, [campaign_record("c1", budget={"daily_micros": 10**9, "total_micros": 10**10})])
+    t = now_ms()
+    await produce(settings, "ad.impressions", [
+        ("c1", impression("e1:1", "c1", t, price_micros=2_000_000)),
+        ("c1", {"impression_id": "e2:1", "campaign_id": "c1", "charge_micros": 5}),  # no bid_type, ts, ...
+        ("c1", b"{not json"),
+    ])
+    await produce(settings, "billing.ledger", [("c1", ledger("e0:1", "impression", "c1", t, 700)),
+                                               ("c1", {"entry_id": "x", "amount_micros": "lots"})])
+    _drop_namespace(settings)
+
+    report = await run_reconcile(settings)
+
+    assert report["unreadable_records"] == 3
+    assert report["ledger_entries_read"] == 1 and report["unbilled_impressions"] == 1
+    assert spend(redis_client, settings, "c1", utc_day(t)) == (700 + 2_000, 700 + 2_000)

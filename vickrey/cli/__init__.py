@@ -91,6 +91,8 @@ def reconcile_command(
     print(f"spend raised for {len(report.spend_raised)} campaigns: +{raised['today']} micros today, "
           f"+{raised['total']} in total")
     print(f"clicks remembered as billed: {report.clicks_remembered}")
+    if report.unreadable:
+        print(f"unreadable records skipped (no charge): {report.unreadable}")
     print(f"done in {report.seconds:.1f} s")
 
 
