@@ -24,7 +24,7 @@ from core.broadcast import BroadcastReader
 from core.keys import Keys
 from core.loop import Batch, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
-from core.redis_client import load_for_pipeline
+from core.redis_client import is_cluster, load_for_pipeline
 from core.settings import Settings
 from schemas.codec import RecordError, applied_control, decode, encode
 from schemas.records import HIDDEN_MAX
@@ -95,13 +95,16 @@ async def store_listed(client: Redis, keys: Keys, entries: list[tuple[str, str, 
     this order); a crash in between is mended when the batch is stored again."""
     if not entries:
         return
+    list_key = client.register_script(LIST_KEY_SCRIPT)
+    await load_for_pipeline(client, list_key)
+    # One Redis runs a pipeline's commands in order: writes then listings in one round trip. A
+    # cluster's pipeline runs per node, in no order across nodes: the writes go first, alone.
     pipe: Any = client.pipeline(transaction=False)
     for key, _, value in entries:
         pipe.set(key, value, ex=ttl_s)
-    await pipe.execute()
-    list_key = client.register_script(LIST_KEY_SCRIPT)
-    await load_for_pipeline(client, list_key)
-    pipe = client.pipeline(transaction=False)
+    if is_cluster(client):
+        await pipe.execute()
+        pipe = client.pipeline(transaction=False)
     for key, user_id, _ in entries:
         await list_key(keys=[keys.person_keys(user_id)], args=[key, ttl_s], client=pipe)
     await pipe.execute()
