@@ -28,7 +28,8 @@ from aiokafka import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
 from auction.autopilot_listener import AutopilotListener
-from auction.budgets import Answer, BudgetReserver, Claim, Reservation
+from auction.budgets import Answer, Claim, Reservation
+from auction.budgets_split import reserver_for
 from auction.controls import AppliedListener, ControlsRole
 from auction.engine import AuctionEngine
 from auction.index import CampaignIndex
@@ -108,7 +109,7 @@ class AuctionRole:
         self.clock = clock
         self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=settings.price_increment_micros)
         self.live = LiveState(settings, redis, self.engine)
-        self.reserver = BudgetReserver(redis, settings.keys, settings.event_ttl_s)
+        self.reserver = reserver_for(redis, settings.keys, settings.event_ttl_s)
         self.people = people
         self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions")}
         self._loop: Loop | None = None

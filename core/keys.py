@@ -17,14 +17,16 @@ to a cluster without a redesign.
 | `{ns}:{c:<id>}:ctr` | hash | `impressions`, `clicks` counted by the feedback role |
 | `{ns}:{c:<id>}:minutes` | hash | window_start → `reports.campaign-minute` JSON |
 | `{ns}:{c:<id>}:billed:<click_id>` | string | a charged click's first answer (billing) |
+| `{ns}:{c:<id>}:hold:<event_id>` | string | an event's budget hold (`<attempt> <day> <charge>`; the reservation split by slot, Redis Cluster) |
 | `{ns}:{c:<id>}:autopilot` | sorted set | the autopilot's decisions (`campaigns.autopilot` JSON), scored by version |
 | `{ns}:{u:<user_id>}:fc:<campaign_id>` | int | frequency-cap counter of one window |
 | `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
 | `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |
 | `{ns}:{u:<user_id>}:keys` | set | the person's expiring keys, so `forget` finds them all |
+| `{ns}:{u:<user_id>}:held:<event_id>` | string | an event's frequency counts (`[<attempt>, [campaign_id, ...]]`; the reservation split by slot) |
 | `{ns}:{k:<click_id>}:click` | string | a billable click's campaign, advertiser, impression and ts (conversions) |
 | `{ns}:{a:<advertiser_id>}:conversion:<conversion_id>` | string | the raw record that attributed it (conversions) |
-| `{ns}:{e:<event_id>}:outcome` | string | where a decided event came from, and where its outcome is kept |
+| `{ns}:{e:<event_id>}:outcome` | string | where a decided event came from, and where its outcome is kept (or, split by slot, its attempt in flight) |
 | `{ns}:{b:<blob id>}` | string | the outcomes of one reservation call, until its batch commits |
 | `{ns}:{policy}`, `{ns}:{policy}:version` | string, int | the trust policy and its version |
 | `{ns}:{advertisers}` | hash | SHA-256 of an API key → the advertiser JSON |
@@ -69,11 +71,13 @@ class Keys:
             "spend_total": campaign + "spend:total",
             "spend_day": campaign + "spend:day:%s",
             "billed": campaign + "billed:%s",
+            "hold": campaign + "hold:%s",
             "person": person,
             "frequency": person + "fc:%s",
             "hidden": person + "hidden",
             "prefs": person + "prefs",
             "person_keys": person + "keys",
+            "held": person + "held:%s",
             "outcome": f"{self.namespace}:{{e:%s}}:outcome",
             "reconciled": self.reconciled(),
             "blob": f"{self.namespace}:{{b:%s}}",
@@ -103,6 +107,10 @@ class Keys:
     def billed(self, campaign_id: str, click_id: str) -> str:
         """A charged click's first answer (billing's charge_clicks.lua; restored by reconcile)."""
         return (self.campaign_prefix + "billed:%s") % (campaign_id, click_id)
+
+    def hold(self, campaign_id: str, event_id: str) -> str:
+        """One event's budget hold on one campaign (auction/budgets_split.py)."""
+        return (self.campaign_prefix + "hold:%s") % (campaign_id, event_id)
 
     def ctr(self, campaign_id: str) -> str:
         return (self.campaign_prefix + "ctr") % campaign_id
@@ -138,6 +146,10 @@ class Keys:
 
     def frequency(self, user_id: str, campaign_id: str) -> str:
         return self.person(user_id) + "fc:" + campaign_id
+
+    def held(self, user_id: str, event_id: str) -> str:
+        """One event's frequency counts for one person (auction/budgets_split.py)."""
+        return self.person(user_id) + "held:" + event_id
 
     # -- conversions ----------------------------------------------------------------------------------
 

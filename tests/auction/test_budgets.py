@@ -1,4 +1,7 @@
-"""reserve.lua against the real Redis: atomic budgets, exact frequency caps, idempotent replays."""
+"""The reservation against the real Redis: atomic budgets, exact frequency caps, idempotent
+replays. Each test runs with both reservers: `reserve.lua` in one call (one Redis) and the
+reservation split by hash slot (auction/budgets_split.py, what a Redis Cluster gets; it runs on one
+Redis too). On a cluster, the one-call reserver cannot run, and its cases say so as skips."""
 
 from __future__ import annotations
 
@@ -8,13 +11,34 @@ import random
 
 import pytest
 import redis
+import redis.asyncio
 
 from auction.budgets import BudgetReserver, Claim, Reservation
-from core.redis_client import redis_from_url
+from auction.budgets_split import SplitReserver
+from core.keys import Keys
+from core.redis_client import is_cluster, redis_from_url
 from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 DAY = "20261127"
+Reserver = BudgetReserver | SplitReserver
+KINDS = {"one_call": BudgetReserver, "split": SplitReserver}
+
+
+@pytest.fixture(params=list(KINDS))
+def kind(request: pytest.FixtureRequest, redis_client: redis.Redis) -> str:
+    if request.param == "one_call" and is_cluster(redis_client):
+        pytest.skip("reserve.lua touches many slots in one call: a Redis Cluster gets the split reserver")
+    return str(request.param)
+
+
+def make(kind: str, client: redis.asyncio.Redis, keys: Keys) -> Reserver:
+    return KINDS[kind](client, keys, 3600)
+
+
+def undecided(value: bytes | None) -> bool:
+    """No outcome kept: nothing, or (split) an attempt in flight."""
+    return value is None or b"\n?" in value
 
 
 def set_budget(client: redis.Redis, settings: Settings, campaign_id: str, daily: int, total: int) -> None:
@@ -37,19 +61,20 @@ def claim(event_id: str, campaign_id: str, charge: int, user: str = "u1", cap: t
     )
 
 
-async def reserve(settings: Settings, claims: list[Claim]) -> list[str]:
+async def reserve(settings: Settings, claims: list[Claim], kind: str) -> list[str]:
     client = redis_from_url(settings.redis)
     try:
-        answers, _, _ = await BudgetReserver(client, settings.keys, 3600).reserve(claims, DAY)
+        answers, _, _ = await make(kind, client, settings.keys).reserve(claims, DAY)
     finally:
         await client.aclose()
     return [a.kind for a in answers]
 
 
-def _reserver_process(settings: Settings, worker: int, auctions: int, charges: list[int], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _reserver_process(settings: Settings, kind: str, worker: int, auctions: int, charges: list[int],
+                      results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     async def run() -> None:
         client = redis_from_url(settings.redis)
-        reserver = BudgetReserver(client, settings.keys, 3600)
+        reserver = make(kind, client, settings.keys)
         admitted = 0
         for start in range(0, auctions, 50):
             batch = [claim(f"w{worker}-e{i}", "tight", charges[i % len(charges)]) for i in range(start, start + 50)]
@@ -63,14 +88,14 @@ def _reserver_process(settings: Settings, worker: int, auctions: int, charges: l
     asyncio.run(run())
 
 
-def test_concurrent_reservers_never_overspend(settings: Settings, redis_client: redis.Redis) -> None:
+def test_concurrent_reservers_never_overspend(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     """Four processes, 4,000 auctions, one budget of 12,345 micros: spend stops exactly where the
     admitted charges say, never a micro above the budget."""
     budget = 12_345
     set_budget(redis_client, settings, "tight", daily=budget, total=budget * 10)
     charges = [random.Random(i).randint(1, 40) for i in range(97)]
     results: multiprocessing.Queue[int] = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_reserver_process, args=(settings, w, 1000, charges, results)) for w in range(4)]
+    procs = [multiprocessing.Process(target=_reserver_process, args=(settings, kind, w, 1000, charges, results)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -83,60 +108,60 @@ def test_concurrent_reservers_never_overspend(settings: Settings, redis_client: 
     assert budget - today < 40, "the budget should be used up to within one charge"
 
 
-async def test_total_budget_binds_too(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_total_budget_binds_too(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     set_budget(redis_client, settings, "c", daily=1_000_000, total=100)
-    kinds = await reserve(settings, [claim(f"e{i}", "c", 30) for i in range(5)])
+    kinds = await reserve(settings, [claim(f"e{i}", "c", 30) for i in range(5)], kind)
     assert kinds == ["ok", "ok", "ok", "refused", "refused"]
     assert spend(redis_client, settings, "c") == (90, 90)
 
 
-async def test_frequency_cap_gives_exactly_n(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_frequency_cap_gives_exactly_n(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     set_budget(redis_client, settings, "capped", daily=10**9, total=10**9)
     claims = [claim(f"e{i}", "capped", 5, user=f"user{i % 3}", cap=(4, 3600)) for i in range(30)]
-    kinds = await reserve(settings, claims)
+    kinds = await reserve(settings, claims, kind)
     per_user = {f"user{u}": sum(1 for c, k in zip(claims, kinds, strict=True) if k == "ok" and c.user_id == f"user{u}") for u in range(3)}
     assert per_user == {"user0": 4, "user1": 4, "user2": 4}
     assert redis_client.ttl(settings.keys.frequency("user0", "capped")) > 3500
 
 
-async def test_replayed_batch_changes_nothing(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_replayed_batch_changes_nothing(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     batch = [claim(f"e{i}", "c", 7, cap=(100, 60), source=f"3:{i}") for i in range(20)]
-    first = await reserve(settings, batch)
+    first = await reserve(settings, batch, kind)
     assert first == ["ok"] * 20
     before = spend(redis_client, settings, "c"), redis_client.get(settings.keys.frequency("u1", "c"))
-    again = await reserve(settings, batch)
+    again = await reserve(settings, batch, kind)
     assert again == ["replay"] * 20
     assert (spend(redis_client, settings, "c"), redis_client.get(settings.keys.frequency("u1", "c"))) == before
     assert before[0] == (140, 140)
 
 
-async def test_same_event_from_another_record_is_a_duplicate(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_same_event_from_another_record_is_a_duplicate(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
-    assert await reserve(settings, [claim("e1", "c", 7, source="0:1"), claim("e1", "c", 7, source="0:2")]) == ["ok", "dup"]
+    assert await reserve(settings, [claim("e1", "c", 7, source="0:1"), claim("e1", "c", 7, source="0:2")], kind) == ["ok", "dup"]
     assert spend(redis_client, settings, "c") == (7, 7)
 
 
-async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     """Two winners in one auction, the second over budget: neither is charged."""
     set_budget(redis_client, settings, "rich", daily=10**9, total=10**9)
     set_budget(redis_client, settings, "poor", daily=5, total=5)
     two = Claim("e1", "0:1", "u1", b"{}", [Reservation("rich", 50, 50), Reservation("poor", 6, 6)])
     client = redis_from_url(settings.redis)
-    answers, spends, _ = await BudgetReserver(client, settings.keys, 3600).reserve([two], DAY)
+    answers, spends, _ = await make(kind, client, settings.keys).reserve([two], DAY)
     await client.aclose()
     assert answers[0].kind == "refused" and answers[0].refused == {"poor": "budget"}
     assert spend(redis_client, settings, "rich") == (0, 0)
-    assert redis_client.get(settings.keys.outcome("e1")) is None
+    assert undecided(redis_client.get(settings.keys.outcome("e1")))
     assert sorted(spends) == [("poor", 0, 0), ("rich", 0, 0)]
 
 
-async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     outcome = '{"a":"ünïcödé \\/ \\"quoted\\""}\n{"b":2}'.encode()
     first = Claim("e1", "0:1", "u1", outcome, [Reservation("c", 3, 3)])
     client = redis_from_url(settings.redis)
-    reserver = BudgetReserver(client, settings.keys, 3600)
+    reserver = make(kind, client, settings.keys)
     (answer,), spends, _ = await reserver.reserve([first], DAY)
     assert answer.kind == "ok" and spends == [("c", 3, 3)]
     changed = Claim("e1", "0:1", "u1", b"something else", [Reservation("c", 99, 99)])
@@ -146,9 +171,9 @@ async def test_replay_returns_the_kept_bytes(settings: Settings, redis_client: r
     assert spend(redis_client, settings, "c") == (3, 3)
 
 
-async def test_keys_expire(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_keys_expire(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
-    await reserve(settings, [claim("e1", "c", 7, cap=(3, 120))])
+    await reserve(settings, [claim("e1", "c", 7, cap=(3, 120))], kind)
     assert 0 < redis_client.ttl(settings.keys.spend_day("c", DAY)) <= 3 * 86400
     assert 0 < redis_client.ttl(settings.keys.outcome("e1")) <= 3600
     assert 0 < redis_client.ttl(settings.keys.frequency("u1", "c")) <= 120
@@ -158,13 +183,13 @@ def blob_keys(client: redis.Redis, settings: Settings) -> list[bytes]:
     return list(client.scan_iter(match=settings.keys.blob("*"), count=1000))
 
 
-async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     """One blob per call keeps the outcomes; once the caller says they are committed the next
     call drops it. A record read again then gets "committed" (nothing to republish, no charge);
     a reused event_id is still a duplicate for the event TTL."""
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     client = redis_from_url(settings.redis)
-    reserver = BudgetReserver(client, settings.keys, 3600)
+    reserver = make(kind, client, settings.keys)
     first = [claim(f"e{i}", "c", 5, source=f"1:{i}") for i in range(10)]
     answers, _, blob_id = await reserver.reserve(first, DAY)
     assert [a.kind for a in answers] == ["ok"] * 10
@@ -185,10 +210,10 @@ async def test_outcomes_are_kept_until_committed_then_only_the_source(settings: 
     await client.aclose()
 
 
-async def test_drop_committed_at_shutdown(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_drop_committed_at_shutdown(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     client = redis_from_url(settings.redis)
-    reserver = BudgetReserver(client, settings.keys, 3600)
+    reserver = make(kind, client, settings.keys)
     _, _, blob_id = await reserver.reserve([claim("e1", "c", 5)], DAY)
     assert len(blob_keys(redis_client, settings)) == 1
     reserver.committed([blob_id])
@@ -198,12 +223,12 @@ async def test_drop_committed_at_shutdown(settings: Settings, redis_client: redi
     assert redis_client.get(settings.keys.outcome("e1")) is not None  # the event is still known
 
 
-async def test_outcome_kept_whole_by_an_older_version_still_replays(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_outcome_kept_whole_by_an_older_version_still_replays(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
     """Keys written before outcomes moved to blobs ("<source>\n<outcome bytes>") replay as before."""
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     redis_client.set(settings.keys.outcome("old"), b'0:9\n{"event_id":"old"}', ex=3600)
     client = redis_from_url(settings.redis)
-    answers, _, _ = await BudgetReserver(client, settings.keys, 3600).reserve([claim("old", "c", 5, source="0:9")], DAY)
+    answers, _, _ = await make(kind, client, settings.keys).reserve([claim("old", "c", 5, source="0:9")], DAY)
     await client.aclose()
     assert (answers[0].kind, answers[0].outcome) == ("replay", b'{"event_id":"old"}')
     assert spend(redis_client, settings, "c") == (0, 0)
