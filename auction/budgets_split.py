@@ -141,7 +141,7 @@ class SplitReserver:
             await self._events(keys=key_list, args=["claim", self.outcome_ttl_s, orjson.dumps(payload)], client=pipe)
         drop = self._drop[:]
         for blob_id in drop:  # blobs whose outcomes are committed in Kafka
-            pipe.unlink(keys.blob(blob_id))
+            pipe.execute_command("UNLINK", keys.blob(blob_id))  # the cluster pipeline's unlink() is a coroutine
         replies = await pipe.execute()
         del self._drop[: len(drop)]
         going: list[Attempt] = []
