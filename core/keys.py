@@ -3,14 +3,15 @@
 `{ns}` is `VICKREY_NAMESPACE`. Braces in a key are a Redis Cluster hash tag: every key of one
 campaign (`{c:<id>}`), of one person (`{u:<user_id>}`), of one event (`{e:<event_id>}`), of one click (`{k:<click_id>}`), of one
 advertiser's conversions (`{a:<advertiser_id>}`) or of one kept-outcome blob (`{b:<id>}`) lands in one slot, and so do the
-policy's keys (`{policy}`) and the advertiser registry (`{advertisers}`), so the atomic steps that touch them can move
+policy's keys (`{policy}`), the campaign registry (`{campaigns}`: the campaigns, their change stream and
+version) and the advertiser registry (`{advertisers}`), so the atomic steps that touch them can move
 to a cluster without a redesign.
 
 | key | type | what |
 |---|---|---|
-| `{ns}:campaigns` | hash | campaign_id → canonical campaign JSON |
-| `{ns}:campaigns:changes` | stream | one entry per campaign change (`campaign_id`, `op`, `version`) |
-| `{ns}:campaigns:version` | int | version of the latest change |
+| `{ns}:{campaigns}` | hash | campaign_id → canonical campaign JSON |
+| `{ns}:{campaigns}:changes` | stream | one entry per campaign change (`campaign_id`, `op`, `version`) |
+| `{ns}:{campaigns}:version` | int | version of the latest change |
 | `{ns}:{c:<id>}:budget` | hash | `daily_micros`, `total_micros` |
 | `{ns}:{c:<id>}:spend:total` | int | micros spent in total |
 | `{ns}:{c:<id>}:spend:day:<YYYYMMDD>` | int | micros spent that UTC day |
@@ -86,13 +87,13 @@ class Keys:
     # -- campaigns ----------------------------------------------------------------------------------
 
     def campaigns(self) -> str:
-        return f"{self.namespace}:campaigns"
+        return f"{self.namespace}:{{campaigns}}"
 
     def campaign_changes(self) -> str:
-        return f"{self.namespace}:campaigns:changes"
+        return f"{self.namespace}:{{campaigns}}:changes"
 
     def campaigns_version(self) -> str:
-        return f"{self.namespace}:campaigns:version"
+        return f"{self.namespace}:{{campaigns}}:version"
 
     def budget(self, campaign_id: str) -> str:
         return (self.campaign_prefix + "budget") % campaign_id

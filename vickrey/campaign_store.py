@@ -1,27 +1,33 @@
 """Campaigns in Redis, announced on Kafka. The Redis layout below is relied on by the auction worker,
 billing and the API: change it only together with them.
 
-Redis layout (`{ns}` = `VICKREY_NAMESPACE`, default `vickrey`; `<id>` = campaign_id):
+Redis layout (`{ns}` = `VICKREY_NAMESPACE`, default `vickrey`; `<id>` = campaign_id; braces are Redis
+Cluster hash tags, part of the key):
 
-- `{ns}:campaigns` — hash: campaign_id → canonical campaign JSON (orjson, exactly as normalised by
+- `{ns}:{campaigns}` — hash: campaign_id → canonical campaign JSON (orjson, exactly as normalised by
   `schemas.campaign.validate_campaign`: defaults filled, the contract's field order).
-- `{ns}:campaigns:changes` — stream, one entry per change, fields `campaign_id`, `op` (`upsert` |
+- `{ns}:{campaigns}:changes` — stream, one entry per change, fields `campaign_id`, `op` (`upsert` |
   `delete`) and `version`; trimmed approximately (MAXLEN ~ 100000). Workers XREAD it and apply each
-  change within 1 s (re-reading `{ns}:campaigns` for upserts).
-- `{ns}:campaigns:version` — integer, the version of the latest change. Every change takes the next
+  change within 1 s (re-reading `{ns}:{campaigns}` for upserts).
+- `{ns}:{campaigns}:version` — integer, the version of the latest change. Every change takes the next
   version, so versions are unique and increase in stream order.
 - `{ns}:{c:<id>}:budget` — hash `daily_micros`, `total_micros`: the limits the budget reservation
-  script reads. The `{c:<id>}` braces are a Redis Cluster hash tag and are part of the key.
+  scripts read.
 - `{ns}:{c:<id>}:spend:total` — integer micros spent in total; `{ns}:{c:<id>}:spend:day:<YYYYMMDD>` —
   integer micros spent that UTC day. Written by the auction worker and billing, read here.
 - `{ns}:{c:<id>}:autopilot` — sorted set of the autopilot's decisions (`campaigns.autopilot` JSON),
   scored by version. Written by the autopilot role, read here (`autopilot_history`).
-- `{ns}:policy`, `{ns}:policy:version` — see `vickrey.policy_store`.
 
-One apply (or pause, resume, delete) is one MULTI/EXEC transaction, under WATCH of the campaigns hash
-and the version key: it is applied whole or not at all. Afterwards every changed campaign is
-announced on the compacted Kafka topic `campaigns` (key campaign_id, value the campaign JSON; a
-deleted campaign is a tombstone, value null).
+One apply (or pause, resume, delete) is one MULTI/EXEC transaction on the `{campaigns}` slot, under
+WATCH of the campaigns hash and the version key: the campaigns, their change entries and the version
+are written whole or not at all. Each changed campaign's budget limits live in the campaign's own
+slot, so they are written right after that transaction commits (pipelined; on a Redis Cluster no
+transaction may span both). Until they are, a new campaign has no limits, which the reservation
+refuses ("budget"): it is never auctioned against limits it does not have; an apply cut between the
+two steps (the process killed) is completed by applying again, and `vickrey reconcile` puts back
+limits that are missing. Afterwards every changed campaign is announced on the compacted Kafka
+topic `campaigns` (key campaign_id, value the campaign JSON; a deleted campaign is a tombstone,
+value null).
 """
 
 from __future__ import annotations
@@ -239,7 +245,6 @@ async def apply_campaigns(
                 pipe.multi()
                 for change in changes:
                     pipe.hset(hkey, change.campaign_id, encode_campaign(_campaign_of(change)))
-                    _queue_budget(settings, pipe, _campaign_of(change))
                     _queue_change(settings, pipe, change)
             return changes
 
@@ -266,6 +271,7 @@ async def _write(
     producer = await start_producer(settings, [CAMPAIGNS_TOPIC]) if announce else None
     try:
         changes = await _transact(settings, r, plan)
+        await _write_budgets(settings, r, changes)
         if producer is not None and changes:
             await _announce(settings, producer, changes)
         return changes
@@ -295,13 +301,28 @@ async def _transact(
     raise RuntimeError(f"campaigns changed concurrently {MAX_WATCH_RETRIES} times in a row; try again")
 
 
-def _queue_budget(settings: Settings, pipe: Any, campaign: dict[str, Any]) -> None:
-    key = settings.keys.budget(campaign["campaign_id"])
-    budget = campaign.get("budget") or {}
-    limits = {f: budget[f] for f in ("daily_micros", "total_micros") if budget.get(f) is not None}
-    pipe.delete(key)
-    if limits:
-        pipe.hset(key, mapping=limits)
+BUDGET_FIELDS = ("daily_micros", "total_micros")
+
+
+async def _write_budgets(settings: Settings, r: Redis, changes: Sequence[Change]) -> None:
+    """Each changed campaign's limits, in its own slot, after the campaigns' transaction (the
+    module docstring says why). Every command is whole by itself: a reservation reads the old
+    limits or the new ones, never none in between."""
+    if not changes:
+        return
+    pipe: Any = r.pipeline(transaction=False)
+    for change in changes:
+        key = settings.keys.budget(change.campaign_id)
+        budget = (change.campaign or {}).get("budget") or {}
+        limits = {f: budget[f] for f in BUDGET_FIELDS if budget.get(f) is not None}
+        if limits:
+            pipe.hset(key, mapping=limits)
+        missing = [f for f in BUDGET_FIELDS if f not in limits]
+        if len(missing) == len(BUDGET_FIELDS):
+            pipe.delete(key)
+        elif missing:
+            pipe.hdel(key, *missing)
+    await pipe.execute()
 
 
 def _queue_change(settings: Settings, pipe: Any, change: Change) -> None:
@@ -327,7 +348,6 @@ async def _change_one(
         if status is None:
             change = Change(campaign_id, "delete", version, None)
             pipe.hdel(hkey, campaign_id)
-            pipe.delete(settings.keys.budget(campaign_id))
         else:
             change = Change(campaign_id, "upsert", version, dict(campaign, status=status))
             pipe.hset(hkey, campaign_id, encode_campaign(_campaign_of(change)))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import redis
-from redis.asyncio import Redis
 
 from auction.engine import AuctionEngine
 from auction.index import CampaignIndex
 from auction.live import LiveState
 from auction.pacing import SpendView
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from vickrey.policy_store import apply_policy
 
@@ -20,7 +20,7 @@ STRICT = {"sensitive_categories": ["IAB7", "IAB19"], "restricted_verticals": ["g
 
 async def test_a_policy_redis_lost_stays_in_force_and_a_new_one_applies(settings: Settings,
                                                                         redis_client: redis.Redis) -> None:
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         engine = AuctionEngine(CampaignIndex(), SpendView())
         live = LiveState(settings, client, engine)

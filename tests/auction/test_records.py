@@ -18,7 +18,6 @@ import redis
 from aiokafka import ConsumerRecord, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
 from auction.engine import AuctionEngine
 from auction.model import AuctionRequest, AuctionResult, Campaign
@@ -35,6 +34,7 @@ from auction.records import (
 from auction.worker import INPUT, AuctionRole, Pending
 from auction.worker_metrics import WorkerMetrics
 from core.metrics import Metrics
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from schemas.codec import decode
 from tests.auction.factories import (
@@ -236,7 +236,7 @@ async def test_a_batch_replayed_by_the_worker_publishes_the_same_bytes(
                for i in range(6)]
     await apply(settings, records)
     clock = [time.time()]
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     metrics = Metrics()
     role = AuctionRole(settings, WorkerMetrics(metrics), client, PeopleCache(), clock=lambda: clock[0])
     try:

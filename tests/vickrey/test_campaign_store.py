@@ -26,8 +26,8 @@ def variant(n: int) -> dict[str, Any]:
 
 async def test_layout_keys(settings: Settings) -> None:
     ns = settings.namespace
-    assert settings.keys.campaigns() == f"{ns}:campaigns"
-    assert settings.keys.campaign_changes() == f"{ns}:campaigns:changes"
+    assert settings.keys.campaigns() == f"{ns}:{{campaigns}}"
+    assert settings.keys.campaign_changes() == f"{ns}:{{campaigns}}:changes"
     assert settings.keys.budget("c-1") == f"{ns}:{{c:c-1}}:budget"
     assert settings.keys.spend_total("c-1") == f"{ns}:{{c:c-1}}:spend:total"
     assert settings.keys.spend_day("c-1", "20250102") == f"{ns}:{{c:c-1}}:spend:day:20250102"

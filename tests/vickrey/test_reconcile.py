@@ -15,11 +15,11 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from redis.asyncio import Redis
 
 from core.clock import utc_day
 from core.compacted import read_to_end
 from core.metrics import Metrics
+from core.redis_client import redis_from_url
 from core.settings import Settings
 from streams.billing import Billing
 from streams.runner import running
@@ -35,7 +35,7 @@ VICKREY = ROOT / ".venv" / "bin" / "vickrey"
 
 
 async def run_reconcile(settings: Settings) -> dict[str, Any]:
-    client = Redis.from_url(settings.redis)
+    client = redis_from_url(settings.redis)
     try:
         return (await reconcile(settings, client)).to_json()
     finally:
