@@ -16,6 +16,7 @@ to a cluster without a redesign.
 | `{ns}:{c:<id>}:spend:total` | int | micros spent in total |
 | `{ns}:{c:<id>}:spend:day:<YYYYMMDD>` | int | micros spent that UTC day |
 | `{ns}:{c:<id>}:ctr` | hash | `impressions`, `clicks` counted by the feedback role |
+| `{ns}:{c:<id>}:ctr:at` | hash | `<topic>:<partition>` → next offset counted into the campaign's `ctr` |
 | `{ns}:{c:<id>}:minutes` | hash | window_start → `reports.campaign-minute` JSON |
 | `{ns}:{c:<id>}:billed:<click_id>` | string | a charged click's first answer (billing) |
 | `{ns}:{c:<id>}:hold:<event_id>` | string | an event's budget hold (`<attempt> <day> <charge>`; the reservation split by slot, Redis Cluster) |
@@ -34,7 +35,7 @@ to a cluster without a redesign.
 | `{ns}:{advertisers}:<id>` | string | the advertiser JSON (claims the id) |
 | `{ns}:ratelimit:<key digest>` | hash | an API key's token bucket |
 | `{ns}:reports:campaigns` | set | campaigns that have minute reports |
-| `{ns}:streams:feedback:offsets` | hash | `<topic>:<partition>` → next offset counted into CTR |
+| `{ns}:streams:feedback:offsets` | hash | `<topic>:<partition>` → next offset counted into CTR (where the role resumes) |
 | `{ns}:reconciled` | string | when `vickrey reconcile` last rebuilt the namespace, and what it did (JSON) |
 
 The Lua scripts do not build keys either: they get these templates (`lua_templates`) and fill
@@ -115,6 +116,10 @@ class Keys:
 
     def ctr(self, campaign_id: str) -> str:
         return (self.campaign_prefix + "ctr") % campaign_id
+
+    def ctr_positions(self, campaign_id: str) -> str:
+        """Per input partition, the next offset the feedback role counted into `ctr(campaign_id)`."""
+        return (self.campaign_prefix + "ctr:at") % campaign_id
 
     def minutes(self, campaign_id: str) -> str:
         return (self.campaign_prefix + "minutes") % campaign_id

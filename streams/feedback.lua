@@ -1,25 +1,28 @@
--- Vickrey CTR feedback: add one batch's impression and click counts to the campaigns' CTR hashes,
--- exactly once per input record: the batch carries, per input partition, the position it expects
--- Redis to hold (the next offset applied so far, "" when none) and the position after it. If any
--- expected position differs (a replay of records already counted, or another process took the
--- partition) nothing is written and the answer is "moved"; else every HINCRBY and the new
--- positions are written together and the answer is "ok".
+-- Vickrey CTR feedback: add one campaign's impressions and clicks of a batch to its CTR hash,
+-- exactly once per input record. Every key is the campaign's ({c:<id>}), so on a Redis Cluster it
+-- runs on that campaign's slot; the feedback role calls it once per campaign of a batch, pipelined.
 --
--- ARGV[1] the positions hash key, ARGV[2] JSON {"p": {{field, expected, next}, ...},
---                                               "c": {{ctr_key, impressions, clicks}, ...}}
-local key = ARGV[1]
-local batch = cjson.decode(ARGV[2])
-for _, p in ipairs(batch.p) do
-  local current = redis.call("HGET", key, p[1]) or ""
-  if current ~= p[2] then
-    return "moved"
+-- KEYS[1] the campaign's `ctr` hash, KEYS[2] its `ctr:at` hash: per input partition
+-- ("<topic>:<partition>"), the next offset counted into this campaign.
+-- ARGV[1] JSON list of {partition field, "impressions" | "clicks", {offsets, ascending}}: this
+-- campaign's records of the batch.
+-- A record at an offset below its partition's position was counted before (a batch read again
+-- after a crash or a rewind, or by a process that also had the partition) and is skipped; the
+-- others are counted and the position moves past them, in one atomic step.
+-- Returns JSON {impressions counted, clicks counted}.
+local ctr, at = KEYS[1], KEYS[2]
+local counted = {impressions = 0, clicks = 0}
+for _, entry in ipairs(cjson.decode(ARGV[1])) do
+  local field, kind, offsets = entry[1], entry[2], entry[3]
+  local position = tonumber(redis.call("HGET", at, field) or "-1")
+  local n = 0
+  for _, offset in ipairs(offsets) do
+    if offset >= position then n = n + 1 end
+  end
+  if n > 0 then
+    redis.call("HINCRBY", ctr, kind, n)
+    redis.call("HSET", at, field, offsets[#offsets] + 1)
+    counted[kind] = counted[kind] + n
   end
 end
-for _, c in ipairs(batch.c) do
-  if c[2] > 0 then redis.call("HINCRBY", c[1], "impressions", c[2]) end
-  if c[3] > 0 then redis.call("HINCRBY", c[1], "clicks", c[3]) end
-end
-for _, p in ipairs(batch.p) do
-  redis.call("HSET", key, p[1], p[3])
-end
-return "ok"
+return cjson.encode({counted.impressions, counted.clicks})

@@ -1,35 +1,34 @@
 """CTR feedback: ad.impressions + ad.clicks → per-campaign counts in Redis, where the auction worker
 reads them to learn pCTR (`auction/live.py refresh_ctr`).
 
-The campaign's `ctr` hash (core/keys.py), fields `impressions` and `clicks` (HINCRBY, one Lua call
-per part). Exactly once by position: Redis keeps, next to the counts, the next offset counted per
-input partition (`feedback_positions`, field `<topic>:<partition>`), and feedback.lua adds a part
-only if those positions are what this process expects, all in one atomic step. Redis, not the
-group's commit, is the authority: an assigned partition resumes where Redis says, a record
-before that position is skipped, and the loop's commit of the offsets (with no outputs) only
-keeps the group's lag honest.
+The campaign's `ctr` hash (core/keys.py), fields `impressions` and `clicks`. Exactly once by
+position, per campaign: next to its counts each campaign keeps, per input partition, the next
+offset counted into it (`ctr_positions`), and feedback.lua counts a campaign's records of a batch
+only from there, in one atomic step on the campaign's hash slot (one call per campaign, pipelined:
+it runs on a Redis Cluster as on one Redis). A batch read again (a crash, a rewind, another process
+that had the partition) therefore counts nothing twice. Where the role resumes is kept apart
+(`feedback_positions`, written after the counts): behind at worst, which only re-reads records the
+campaigns skip. The loop's commit of the offsets (with no outputs) only keeps the group's lag honest.
 """
 
 from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
 
 from core.loop import Batch, Committed, Loop, LoopOptions, RoleBase, Step
 from core.metrics import Metrics
+from core.redis_client import load_for_pipeline
 from core.settings import Settings
 
 log = logging.getLogger("vickrey.streams.feedback")
 FEEDBACK_SCRIPT = resources.files("streams").joinpath("feedback.lua").read_text()
 IMPRESSIONS = "ad.impressions"
 CLICKS = "ad.clicks"
-
-
-class PositionMoved(RuntimeError):
-    """Redis holds other positions than this process expected: re-read them and resume there."""
 
 
 class Feedback(RoleBase):
@@ -49,6 +48,19 @@ class Feedback(RoleBase):
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
         self._count = self.redis.register_script(FEEDBACK_SCRIPT)
+
+    async def _count_in(self, offsets: dict[str, dict[tuple[str, str], list[int]]]) -> None:
+        """One feedback.lua call per campaign, pipelined; counts what was not counted before."""
+        keys = self.settings.keys
+        await load_for_pipeline(self.redis, self._count)
+        pipe: Any = self.redis.pipeline(transaction=False)
+        for campaign_id, parts in offsets.items():
+            payload = orjson.dumps([[field, kind, part_offsets] for (field, kind), part_offsets in parts.items()])
+            await self._count(keys=[keys.ctr(campaign_id), keys.ctr_positions(campaign_id)], args=[payload], client=pipe)
+        for raw in await pipe.execute():
+            impressions, clicks = orjson.loads(raw)
+            self.counted.labels("impression").inc(impressions)
+            self.counted.labels("click").inc(clicks)
 
     @staticmethod
     def _field(tp: TopicPartition) -> str:
@@ -70,12 +82,12 @@ class Feedback(RoleBase):
             self.counted_at.pop(tp, None)
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
-        """Count the part into Redis with its positions, at once (Redis is the authority)."""
-        increments: dict[str, list[int]] = {}
+        """Count the part into each campaign (exactly once by offset), then move where to resume."""
+        offsets: dict[str, dict[tuple[str, str], list[int]]] = {}  # campaign → (partition, kind) → offsets
         moves: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             expected = self.counted_at.get(tp)
-            slot = 1 if tp.topic == self.clicks_topic else 0
+            part = (self._field(tp), "clicks" if tp.topic == self.clicks_topic else "impressions")
             for record in records:
                 if expected is not None and record.offset < expected:
                     continue  # counted before
@@ -86,24 +98,13 @@ class Feedback(RoleBase):
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     self.unreadable.inc()
                     continue
-                increments.setdefault(campaign_id, [0, 0])[slot] += 1
+                offsets.setdefault(campaign_id, {}).setdefault(part, []).append(record.offset)
             if expected is None or records[-1].offset + 1 > expected:
                 moves[tp] = records[-1].offset + 1
         if moves:
-            keys = self.settings.keys
-            payload = orjson.dumps({
-                "p": [[self._field(tp), _text(self.counted_at.get(tp)), str(nxt)] for tp, nxt in moves.items()],
-                "c": [[keys.ctr(cid), imps, clicks] for cid, (imps, clicks) in increments.items()],
-            })
-            answer = await self._count(keys=[], args=[self.positions_key, payload])
-            if answer != b"ok":
-                raise PositionMoved(f"CTR positions in Redis moved under this process ({answer!r})")
+            await self._count_in(offsets)
+            await self.redis.hset(self.positions_key, mapping={self._field(tp): nxt for tp, nxt in moves.items()})
             self.counted_at.update(moves)
-            for imps, clicks in increments.values():
-                self.counted.labels("impression").inc(imps)
-                self.counted.labels("click").inc(clicks)
         return Step()
 
 
-def _text(position: int | None) -> str:
-    return "" if position is None else str(position)

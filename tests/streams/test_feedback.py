@@ -57,3 +57,25 @@ async def test_counts_once_across_restarts(topics: Settings, redis_client: redis
     assert ctr(redis_client, settings, "c-1") == (5, 2)
     assert ctr(redis_client, settings, "c-2") == (4, 0)
     assert metrics.value("vickrey_feedback_counted_total", kind="impression") == 1
+
+
+async def test_counts_once_when_the_resume_positions_are_lost(topics: Settings, redis_client: redis.Redis) -> None:
+    """The counts moved but where to resume did not (a crash between the two writes, on a cluster
+    two slots): everything is read again from offset 0, and each campaign skips what it counted."""
+    settings = topics
+    t = now_ms()
+    imps = [impression(f"e-{n}:1", "c-1" if n % 2 else "c-2", t + n) for n in range(10)]
+    await produce(settings, "ad.impressions", [(i["impression_id"], i) for i in imps])
+    async with running(settings, [Feedback(settings, Metrics())]):
+        await wait_for(lambda: ctr(redis_client, settings, "c-1") == (5, 0) and ctr(redis_client, settings, "c-2") == (5, 0))
+
+    redis_client.delete(settings.keys.feedback_positions())
+    await rewind_group(settings)
+    await produce(settings, "ad.clicks", [("e-1:1", click("k-1", "e-1:1", "c-1", t + 500, 0))])
+    metrics = Metrics()
+    async with running(settings, [Feedback(settings, metrics)], metrics):
+        await wait_for(lambda: ctr(redis_client, settings, "c-1") == (5, 1), what="the new click counted")
+        await asyncio.sleep(1.0)
+    assert ctr(redis_client, settings, "c-1") == (5, 1) and ctr(redis_client, settings, "c-2") == (5, 0)
+    assert metrics.value("vickrey_feedback_counted_total", kind="impression") == 0
+    assert metrics.value("vickrey_feedback_counted_total", kind="click") == 1
