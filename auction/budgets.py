@@ -18,7 +18,7 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
-from core.keys import Keys
+from core.keys import Keys, event_bucket
 
 SCRIPT = resources.files("auction").joinpath("reserve.lua").read_text()  # works compiled too
 
@@ -100,7 +100,7 @@ class BudgetReserver:
         for claim in claims:
             length = len(claim.outcome)
             meta.append([claim.event_id, claim.source, claim.user_id, [r.as_list() for r in claim.reservations],
-                         f"{claim.source}\n@{blob_id} {start} {length}"])
+                         f"{claim.source}\n@{blob_id} {start} {length}", event_bucket(claim.event_id)])
             start += length
         drop = self._drop[:]
         args: list[bytes | str | int] = [self._templates, day, self.outcome_ttl_s, orjson.dumps(meta), blob_id,

@@ -1,6 +1,6 @@
 """The reservation split by hash slot: what `reserve.lua` does in one call, for a Redis Cluster.
 
-An auction's reservation touches three kinds of slot: its event (`{e:<id>}`: is it decided, and
+An auction's reservation touches three kinds of slot: its event (`{e:<bucket>}`: is it decided, and
 where is its outcome), its person (`{u:<id>}`: hidden advertisers, frequency caps) and each
 winning campaign (`{c:<id>}`: budget and spend). A cluster runs a script on one slot only, so here
 each part is a script of its own (`reserve_events.lua`, `reserve_people.lua`,

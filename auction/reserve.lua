@@ -5,12 +5,12 @@
 -- ARGV[4] JSON list of auctions, in order:
 --   {event_id, "<partition>:<offset>", user_id,
 --    {{campaign_id, charge_micros, need_micros, cap_max, cap_window_s, advertiser_id}, ...},
---    "<partition>:<offset>\n@<blob id> <start> <length>"}
+--    "<partition>:<offset>\n@<blob id> <start> <length>", event bucket (core/keys.py `event_bucket`)}
 -- ARGV[5] blob id, ARGV[6] the blob: every auction's outcome end to end (bytes the script does
 -- not read: the worker's compact outcome, auction/records.py), auction i's at <start>, <length>
 -- bytes long; ARGV[7...] ids of blobs to drop.
 --
--- What is kept: per decided event, `{e:<event_id>}:outcome` = where it came from and where its
+-- What is kept: per decided event, `{e:<bucket>}:<event_id>:outcome` = where it came from and where its
 -- outcome is (the last element above), for the TTL, so a reused event_id is known for that long;
 -- the outcomes themselves in one blob per call, `{b:<blob id>}`. The caller drops a blob (ARGV[7...]
 -- of a later call) once the Kafka transaction that published its outcomes has committed: an
@@ -81,7 +81,7 @@ for j = 7, #ARGV do call("UNLINK", blob_of(ARGV[j])) end
 -- 1. What each event left before this batch, in one read.
 local okeys, hkeys = {}, {}  -- outcome and hidden-advertisers key of each auction
 for i, a in ipairs(auctions) do
-  okeys[i] = format(K.outcome, a[1])
+  okeys[i] = format(K.outcome, a[6], a[1])
   hkeys[i] = format(K.hidden, a[3])
 end
 local kept_before = mget(okeys)

@@ -1,5 +1,5 @@
 -- Vickrey, the reservation split by hash slot (auction/budgets_split.py): the event's part.
--- Every key is an event's outcome key ({e:<event_id>}), all of one slot: one call per slot.
+-- Every key is an event's outcome key ({e:<bucket>}:<event_id>:outcome), all of one slot: one call per slot.
 --
 -- KEYS: the outcome key of each item, in order.
 -- ARGV[1] "claim" or "final", ARGV[2] TTL (s) of what is kept per event, ARGV[3] JSON list, one per key:

@@ -1,7 +1,7 @@
 """The simulator's `Ledger` (autopilot/simulate.py) against the real Lua scripts on the same inputs.
 
 Each test runs one sequence of operations twice, through the Ledger and through the real
-scripts on the real Redis (auction/reserve.lua via `BudgetReserver`, one claim per call and a
+scripts on the real Redis (auction/reserve.lua via `BudgetReserver`, or on a Redis Cluster the split reservation, one claim per call and a
 fresh event_id per auction; streams/charge_clicks.lua registered and called with the arguments
 streams/billing.py passes), over four campaigns with small budgets (two CPM, two CPC, one of each
 frequency-capped), three people and two UTC days. The operations are "an auction for person P at
@@ -46,7 +46,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from auction.budgets import BudgetReserver, Claim, Reservation
+from auction.budgets import Claim, Reservation
+from auction.budgets_split import reserver_for
 from auction.model import Campaign, NoFillReason, Winner
 from auction.pricing import ceil_div, cpm_charge_micros
 from autopilot.simulate import DAY_START_MS, Ledger
@@ -201,7 +202,7 @@ class Scripts:
 
     def __init__(self, settings: Settings, client: Redis, sync: redis.Redis) -> None:
         self.settings, self.sync = settings, sync
-        self.reserver = BudgetReserver(client, settings.keys, settings.event_ttl_s)
+        self.reserver = reserver_for(client, settings.keys, settings.event_ttl_s)
         self.charge = client.register_script(CHARGE_CLICKS)
         self.templates = orjson.dumps(settings.keys.lua_templates())
         self.serial = 0
@@ -227,7 +228,7 @@ class Scripts:
         """campaign_id -> (spend on each of DAYS, spend in total), as Redis holds them."""
         keys = self.settings.keys
         names = [name for cid in ids for name in (*(keys.spend_day(cid, day) for day in DAYS), keys.spend_total(cid))]
-        values = [int(value or 0) for value in self.sync.mget(names)]
+        values = [int(value or 0) for value in (self.sync.get(name) for name in names)]
         return {cid: (values[3 * i], values[3 * i + 1], values[3 * i + 2]) for i, cid in enumerate(ids)}
 
 
