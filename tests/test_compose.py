@@ -213,3 +213,34 @@ def test_the_cluster_override_makes_three_brokers(validator: Draft202012Validato
     for name in VICKREY_ROLES:
         assert env_of(services[name])["VICKREY_KAFKA"] == "kafka:9092,kafka-2:9092,kafka-3:9092", name
     assert {"kafka-2", "kafka-3"} <= set(services["topics"]["depends_on"])
+
+
+REDIS_CLUSTER_FILE = ROOT / "docker-compose.redis-cluster.yml"
+
+
+def test_the_redis_cluster_override_makes_a_cluster(validator: Draft202012Validator, compose: dict[str, Any]) -> None:
+    """docker-compose.redis-cluster.yml (docs/contract.md §9): six cluster-enabled nodes with the
+    single Redis's persistence, formed once with a replica per primary, and every Vickrey container
+    naming them and waiting for the cluster; valid alone and with the three-broker override."""
+    override = yaml.safe_load(REDIS_CLUSTER_FILE.read_text())
+    both = merged(compose, override)
+    assert schema_errors(validator, both) == []
+    assert schema_errors(validator, merged(merged(compose, yaml.safe_load(CLUSTER_FILE.read_text())), override)) == []
+    services = both["services"]
+    nodes = [f"redis-{n}" for n in range(1, 7)]
+    for name in nodes:
+        args = [str(a) for a in services[name]["command"]]
+        options = dict(zip(args[1::2], args[2::2], strict=False))
+        assert options["--cluster-enabled"] == "yes" and options["--appendonly"] == "yes", name
+        assert options["--cluster-node-timeout"] == "5000" and options["--save"] == "", name
+        assert services[name]["volumes"] == [f"{name}-data:/data"]
+    create = services["redis-cluster-create"]
+    script = " ".join(create["command"])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script and "cluster_state:ok" in script
+    assert set(create["depends_on"]) == set(nodes)
+    for name in VICKREY_ROLES:
+        url = env_of(services[name])["VICKREY_REDIS"]
+        assert url.startswith("redis+cluster://"), name
+        assert sorted(seed.split(":")[0] for seed in url.removeprefix("redis+cluster://").split(",")) == nodes
+        if name != "topics":
+            assert services[name]["depends_on"]["redis-cluster-create"]["condition"] == "service_completed_successfully"
