@@ -7,7 +7,8 @@ Redis) and the auction worker on the same pre-filled topic; end-to-end latency a
 fractions of the worker's maximum (the 50% point gives the e2e keys), and of the transactional
 loop at that 50% rate; billing and conversions (streams.bench); the autopilot in the simulator
 (against fixed bids, and target_cpa); with --cluster (`make bench CLUSTER=1`), the worker on three
-brokers (warmed up first too) and the pause when one dies.
+brokers (warmed up first too) and the pause when one dies, then the worker on a Redis Cluster (one
+broker; the reservation split by hash slot).
 Writes bench-results.json, docs/bench.png and the figures block of BENCHMARKS.md, prints a table.
 Each Kafka stage runs on its own topic prefix and Redis namespace and removes them afterwards.
 """
@@ -52,11 +53,13 @@ KEYS = (
     "worker_events_per_s", "worker_ratio", "e2e_p50_ms", "e2e_p99_ms", "e2e_rate_events_per_s", "billing_events_per_s",
     "autopilot_clicks_vs_best_fixed", "autopilot_budget_used", "simulate_intents_per_s", "conversions_events_per_s",
     "autopilot_cpa_vs_target", "e2e_p99_vs_txn_loop", "failover_pause_ms", "cluster_worker_events_per_s",
+    "redis_cluster_worker_events_per_s",
 )
-CLUSTER_KEYS = ("failover_pause_ms", "cluster_worker_events_per_s")
+CLUSTER_KEYS = ("failover_pause_ms", "cluster_worker_events_per_s", "redis_cluster_worker_events_per_s")
 CLUSTER_SKIPPED = ("run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then back to one; "
                    "needs nothing else running on it)")
 CLUSTER_KAFKA = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
+CLUSTER_REDIS = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in range(7000, 7006))
 HELD_OUT_SEEDS = (101, 102, 103, 104)  # random markets (loadtests/optimiser.py) the autopilot was not tuned on
 
 
@@ -387,7 +390,8 @@ def autopilot_stage(bench: Bench) -> None:
 def cluster_stage(bench: Bench) -> None:
     """With --cluster: Kafka as three brokers, the worker's events/s there (beside the single
     broker's of the kafka stage) and the longest pause in decisions when the busiest broker dies,
-    at half the worker's maximum; then one broker again."""
+    at half the worker's maximum; then the worker on a Redis Cluster (`redis_cluster_throughput`);
+    then one broker and one Redis again."""
     if not bench.args.cluster:
         for key in CLUSTER_KEYS:
             bench.missing[key] = CLUSTER_SKIPPED
@@ -413,11 +417,33 @@ def cluster_stage(bench: Bench) -> None:
         bench.details["failover"] = failover
     except Exception as error:
         traceback.print_exc()
-        failed(bench.missing, CLUSTER_KEYS, error)
+        failed(bench.missing, CLUSTER_KEYS[:2], error)
+    try:
+        redis_cluster_throughput(bench, env)
+    except Exception as error:
+        traceback.print_exc()
+        failed(bench.missing, CLUSTER_KEYS[2:], error)
     finally:
-        progress.stage("one broker again: make down, make up")
+        progress.stage("one broker and one Redis again: make down, make up")
         subprocess.run(["bash", "ops/down.sh"], cwd=ROOT, env=env, capture_output=True, timeout=300)
-        subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(env, BROKERS="1"), capture_output=True, timeout=600)
+        subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(env, BROKERS="1", REDIS="single"), capture_output=True,
+                       timeout=600)
+
+
+def redis_cluster_throughput(bench: Bench, env: dict[str, str]) -> None:
+    """The worker's events/s on a Redis Cluster (three primaries, a replica each; one broker), beside
+    the single Redis's of the kafka stage: what the reservation split by hash slot costs."""
+    progress = bench.progress
+    progress.stage("Redis Cluster: make down, make up REDIS=cluster (one broker)")
+    subprocess.run(["bash", "ops/down.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(["bash", "ops/up.sh"], cwd=ROOT, env=dict(env, BROKERS="1", REDIS="cluster"), check=True,
+                   capture_output=True, timeout=600)
+    base = bench.base.with_(redis=CLUSTER_REDIS)
+    if "warmup" not in bench.skip:  # a new broker: warmed up as the first one was, for at most 30 s
+        warm_brokers(bench, "redis_cluster_warmup", base, min(30.0, bench.args.warmup_seconds), None)
+    found = asyncio.run(bench_kafka.throughput(base, bench.args.events // 2, 1, progress, bench.args.reports, False))
+    bench.results["redis_cluster_worker_events_per_s"] = found["worker_events_per_s"]
+    bench.details["redis_cluster_throughput"] = found
 
 
 STAGES = {"warmup": warmup_stage, "engine": engine_stage, "kafka": kafka_stage, "latency": latency_stage,

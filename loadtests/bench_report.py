@@ -30,6 +30,7 @@ TARGETS: dict[str, tuple[str, float | None, str, str]] = {
     "autopilot_cpa_vs_target": ("target_cpa: cost per conversion / target (cpa)", 1.15, "<=", "x (at most 1.15)"),
     "cluster_worker_events_per_s": ("auction worker on three brokers", None, ">=", "events/s"),
     "failover_pause_ms": ("longest pause in decisions, busiest broker killed", None, "<=", "ms"),
+    "redis_cluster_worker_events_per_s": ("auction worker on a Redis Cluster (split reservation)", None, ">=", "events/s"),
 }
 # Rates that must keep up with what the worker's impressions imply: key -> (share of impressions, words).
 KEEP_UP: dict[str, tuple[float, str]] = {

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.redis_client import redis_from_url
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from core.redis_client import is_cluster, redis_from_url
 from core.settings import Settings
 from loadtests.stack import ROOT
 
@@ -38,8 +40,13 @@ def broker_pid() -> int | None:
 
 
 async def redis_cpu_s(settings: Settings) -> float | None:
+    """Redis's CPU seconds so far; on a Redis Cluster, the sum over every node (primaries and
+    replicas: a replica's CPU is what the writes cost it too)."""
     client = redis_from_url(settings.redis)
     try:
+        if is_cluster(client):
+            per_node = await client.info("cpu", target_nodes=AsyncRedisCluster.ALL_NODES)
+            return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in per_node.values())
         info = await client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
     except Exception:  # noqa: BLE001 - a missing figure is reported as null, not a failed bench
