@@ -58,13 +58,18 @@ for i, item in ipairs(items) do
     if charge == nil then
       call("SET", hkey, format("%d %s 0", attempt, day), "EX", ttl)
       answers[i] = "ok"
-    elseif daily_limit and total_limit and today + need <= daily_limit and total + need <= total_limit then
-      today, total = today + charge, total + charge
-      if charge > 0 or held then call("SET", hkey, format("%d %s %d", attempt, day, charge), "EX", ttl) end
-      answers[i] = "ok"
     else
-      if held then call("SET", hkey, format("%d %s 0", attempt, day), "EX", ttl) end
-      answers[i] = "budget"
+      -- A first attempt that holds nothing needs no key; any later one leaves its number, so that
+      -- an earlier attempt's late step (a zombie's) finds it and is refused.
+      local fence = held or attempt > 1
+      if daily_limit and total_limit and today + need <= daily_limit and total + need <= total_limit then
+        today, total = today + charge, total + charge
+        if charge > 0 or fence then call("SET", hkey, format("%d %s %d", attempt, day, charge), "EX", ttl) end
+        answers[i] = "ok"
+      else
+        if fence then call("SET", hkey, format("%d %s 0", attempt, day), "EX", ttl) end
+        answers[i] = "budget"
+      end
     end
   end
 end

@@ -25,7 +25,8 @@ to a cluster without a redesign.
 | `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
 | `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |
 | `{ns}:{u:<user_id>}:keys` | set | the person's expiring keys, so `forget` finds them all |
-| `{ns}:{u:<user_id>}:held:<event_id>` | string | an event's frequency counts (`[<attempt>, [campaign_id, ...]]`; the reservation split by slot) |
+| `{ns}:{u:<user_id>}:held` | hash | event_id → what the event counted in the person's cap windows (`[<attempt>, [[campaign_id, window expiry ms], ...]]`; the reservation split by slot) |
+| `{ns}:{u:<user_id>}:held:due` | sorted set | event_id by when its `held` entry may go |
 | `{ns}:{k:<click_id>}:click` | string | a billable click's campaign, advertiser, impression and ts (conversions) |
 | `{ns}:{a:<advertiser_id>}:conversion:<conversion_id>` | string | the raw record that attributed it (conversions) |
 | `{ns}:{e:<bucket>}:<event_id>:outcome` | string | where a decided event came from, and where its outcome is kept (or, split by slot, its attempt in flight) |
@@ -89,7 +90,8 @@ class Keys:
             "hidden": person + "hidden",
             "prefs": person + "prefs",
             "person_keys": person + "keys",
-            "held": person + "held:%s",
+            "held": person + "held",
+            "held_due": person + "held:due",
             "outcome": f"{self.namespace}:{{e:%s}}:%s:outcome",  # bucket, event_id
             "reconciled": self.reconciled(),
             "blob": f"{self.namespace}:{{b:%s}}",
@@ -163,9 +165,13 @@ class Keys:
     def frequency(self, user_id: str, campaign_id: str) -> str:
         return self.person(user_id) + "fc:" + campaign_id
 
-    def held(self, user_id: str, event_id: str) -> str:
-        """One event's frequency counts for one person (auction/budgets_split.py)."""
-        return self.person(user_id) + "held:" + event_id
+    def held(self, user_id: str) -> str:
+        """What each recent event counted in the person's cap windows (auction/budgets_split.py)."""
+        return self.person(user_id) + "held"
+
+    def held_due(self, user_id: str) -> str:
+        """When each entry of `held(user_id)` may go."""
+        return self.person(user_id) + "held:due"
 
     # -- conversions ----------------------------------------------------------------------------------
 

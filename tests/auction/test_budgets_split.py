@@ -4,6 +4,7 @@ slots held. Runs on one Redis and (in `.ci/run`'s cluster stage) on a Redis Clus
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -151,9 +152,9 @@ async def test_forget_erases_the_counts_kept_per_event(settings: Settings, redis
 
     budget(redis_client, settings, "a")
     await reserver(client, settings).reserve([auction("e1", ("a", 1), cap=2)], DAY)
-    assert redis_client.exists(settings.keys.held("u1", "e1"))
+    assert redis_client.hexists(settings.keys.held("u1"), "e1")
     await forget_person(client, settings.keys, "u1")
-    assert not redis_client.exists(settings.keys.held("u1", "e1"))
+    assert not redis_client.exists(settings.keys.held("u1"), settings.keys.held_due("u1"))
     assert count(redis_client, settings, "u1", "a") == 0
 
 
@@ -168,3 +169,46 @@ async def test_every_earlier_attempts_holds_are_released(settings: Settings, red
     (answer,), _, _ = await reserver(client, settings).reserve([auction("e1", ("c", 20))], DAY)
     assert answer.kind == "ok"
     assert [spend(redis_client, settings, cid) for cid in "abc"] == [(0, 0), (0, 0), (20, 20)]
+
+
+async def test_a_zombies_late_hold_finds_a_later_attempt_that_charged_nothing(
+        settings: Settings, redis_client: redis.Redis, client: redis.asyncio.Redis) -> None:
+    """The later attempt wins the campaign at no charge (CPC): it still leaves its attempt number,
+    so the zombie's late hold of 50 is refused instead of staying in spend for good."""
+    budget(redis_client, settings, "a")
+    zombie = reserver(client, settings)
+    going = await zombie.claim_events([auction("e1", ("a", 50))], [None])  # type: ignore[list-item]
+    (decided,), _, _ = await reserver(client, settings).reserve([auction("e1", ("a", 0))], DAY)
+    assert decided.kind == "ok"
+    with pytest.raises(StaleAttempt):
+        await zombie.hold_and_count(going, DAY, "zombie", {})
+    assert spend(redis_client, settings, "a") == (0, 0)
+
+
+async def test_a_take_back_never_crosses_into_a_new_cap_window(
+        settings: Settings, redis_client: redis.Redis, client: redis.asyncio.Redis) -> None:
+    """Cap 1 per second. e1's first attempt counts and dies; the window ends; e2 counts in the new
+    one; e1's replay must not take e2's count back: it is refused, one impression per window."""
+    budget(redis_client, settings, "a")
+    capped = [Reservation("a", 1, 1, 1, 1, "adv-a")]
+    await crash_after_step(reserver(client, settings), [Claim("e1", "0:1", "u1", b"e1", capped)], 2)
+    await asyncio.sleep(1.2)
+    (second,), _, _ = await reserver(client, settings).reserve([Claim("e2", "0:2", "u1", b"e2", capped)], DAY)
+    assert second.kind == "ok" and count(redis_client, settings, "u1", "a") == 1
+    (replay,), _, _ = await reserver(client, settings).reserve([Claim("e1", "0:1", "u1", b"e1", capped)], DAY)
+    assert replay.kind == "refused" and replay.refused == {"a": "frequency_cap"}
+    assert count(redis_client, settings, "u1", "a") == 1
+
+
+async def test_what_events_counted_is_pruned_after_its_ttl(
+        settings: Settings, redis_client: redis.Redis, client: redis.asyncio.Redis) -> None:
+    """A person's `held` hash keeps the entries of the last TTL only (here 1 s), however many
+    capped impressions came before."""
+    budget(redis_client, settings, "a")
+    short = SplitReserver(client, settings.keys, 1)
+    await short.reserve([auction(f"e{i}", ("a", 1), cap=100, source=f"0:{i}") for i in range(20)], DAY)
+    assert redis_client.hlen(settings.keys.held("u1")) == 20
+    await asyncio.sleep(1.1)
+    await short.reserve([auction("e99", ("a", 1), cap=100, source="0:99")], DAY)
+    assert redis_client.hkeys(settings.keys.held("u1")) == [b"e99"]
+    assert redis_client.zcard(settings.keys.held_due("u1")) == 1
