@@ -48,11 +48,10 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
 
 from auction.budgets import COMMITTED, OK, Answer, BudgetReserver, Claim
 from core.keys import Keys
-from core.redis_client import is_cluster, load_for_pipeline
+from core.redis_client import PipelineScripts, is_cluster
 
 _SCRIPTS = resources.files("auction")
 EVENTS = _SCRIPTS.joinpath("reserve_events.lua").read_text()
@@ -88,24 +87,16 @@ class SplitReserver:
         self.outcome_ttl_s = outcome_ttl_s
         self._templates = orjson.dumps(keys.lua_templates())
         self._redis = redis
-        self._events = redis.register_script(EVENTS)
-        self._budgets = redis.register_script(BUDGETS)
-        self._people = redis.register_script(PEOPLE)
-        self._loaded = False
+        self._scripts = PipelineScripts(redis, EVENTS, BUDGETS, PEOPLE)
+        self._events, self._budgets, self._people = self._scripts.scripts
         self._drop: list[str] = []
 
     async def reserve(self, claims: list[Claim], day: str) -> tuple[list[Answer], list[tuple[str, int, int]], str]:
         """As `BudgetReserver.reserve`. Raises StaleAttempt when a later attempt took over."""
         if not claims:
             return [], [], ""
-        if not self._loaded:  # a cluster pipeline does not load a missing script by itself
-            await load_for_pipeline(self._redis, self._events, self._budgets, self._people)
-            self._loaded = True
-        try:
-            return await self._reserve(claims, day)
-        except NoScriptError:
-            self._loaded = False  # a node that took over lacks them: load again; the loop retries
-            raise
+        await self._scripts.ready()  # a cluster pipeline does not load a missing script by itself
+        return await self._reserve(claims, day)
 
     def committed(self, blob_ids: list[str]) -> None:
         self._drop += [blob_id for blob_id in blob_ids if blob_id]
@@ -142,7 +133,7 @@ class SplitReserver:
         drop = self._drop[:]
         for blob_id in drop:  # blobs whose outcomes are committed in Kafka
             pipe.execute_command("UNLINK", keys.blob(blob_id))  # the cluster pipeline's unlink() is a coroutine
-        replies = await pipe.execute()
+        replies = await self._scripts.execute(pipe)
         del self._drop[: len(drop)]
         going: list[Attempt] = []
         kept: list[tuple[int, str]] = []  # (position, where its outcome is)
@@ -174,7 +165,7 @@ class SplitReserver:
             pipe.getrange(self.keys.blob(blob_id), first, first + size - 1)
             reads.append((position, size))
         if reads:
-            for (position, size), outcome in zip(reads, await pipe.execute(), strict=True):
+            for (position, size), outcome in zip(reads, await self._scripts.execute(pipe), strict=True):
                 answers[position] = Answer("replay", outcome=bytes(outcome)) if len(outcome) == size else COMMITTED
 
     async def hold_and_count(self, going: list[Attempt], day: str, blob_id: str,
@@ -202,7 +193,7 @@ class SplitReserver:
         pipe: Any = self._redis.pipeline(transaction=False)
         pipe.set(self.keys.blob(blob_id), b"".join(outcomes), ex=self.outcome_ttl_s + 60)
         await self._send(pipe, holds, counts, day)
-        replies = await pipe.execute()
+        replies = await self._scripts.execute(pipe)
         self._read(replies[1:], holds, counts, spends, step=2)
 
     async def decide(self, going: list[Attempt], day: str, spends: dict[str, tuple[int, int]]) -> None:
@@ -223,7 +214,7 @@ class SplitReserver:
             payload = [[accepted[p].claim.source, accepted[p].attempt, accepted[p].where] for p in positions]
             await self._events(keys=key_list, args=["final", self.outcome_ttl_s, orjson.dumps(payload)], client=pipe)
         await self._send(pipe, holds, counts, day)
-        replies = await pipe.execute()
+        replies = await self._scripts.execute(pipe)
         for raw in replies[: len(by_slot)]:
             if any(answer != "ok" for answer in orjson.loads(raw)):
                 raise StaleAttempt("a later attempt of a record in this batch took over its reservation")

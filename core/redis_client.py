@@ -48,6 +48,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.connection import parse_url
+from redis.exceptions import NoScriptError
 
 CLUSTER_SCHEME = "redis+cluster"
 CLUSTER_FORM = "redis+cluster://host:port[,host:port...]"
@@ -161,3 +162,27 @@ async def load_for_pipeline(client: Redis, *scripts: AsyncScript) -> None:
     if isinstance(client, AsyncRedisCluster):
         for script in scripts:
             await client.script_load(script.script)
+
+
+class PipelineScripts:
+    """Scripts a role calls inside its pipelines, batch after batch: loaded on the cluster's
+    primaries once (`ready`), not before every batch; `execute` runs a pipeline and, when a node
+    answers NOSCRIPT (a replica that took over since, a SCRIPT FLUSH), forgets that they were
+    loaded and re-raises, so the batch fails once and the loop's retry loads them again."""
+
+    def __init__(self, client: Redis, *sources: str) -> None:
+        self.client = client
+        self.scripts = [client.register_script(source) for source in sources]
+        self._loaded = False
+
+    async def ready(self) -> None:
+        if not self._loaded:
+            await load_for_pipeline(self.client, *self.scripts)
+            self._loaded = True
+
+    async def execute(self, pipe: Any) -> list[Any]:
+        try:
+            return list(await pipe.execute())
+        except NoScriptError:
+            self._loaded = False
+            raise

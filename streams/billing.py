@@ -22,7 +22,7 @@ import orjson
 from core.clock import utc_day
 from core.loop import Batch, KafkaRecord, Loop, LoopOptions, Output, RoleBase, Step
 from core.metrics import Metrics
-from core.redis_client import is_cluster, load_for_pipeline
+from core.redis_client import PipelineScripts, is_cluster
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 
@@ -71,7 +71,8 @@ class Billing(RoleBase):
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
-        self._charge = self.redis.register_script(CHARGE_CLICKS)
+        self._scripts = PipelineScripts(self.redis, CHARGE_CLICKS)
+        self._charge = self._scripts.scripts[0]
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
         outputs: list[Output] = []
@@ -112,7 +113,7 @@ class Billing(RoleBase):
         marker = "check"
         if is_cluster(self.redis):
             marker = "1" if await self.redis.exists(keys.reconciled()) else "0"
-        await load_for_pipeline(self.redis, self._charge)
+        await self._scripts.ready()
         pipe: Any = self.redis.pipeline(transaction=False)
         for campaign_id, positions in by_campaign.items():
             payload = orjson.dumps([[clicks[p][1]["click_id"], f"{clicks[p][0].partition}:{clicks[p][0].offset}",
@@ -120,7 +121,7 @@ class Billing(RoleBase):
             await self._charge(keys=[keys.budget(campaign_id)], args=[self._templates, day, ttl, payload, marker],
                                client=pipe)
         answers: list[Any] = [None] * len(clicks)
-        for positions, raw in zip(by_campaign.values(), await pipe.execute(), strict=True):
+        for positions, raw in zip(by_campaign.values(), await self._scripts.execute(pipe), strict=True):
             for position, answer in zip(positions, orjson.loads(raw), strict=True):
                 answers[position] = answer
         waiting = [click["campaign_id"] for (_record, click), answer in zip(clicks, answers, strict=True)

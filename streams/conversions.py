@@ -42,7 +42,7 @@ from aiokafka import TopicPartition
 from auction.controls import store_listed
 from core.loop import Batch, KafkaRecord, Loop, LoopOptions, Output, Position, RoleBase, Step
 from core.metrics import Metrics
-from core.redis_client import get_many, load_for_pipeline
+from core.redis_client import PipelineScripts, get_many
 from core.settings import Settings
 from schemas.codec import RecordError, decode, encode
 from schemas.conversions import RAW_FIELDS
@@ -98,7 +98,8 @@ class Conversions(RoleBase):
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
-        self._claim = self.redis.register_script(CLAIM)
+        self._scripts = PipelineScripts(self.redis, CLAIM)
+        self._claim = self._scripts.scripts[0]
 
     async def on_revoked(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -185,12 +186,12 @@ class Conversions(RoleBase):
             else:
                 claims.append((conversion, click, origin))
         if claims:
-            await load_for_pipeline(self.redis, self._claim)
+            await self._scripts.ready()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conversion, click, origin in claims:
                     claim_key = keys.conversion_claim(click["advertiser_id"], conversion["conversion_id"])
                     await self._claim(keys=[claim_key], args=[origin, self.ttl_s], client=pipe)
-                owned = await pipe.execute()
+                owned = await self._scripts.execute(pipe)
             for (conversion, click, _), mine in zip(claims, owned, strict=True):
                 if mine:
                     outputs.extend(self._attributed(conversion, click))

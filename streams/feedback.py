@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 
 from core.loop import Batch, Committed, Loop, LoopOptions, RoleBase, Step
 from core.metrics import Metrics
-from core.redis_client import load_for_pipeline
+from core.redis_client import PipelineScripts
 from core.settings import Settings
 
 log = logging.getLogger("vickrey.streams.feedback")
@@ -47,17 +47,18 @@ class Feedback(RoleBase):
 
     async def start(self, loop: Loop) -> None:
         await super().start(loop)
-        self._count = self.redis.register_script(FEEDBACK_SCRIPT)
+        self._scripts = PipelineScripts(self.redis, FEEDBACK_SCRIPT)
+        self._count = self._scripts.scripts[0]
 
     async def _count_in(self, offsets: dict[str, dict[tuple[str, str], list[int]]]) -> None:
         """One feedback.lua call per campaign, pipelined; counts what was not counted before."""
         keys = self.settings.keys
-        await load_for_pipeline(self.redis, self._count)
+        await self._scripts.ready()
         pipe: Any = self.redis.pipeline(transaction=False)
         for campaign_id, parts in offsets.items():
             payload = orjson.dumps([[field, kind, part_offsets] for (field, kind), part_offsets in parts.items()])
             await self._count(keys=[keys.ctr(campaign_id), keys.ctr_positions(campaign_id)], args=[payload], client=pipe)
-        for raw in await pipe.execute():
+        for raw in await self._scripts.execute(pipe):
             impressions, clicks = orjson.loads(raw)
             self.counted.labels("impression").inc(impressions)
             self.counted.labels("click").inc(clicks)

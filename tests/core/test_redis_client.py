@@ -21,9 +21,10 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from core.redis_client import (
+    PipelineScripts,
     RedisTarget,
     is_cluster,
     parse_redis_url,
@@ -258,3 +259,32 @@ def test_make_up_again_restarts_a_killed_node_and_leaves_the_others() -> None:
     assert "cluster_state ok" in subprocess.run(["bash", "ops/up.sh", "--status"], cwd=ROOT, capture_output=True,
                                                 text=True, timeout=60).stdout
     assert cluster_answers()
+
+
+@pytest.mark.integration
+@pytest.mark.redis_cluster
+@needs_the_cluster
+async def test_pipeline_scripts_load_once_and_again_after_noscript() -> None:
+    """`PipelineScripts` loads its scripts on the primaries once; after SCRIPT FLUSH (what a replica
+    that took over looks like) one pipeline fails with NOSCRIPT and the next loads them again."""
+    client = redis_from_url(cluster_url())
+    scripts = PipelineScripts(client, "return redis.call('INCR', KEYS[1])")
+    (incr,) = scripts.scripts
+    key = f"t{uuid.uuid4().hex[:10]}:n"
+
+    async def one_call() -> list[object]:
+        await scripts.ready()
+        pipe = client.pipeline(transaction=False)
+        await incr(keys=[key], client=pipe)
+        return await scripts.execute(pipe)
+
+    try:
+        assert await one_call() == [1]
+        assert await one_call() == [2]
+        await client.script_flush(target_nodes=AsyncRedisCluster.ALL_NODES)  # type: ignore[call-arg]
+        with pytest.raises(NoScriptError):
+            await one_call()
+        assert await one_call() == [3]
+    finally:
+        await client.delete(key)
+        await client.aclose()
