@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import orjson
+from mypy_extensions import mypyc_attr
 from redis.asyncio import Redis
 
 from core.keys import Keys, event_bucket
@@ -79,6 +80,7 @@ OK = Answer("ok")
 COMMITTED = Answer("committed")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # auction/budgets_split.py's SplitReserver (one call per chunk)
 class BudgetReserver:
     def __init__(self, redis: Redis, keys: Keys, outcome_ttl_s: int) -> None:
         self.keys = keys

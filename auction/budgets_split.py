@@ -79,36 +79,20 @@ class Attempt:
         self.counted = False  # step 2 counted this attempt's caps
 
 
-class SplitReserver:
-    """`BudgetReserver`'s interface and answers, each step on one hash slot (module docstring)."""
+class SplitReserver(BudgetReserver):
+    """`BudgetReserver`'s interface and answers, each step on one hash slot (module docstring);
+    committed blobs are let go as there (`committed`, `drop_committed`)."""
 
     def __init__(self, redis: Redis, keys: Keys, outcome_ttl_s: int) -> None:
-        self.keys = keys
-        self.outcome_ttl_s = outcome_ttl_s
-        self._templates = orjson.dumps(keys.lua_templates())
-        self._redis = redis
+        super().__init__(redis, keys, outcome_ttl_s)
         self._scripts = PipelineScripts(redis, EVENTS, BUDGETS, PEOPLE)
         self._events, self._budgets, self._people = self._scripts.scripts
-        self._drop: list[str] = []
 
     async def reserve(self, claims: list[Claim], day: str) -> tuple[list[Answer], list[tuple[str, int, int]], str]:
         """As `BudgetReserver.reserve`. Raises StaleAttempt when a later attempt took over."""
         if not claims:
             return [], [], ""
         await self._scripts.ready()  # a cluster pipeline does not load a missing script by itself
-        return await self._reserve(claims, day)
-
-    def committed(self, blob_ids: list[str]) -> None:
-        self._drop += [blob_id for blob_id in blob_ids if blob_id]
-
-    async def drop_committed(self) -> None:
-        drop, self._drop = self._drop, []
-        if drop:
-            await self._redis.unlink(*(self.keys.blob(blob_id) for blob_id in drop))
-
-    # -- the three steps --------------------------------------------------------------------------
-
-    async def _reserve(self, claims: list[Claim], day: str) -> tuple[list[Answer], list[tuple[str, int, int]], str]:
         answers: list[Answer | None] = [None] * len(claims)
         going = await self.claim_events(claims, answers)
         spends: dict[str, tuple[int, int]] = {}
@@ -121,6 +105,8 @@ class SplitReserver:
         done = [answer for answer in answers if answer is not None]
         assert len(done) == len(claims)
         return done, [(cid, today, total) for cid, (today, total) in spends.items()], blob_id
+
+    # -- the three steps --------------------------------------------------------------------------
 
     async def claim_events(self, claims: list[Claim], answers: list[Answer | None]) -> list[Attempt]:
         """Step 1: the events' answers; the claims that go ahead, in claim order."""
@@ -262,7 +248,7 @@ class SplitReserver:
                             item.refused.setdefault(str(campaign_id), str(reason))
 
 
-def reserver_for(redis: Redis, keys: Keys, outcome_ttl_s: int) -> BudgetReserver | SplitReserver:
+def reserver_for(redis: Redis, keys: Keys, outcome_ttl_s: int) -> BudgetReserver:
     """One call per chunk (`reserve.lua`) on a single Redis; split by slot on a cluster."""
     if is_cluster(redis):
         return SplitReserver(redis, keys, outcome_ttl_s)
