@@ -5,6 +5,11 @@ installed its own handler: a supervisor or a test that starts a worker and stops
 at once. Nothing has started then, so nothing is left to commit: it ends with status 0
 instead of dying by the signal. Once the command runs, SIGTERM is the command's (a role
 drains and commits; a management command stops by the default action).
+
+The handler only notes the request; the import finishes and then the command exits. Raising
+from the handler would land at an arbitrary point of an import: the interpreter wraps it
+(inside a dataclass's __set_name__ it became a RuntimeError in CI) and an extension module
+half-initialised by it can crash the process.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import signal
 import sys
 from types import FrameType
 
+_stop_requested: list[int] = []
+
 
 def _stopped_while_importing(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+    _stop_requested.append(signum)
 
 
 def main() -> int:
@@ -24,6 +31,8 @@ def main() -> int:
         from vickrey.cli import main as run  # noqa: PLC0415 -- the import is what this guards
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if _stop_requested:
+        return 0
     return run()
 
 
