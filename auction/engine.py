@@ -227,20 +227,25 @@ class AuctionEngine:
         return furthest
 
     def _filter_stage(self, campaign: Campaign, request: AuctionRequest, ancestors: tuple[str, ...]) -> int:
-        """Targeting beyond the keyword, brand safety and hidden advertisers: _PASS or a stage."""
+        """Targeting beyond the keyword, and the campaign's brand safety: _PASS or a stage."""
+        category_filter = campaign.category_filter
+        if category_filter is not None and not any(code in category_filter for code in ancestors):
+            return _TARGETING
+        filters = campaign.filters
+        if filters is None:  # only the category, or a policy that restricts "general" itself
+            return _TARGETING if "general" in self.policy.restricted_verticals else _PASS
         if (
-            (campaign.placements is not None and request.placement not in campaign.placements)
-            or (campaign.devices is not None and request.device not in campaign.devices)
-            or (campaign.countries is not None and request.country not in campaign.countries)
-            or (campaign.locales is not None and not _locale_matches(campaign.locales, request.locale))
-            or (campaign.category_filter is not None and not any(c in campaign.category_filter for c in ancestors))
-            or (campaign.negative_keywords is not None and not campaign.negative_keywords.isdisjoint(request.keywords))
-            or (campaign.start_ms is not None and request.now_ms < campaign.start_ms)
-            or (campaign.end_ms is not None and request.now_ms >= campaign.end_ms)
-            or campaign.vertical in self.policy.restricted_verticals
+            (filters.placements is not None and request.placement not in filters.placements)
+            or (filters.devices is not None and request.device not in filters.devices)
+            or (filters.countries is not None and request.country not in filters.countries)
+            or (filters.locales is not None and not _locale_matches(filters.locales, request.locale))
+            or (filters.negative_keywords is not None and not filters.negative_keywords.isdisjoint(request.keywords))
+            or (filters.start_ms is not None and request.now_ms < filters.start_ms)
+            or (filters.end_ms is not None and request.now_ms >= filters.end_ms)
+            or filters.vertical in self.policy.restricted_verticals
         ):
             return _TARGETING
-        if campaign.excluded_safety_labels is not None and not campaign.excluded_safety_labels.isdisjoint(
+        if filters.excluded_safety_labels is not None and not filters.excluded_safety_labels.isdisjoint(
             request.safety_labels
         ):
             return _SAFETY

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 from typing import Any, Literal
@@ -90,7 +90,48 @@ def _optional_set(values: Any, lower: bool = False) -> frozenset[str] | None:
     return _shared(frozenset(str(v).lower() if lower else str(v) for v in values))
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """A campaign's targeting beyond its keywords and categories, checked per request. Shared:
+    campaigns with the same filters hold one instance (`shared_filters`), and a campaign
+    without any holds None, so the index pays a pointer per campaign, not ten fields."""
+
+    negative_keywords: frozenset[str] | None = None
+    locales: frozenset[str] | None = None
+    countries: frozenset[str] | None = None
+    devices: frozenset[str] | None = None
+    placements: frozenset[str] | None = None
+    excluded_safety_labels: frozenset[str] | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    vertical: str = "general"
+
+
+_FilterValues = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[str] | None, frozenset[str] | None,
+                      frozenset[str] | None, frozenset[str] | None, int | None, int | None, str]
+_NO_FILTERS: _FilterValues = (None, None, None, None, None, None, None, None, "general")
+_SHARED_FILTERS: dict[_FilterValues, Filters] = {}
+_SHARED_CAPS: dict[tuple[int, int], tuple[int, int]] = {}
+
+
+def shared_filters(values: _FilterValues) -> Filters | None:
+    """The one instance of these filters (the `Filters` fields in order), None when they filter
+    nothing. Keyed by the plain tuple: building a frozen dataclass per campaign costs more."""
+    if values == _NO_FILTERS:
+        return None
+    found = _SHARED_FILTERS.get(values)
+    if found is None:
+        if len(_SHARED_FILTERS) >= _SHARED_MAX:
+            _SHARED_FILTERS.clear()  # bounded; only sharing is lost
+        found = _SHARED_FILTERS[values] = Filters(*values)
+    return found
+
+
+def _shared_cap(cap: tuple[int, int]) -> tuple[int, int]:
+    return _SHARED_CAPS.setdefault(cap, cap) if len(_SHARED_CAPS) < _SHARED_MAX else cap
+
+
+@dataclass(slots=True, eq=False, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Campaign:
     """What the engine needs of a campaign: targeting, bid, budget, pacing. Creatives stay in the
     worker's catalogue so the index stays small. Rates are kept as integer numerator/denominator
@@ -102,58 +143,66 @@ class Campaign:
     bid_micros: int
     prior_pctr: Fraction
     keywords: tuple[str, ...]  # exact match
-    phrases: tuple[str, ...] = ()  # phrase match: also inside a longer intent keyword
-    negative_keywords: frozenset[str] | None = None
-    categories: frozenset[str] | None = None
-    locales: frozenset[str] | None = None
-    countries: frozenset[str] | None = None
-    devices: frozenset[str] | None = None
-    placements: frozenset[str] | None = None
-    excluded_safety_labels: frozenset[str] | None = None
-    start_ms: int | None = None
-    end_ms: int | None = None
-    even_pacing: bool = False
-    daily_budget_micros: int = 0
-    total_budget_micros: int = 0
-    frequency_cap: tuple[int, int] | None = None  # (max impressions, window seconds)
-    vertical: str = "general"
-    active: bool = True
+    phrases: tuple[str, ...]  # phrase match: also inside a longer intent keyword
+    categories: frozenset[str] | None
+    filters: Filters | None  # shared; None: nothing beyond keywords and categories
+    daily_budget_micros: int
+    total_budget_micros: int
+    frequency_cap: tuple[int, int] | None  # (max impressions, window seconds); shared
+    # Derived: the learned pCTR as an exact ratio and the integer ordering key; the exact eCPM
+    # is computed from them where a price needs it (two fewer words per campaign in the index).
+    pctr_num: int = field(init=False)
+    pctr_den: int = field(init=False)
+    rank_key: int = field(init=False)
+    # Flags side by side: the compiled class packs them into one word.
+    even_pacing: bool
+    active: bool
     # Autopilot targeting (`targeting.auto`): reached through any of its keywords, phrases or
     # categories; a manual campaign with keywords needs its categories to match too.
-    any_of: bool = False
-    # Derived: the learned pCTR and eCPM as exact ratios, and the integer ordering key.
-    pctr_num: int = 0
-    pctr_den: int = 1
-    ecpm_num: int = 0
-    ecpm_den: int = 1
-    rank_key: int = 0
+    any_of: bool
     # True when anything beyond the keyword match must be checked per request.
-    has_filters: bool = False
+    has_filters: bool = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.has_filters = self.vertical != "general" or any(
-            value is not None
-            for value in (
-                self.negative_keywords,
-                self.category_filter,
-                self.locales,
-                self.countries,
-                self.devices,
-                self.placements,
-                self.excluded_safety_labels,
-                self.start_ms,
-                self.end_ms,
-            )
-        )
-        self.set_pctr(self.prior_pctr)
+    def __init__(self, campaign_id: str, advertiser_id: str, bid_type: BidType, bid_micros: int,
+                 prior_pctr: Fraction, keywords: tuple[str, ...], phrases: tuple[str, ...] = (),
+                 categories: frozenset[str] | None = None, filters: Filters | None = None,
+                 daily_budget_micros: int = 0, total_budget_micros: int = 0,
+                 frequency_cap: tuple[int, int] | None = None, even_pacing: bool = False, active: bool = True,
+                 any_of: bool = False) -> None:
+        self.campaign_id = campaign_id
+        self.advertiser_id = advertiser_id
+        self.bid_type = bid_type
+        self.bid_micros = bid_micros
+        self.prior_pctr = prior_pctr
+        self.keywords = keywords
+        self.phrases = phrases
+        self.categories = categories
+        self.filters = filters
+        self.daily_budget_micros = daily_budget_micros
+        self.total_budget_micros = total_budget_micros
+        self.frequency_cap = frequency_cap
+        self.even_pacing = even_pacing
+        self.active = active
+        self.any_of = any_of
+        self.has_filters = filters is not None or self.category_filter is not None
+        self.set_pctr(prior_pctr)
 
     def set_pctr(self, pctr: Fraction) -> None:
         self.pctr_num, self.pctr_den = pctr.numerator, pctr.denominator
-        if self.bid_type == "cpm":
-            self.ecpm_num, self.ecpm_den = self.bid_micros, 1
-        else:
-            self.ecpm_num, self.ecpm_den = self.bid_micros * pctr.numerator * 1000, pctr.denominator
         self.rank_key = self.ecpm_num * RANK_SCALE // self.ecpm_den
+
+    @property
+    def ecpm_num(self) -> int:
+        """The exact eCPM is ecpm_num / ecpm_den (micros per mille)."""
+        return self.bid_micros if self.bid_type == "cpm" else self.bid_micros * self.pctr_num * 1000
+
+    @property
+    def ecpm_den(self) -> int:
+        return 1 if self.bid_type == "cpm" else self.pctr_den
+
+    @property
+    def pctr(self) -> Fraction:
+        return Fraction(self.pctr_num, self.pctr_den)
 
     def piloted(self, bid_micros: int | None, keywords: tuple[str, ...]) -> Campaign:
         """This campaign as the autopilot runs it: its CPC bid (None: unchanged) and its effective
@@ -169,10 +218,6 @@ class Campaign:
     def category_filter(self) -> frozenset[str] | None:
         """Categories a request must match besides a keyword (manual campaigns with both)."""
         return self.categories if (self.keywords or self.phrases) and not self.any_of else None
-
-    @property
-    def pctr(self) -> Fraction:
-        return Fraction(self.pctr_num, self.pctr_den)
 
     @property
     def ecpm(self) -> Fraction:
@@ -202,20 +247,22 @@ class Campaign:
             prior_pctr=_prior(round(float(record.get("pctr", 0.01)) * PCTR_DENOMINATOR)),
             keywords=keywords,
             phrases=phrases,
-            negative_keywords=normalize_keywords(targeting.get("negative_keywords") or ()) or None,
             categories=categories,
-            locales=_optional_set(targeting.get("locales"), lower=True),
-            countries=_optional_set(targeting.get("countries"), lower=True),
-            devices=_optional_set(targeting.get("devices"), lower=True),
-            placements=_optional_set(targeting.get("placements")),
-            excluded_safety_labels=_optional_set(record.get("excluded_safety_labels")),
-            start_ms=_iso_ms(record.get("start")),
-            end_ms=_iso_ms(record.get("end")),
-            even_pacing=record.get("pacing") == "even",
+            filters=shared_filters((
+                normalize_keywords(targeting.get("negative_keywords") or ()) or None,
+                _optional_set(targeting.get("locales"), lower=True),
+                _optional_set(targeting.get("countries"), lower=True),
+                _optional_set(targeting.get("devices"), lower=True),
+                _optional_set(targeting.get("placements")),
+                _optional_set(record.get("excluded_safety_labels")),
+                _iso_ms(record.get("start")),
+                _iso_ms(record.get("end")),
+                str(record.get("vertical", "general")),
+            )),
             daily_budget_micros=int(budget["daily_micros"]),
             total_budget_micros=int(budget["total_micros"]),
-            frequency_cap=(int(cap["max"]), int(cap["window_s"])) if cap else None,
-            vertical=str(record.get("vertical", "general")),
+            frequency_cap=_shared_cap((int(cap["max"]), int(cap["window_s"]))) if cap else None,
+            even_pacing=record.get("pacing") == "even",
             active=record.get("status", "active") == "active",
             any_of=bool(targeting.get("auto")),
         )
