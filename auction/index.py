@@ -11,15 +11,32 @@ Updates touch one campaign's lists only (bisect insert/remove), never a rebuild.
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from fractions import Fraction
+from types import TracebackType
 
 from auction.model import Campaign
 
 
 def _order(campaign: Campaign) -> int:
     return -campaign.rank_key
+
+
+class BulkLoad:
+    """`with BulkLoad():` around making a whole index (Campaign.from_record for every campaign,
+    then CampaignIndex.build): the cyclic garbage collector is paused meanwhile. Campaigns form
+    no cycles, and a collection every few hundred allocations cost about a tenth of the build."""
+
+    def __enter__(self) -> None:
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.was_enabled:
+            gc.enable()
 
 
 class CampaignIndex:
@@ -65,8 +82,15 @@ class CampaignIndex:
             if not campaign.active:
                 continue
             index.campaigns[campaign.campaign_id] = campaign
-            for postings in index._lists_of(campaign, create=True):
-                postings.append(campaign)
+            families = index._families(campaign)
+            if not families:
+                index.untargeted.append(campaign)
+            for table, terms in families:  # _lists_of(create=True), without a list per campaign
+                for term in terms:
+                    postings = table.get(term)
+                    if postings is None:
+                        postings = table[term] = []
+                    postings.append(campaign)
         for table in (index.by_keyword, index.by_phrase, index.by_category):
             for term, postings in table.items():
                 postings.sort(key=_order)

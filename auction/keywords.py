@@ -59,9 +59,15 @@ def sub_phrases(keywords: frozenset[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-_BLANK = frozenset({""})
-
-
 def normalize_keywords(raw: list[str] | tuple[str, ...]) -> frozenset[str]:
-    keywords = frozenset(map(normalize_keyword, raw))
-    return keywords - _BLANK if "" in keywords else keywords
+    """Every keyword normalised, blanks dropped. Looks the cache up inline: this runs once per
+    event and once per campaign, and a call per keyword costs more than the lookup."""
+    cache = _CACHE
+    found: list[str] = []
+    for keyword in raw:
+        normalized = cache.get(keyword)
+        if normalized is None:
+            normalized = normalize_keyword(keyword)
+        if normalized:
+            found.append(normalized)
+    return frozenset(found)

@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from auction.engine import AuctionEngine, Policy
-from auction.index import CampaignIndex
+from auction.index import BulkLoad, CampaignIndex
 from auction.model import Campaign, blended_pctr
 from core.clock import utc_day
 from core.redis_client import get_many
@@ -58,11 +58,12 @@ class LiveState:
             self.last_change_id = last[0][0].decode()
         raw = await self.redis.hgetall(self.settings.keys.campaigns())
         campaigns = []
-        for value in raw.values():
-            record = orjson.loads(value)
-            campaigns.append(self._piloted(Campaign.from_record(record)))
-            self.creatives[record["campaign_id"]] = record["creatives"]
-        self.engine.index = CampaignIndex.build(campaigns)
+        with BulkLoad():
+            for value in raw.values():
+                record = orjson.loads(value)
+                campaigns.append(self._piloted(Campaign.from_record(record)))
+                self.creatives[record["campaign_id"]] = record["creatives"]
+            self.engine.index = CampaignIndex.build(campaigns)
         await self.refresh_policy()
         await self.refresh_spend()
         await self.refresh_ctr()

@@ -84,10 +84,21 @@ def _shared(values: frozenset[str]) -> frozenset[str]:
     return found
 
 
+_SHARED_LISTS: dict[tuple[bool, tuple[str, ...]], frozenset[str]] = {}
+
+
 def _optional_set(values: Any, lower: bool = False) -> frozenset[str] | None:
     if not values:
         return None
-    return _shared(frozenset(str(v).lower() if lower else str(v) for v in values))
+    # Keyed by the list as given: most campaigns repeat a few lists, and hashing a tuple of
+    # strings is cheaper than building and hashing the set each time.
+    key = (lower, tuple(values))
+    found = _SHARED_LISTS.get(key)
+    if found is None:
+        if len(_SHARED_LISTS) >= _SHARED_MAX:
+            _SHARED_LISTS.clear()  # bounded; only speed is lost
+        found = _SHARED_LISTS[key] = _shared(frozenset(str(v).lower() if lower else str(v) for v in values))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +250,7 @@ class Campaign:
         budget = record["budget"]
         cap = record.get("frequency_cap")
         bid = record.get("bid") or {"type": "cpc", "amount_micros": start_bid(record)}
-        return cls(
+        return Campaign(  # not cls(...): the compiled constructor is called directly
             campaign_id=record["campaign_id"],
             advertiser_id=sys.intern(record["advertiser_id"]),
             bid_type=bid["type"],
@@ -273,15 +284,21 @@ def _targeting(record: dict[str, Any], targeting: dict[str, Any]
     """(exact keywords, phrase keywords, categories): explicit ones as `targeting.match` says, and
     with `targeting.auto` the derived ones (or the autopilot's, in `targeting_derived`), as phrases."""
     explicit = normalize_keywords(targeting.get("keywords") or ())
-    derived = record.get("targeting_derived") or {} if targeting.get("auto") else {}
+    raw_categories = targeting.get("categories")
+    if not targeting.get("auto"):  # the common case: nothing derived
+        categories = _shared(frozenset(raw_categories)) if raw_categories else None
+        if targeting.get("match") == "phrase":
+            return (), tuple(sorted(explicit)), categories
+        return tuple(sorted(explicit)), (), categories
+    derived = record.get("targeting_derived") or {}
     derived_terms = frozenset(normalize_keyword(item["term"]) for item in derived.get("keywords") or ())
     keywords: frozenset[str] = explicit
     phrases: frozenset[str] = derived_terms - explicit
     if targeting.get("match") == "phrase":
         keywords, phrases = frozenset(), explicit | derived_terms
-    categories = set(targeting.get("categories") or ())
-    categories.update(item["category"] for item in derived.get("categories") or ())
-    return tuple(sorted(keywords)), tuple(sorted(phrases)), _shared(frozenset(categories)) if categories else None
+    category_set = set(raw_categories or ())
+    category_set.update(item["category"] for item in derived.get("categories") or ())
+    return tuple(sorted(keywords)), tuple(sorted(phrases)), _shared(frozenset(category_set)) if category_set else None
 
 
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
