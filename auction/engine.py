@@ -131,11 +131,22 @@ class AuctionEngine:
             lists += [index.by_phrase.get(phrase) for phrase in phrases]
         lists += [index.by_category.get(code) for code in ancestors]
         lists.append(index.untargeted)
+        # Best lists first: once `need` advertisers are in, a campaign ranked below the
+        # need-th of them can neither win nor price a slot, so later lists stop early.
+        walk: list[list[Campaign]] = []
         for postings in lists:
             if postings:
-                stage = self._scan(postings, request, ancestors, user, refused, accepted, rejected, need)
-                if stage > furthest:
-                    furthest = stage
+                walk.append(postings)
+        walk.sort(key=_top_key)
+        floor_key = -1
+        for postings in walk:
+            if postings[0].rank_key < floor_key:
+                break
+            stage = self._scan(postings, request, ancestors, user, refused, accepted, rejected, need, floor_key)
+            if stage > furthest:
+                furthest = stage
+            if len(accepted) >= need:
+                floor_key = _needed_key(accepted, need)
 
         ranked = best_per_advertiser(rank(list(accepted.values()), request.event_id))
         if not ranked:
@@ -173,11 +184,13 @@ class AuctionEngine:
         accepted: dict[str, Campaign],
         rejected: set[str],
         need: int,
+        floor_key: int,
     ) -> int:
         """Walk one list in eCPM order until `need` advertisers (and anyone tied with the last)
-        are in, or the rest is below the reserve. Returns the furthest filter stage reached by
-        a rejected campaign. This loop is the engine's hot path: checks are inlined and ordered
-        cheapest first."""
+        are in, or the rest is below the reserve or below `floor_key` (the need-th advertiser
+        of the lists already walked). Returns the furthest filter stage reached by a rejected
+        campaign. This loop is the engine's hot path: checks are inlined and ordered cheapest
+        first."""
         reserve_key = request.reserve_cpm_micros * RANK_SCALE
         hidden, capped, blocked = user.hidden_advertisers, user.capped_campaigns, self.spend.blocked
         check_all = self._check_all
@@ -187,7 +200,7 @@ class AuctionEngine:
         furthest = _TARGETING
         for campaign in postings:
             key = campaign.rank_key
-            if found >= need and key < last_key:
+            if key < floor_key or (found >= need and key < last_key):
                 break
             campaign_id = campaign.campaign_id
             if campaign_id not in accepted:
@@ -250,6 +263,25 @@ class AuctionEngine:
         ):
             return _SAFETY
         return _PASS
+
+
+def _top_key(postings: list[Campaign]) -> int:
+    return -postings[0].rank_key
+
+
+def _needed_key(accepted: dict[str, Campaign], need: int) -> int:
+    """The rank key of the need-th best advertiser accepted so far (each at its best campaign),
+    or -1 with fewer advertisers. Anything strictly below it ranks after `need` others: it can
+    neither win a slot nor be the runner-up that prices one (keys order eCPM: a smaller key is
+    a strictly smaller eCPM; an equal key goes on to the exact compare, so it stays in)."""
+    best: dict[str, int] = {}
+    for campaign in accepted.values():
+        key = campaign.rank_key
+        if key > best.get(campaign.advertiser_id, -1):
+            best[campaign.advertiser_id] = key
+    if len(best) < need:
+        return -1
+    return sorted(best.values(), reverse=True)[need - 1]
 
 
 def _matched_keywords(campaign: Campaign, request: AuctionRequest) -> tuple[str, ...]:

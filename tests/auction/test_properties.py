@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auction.engine import AuctionEngine
-from auction.model import AuctionResult, Campaign
+from auction.model import RANK_SCALE, AuctionResult, Campaign
+from auction.pricing import best_per_advertiser, price_slots, rank
 from tests.auction.factories import campaign, engine_for, request
 
 
@@ -137,3 +138,64 @@ def test_one_slot_price_independent_of_own_bid(bids: list[Bidder], shape: dict[s
     if uncapped:
         # The price is set by others (runner-up or reserve), never by the winner's own bid.
         assert after.winners[0].price_micros == winner.price_micros
+
+
+TERMS = ["alpha", "bravo", "charlie", "delta", "echo"]
+spread_bidders = st.lists(
+    st.tuples(
+        st.integers(0, 5),  # advertiser
+        st.sampled_from(["cpm", "cpc"]),
+        st.sampled_from([500_000, 1_000_000, 1_500_000, 2_000_000, 7_000_000, 20_000_000]),  # ties on purpose
+        st.sampled_from([0.01, 0.02, 0.05, 0.123456]),
+        st.lists(st.sampled_from(TERMS), min_size=1, max_size=3, unique=True),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+def _engine_and_reference(campaigns: list[Campaign], wanted: list[str], event_id: str, slots: int, floor: int,
+                          increment: int) -> tuple[list[tuple[int, str, int, int]], list[tuple[int, str, int, int]]]:
+    result = engine_for(campaigns, increment_micros=increment).run(
+        request(event_id, keywords=wanted, slots=slots, floor_cpm_micros=floor)
+    )
+    matching = [c for c in campaigns if set(c.keywords) & set(wanted) and c.rank_key >= floor * RANK_SCALE]
+    reference = price_slots(best_per_advertiser(rank(matching, event_id)), slots, floor, increment)
+    return ([(w.slot, w.campaign.campaign_id, w.price_micros, w.charge_micros) for w in result.winners],
+            [(p.slot, p.campaign.campaign_id, p.price_micros, p.charge_micros) for p in reference])
+
+
+def test_a_tie_at_the_cut_in_a_later_list_still_competes() -> None:
+    """Two slots: the second slot and its runner-up tie in the first list walked, and a third
+    campaign of another list ties with them. The tie hash may give it the second slot, so the
+    walk must not stop at a key equal to the cut, only below it."""
+    campaigns = [
+        campaign("c1", advertiser_id="adv0", amount_micros=2_000_000, keywords=["alpha"]),
+        campaign("c2", advertiser_id="adv1", amount_micros=1_000_000, keywords=["alpha"]),
+        campaign("c4", advertiser_id="adv3", amount_micros=1_000_000, keywords=["alpha"]),
+        campaign("c3", advertiser_id="adv2", amount_micros=1_000_000, keywords=["bravo"]),
+    ]
+    took_second = 0
+    for n in range(40):
+        engine, reference = _engine_and_reference(campaigns, ["alpha", "bravo"], f"e{n}", 2, 0, 10_000)
+        assert engine == reference
+        took_second += reference[1][1] == "c3"
+    assert took_second > 0, "no event id let the later list's campaign win the tie: the case is not exercised"
+
+
+@settings(max_examples=400, deadline=None)
+@given(specs=spread_bidders, wanted=st.lists(st.sampled_from(TERMS), min_size=1, max_size=4, unique=True),
+       shape=auction_shape)
+def test_early_stops_across_lists_change_nothing(
+    specs: list[tuple[int, str, int, float, list[str]]], wanted: list[str], shape: dict[str, int | str]
+) -> None:
+    """The engine walks each keyword's list from the top and stops once the slots and their
+    runner-up are settled, within a list and across lists. Against the auction over every
+    matching campaign (no early stop): the same winners, slots and prices."""
+    campaigns = [
+        campaign(f"c{i}", advertiser_id=f"adv{adv}", bid_type=bid_type, amount_micros=amount, pctr=pctr, keywords=terms)
+        for i, (adv, bid_type, amount, pctr, terms) in enumerate(specs)
+    ]
+    engine, reference = _engine_and_reference(campaigns, wanted, str(shape["event_id"]), int(shape["slots"]),
+                                              int(shape["floor"]), int(shape["increment"]))
+    assert engine == reference
