@@ -44,19 +44,35 @@ def normalize_keyword(raw: str) -> str:
 PHRASE_WORDS_MAX = 6
 
 
+def _runs(keyword: str) -> tuple[str, ...]:
+    """Every run of consecutive words (up to PHRASE_WORDS_MAX) of one keyword, itself included."""
+    words = keyword.split(" ")
+    count = len(words)
+    return tuple(" ".join(words[start:end]) for start in range(count)
+                 for end in range(start + 1, min(count, start + PHRASE_WORDS_MAX) + 1))
+
+
+_RUNS: dict[str, tuple[str, ...]] = {}
+
+
 def sub_phrases(keywords: frozenset[str]) -> frozenset[str]:
     """Every run of consecutive words (up to PHRASE_WORDS_MAX) of each keyword, and the keyword:
-    what a phrase-match campaign keyword is looked up by (`earbuds` is in `wireless earbuds`)."""
-    found: set[str] = set(keywords)
+    what a phrase-match campaign keyword is looked up by (`earbuds` is in `wireless earbuds`).
+    Intent keywords repeat, so each one's runs are worked out once (bounded cache); keywords of
+    one word each are their own runs."""
+    found: set[str] | None = None
     for keyword in keywords:
-        words = keyword.split(" ")
-        count = len(words)
-        if count < 2:
+        if " " not in keyword:
             continue
-        for start in range(count):
-            for end in range(start + 1, min(count, start + PHRASE_WORDS_MAX) + 1):
-                found.add(" ".join(words[start:end]))
-    return frozenset(found)
+        runs = _RUNS.get(keyword)
+        if runs is None:
+            if len(_RUNS) >= _CACHE_MAX:
+                _RUNS.clear()  # bounded memory; only speed is lost
+            runs = _RUNS[keyword] = _runs(keyword)
+        if found is None:
+            found = set(keywords)
+        found.update(runs)
+    return keywords if found is None else frozenset(found)
 
 
 def normalize_keywords(raw: list[str] | tuple[str, ...]) -> frozenset[str]:

@@ -64,3 +64,16 @@ def test_sub_phrases_are_exactly_the_runs_of_words(intent_words: list[str], phra
     runs = {" ".join(intent_words[i:j]) for i in range(len(intent_words)) for j in range(i + 1, len(intent_words) + 1)
             if j - i <= PHRASE_WORDS_MAX or (i == 0 and j == len(intent_words))}
     assert (phrase in sub_phrases(frozenset({keyword}))) == (phrase in runs)
+
+
+@given(st.lists(st.lists(WORDS, min_size=1, max_size=8), min_size=1, max_size=4))
+def test_sub_phrases_of_several_keywords_are_every_run_of_each(keywords_words: list[list[str]]) -> None:
+    """Exactly the union of each keyword's runs and the keywords, the first time (worked out) and
+    the second (from the cache of runs); keywords of one word each are their own runs."""
+    keywords = frozenset(" ".join(words) for words in keywords_words)
+    expected = set(keywords)
+    for words in keywords_words:
+        expected |= {" ".join(words[i:j]) for i in range(len(words))
+                     for j in range(i + 1, min(len(words), i + PHRASE_WORDS_MAX) + 1)}
+    assert sub_phrases(keywords) == expected
+    assert sub_phrases(keywords) == expected
