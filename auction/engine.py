@@ -122,24 +122,8 @@ class AuctionEngine:
         accepted: dict[str, Campaign] = {}
         rejected: set[str] = set()
         furthest = _TARGETING
-        index = self.index
-        lists = [index.by_keyword.get(keyword) for keyword in request.keywords]
-        if index.by_phrase:
-            phrases = request.phrases
-            if phrases is None:
-                phrases = request.phrases = sub_phrases(request.keywords)
-            lists += [index.by_phrase.get(phrase) for phrase in phrases]
-        lists += [index.by_category.get(code) for code in ancestors]
-        lists.append(index.untargeted)
-        # Best lists first: once `need` advertisers are in, a campaign ranked below the
-        # need-th of them can neither win nor price a slot, so later lists stop early.
-        walk: list[list[Campaign]] = []
-        for postings in lists:
-            if postings:
-                walk.append(postings)
-        walk.sort(key=_top_key)
-        floor_key = -1
-        for postings in walk:
+        floor_key = -1  # the need-th accepted advertiser's key, once there are `need`
+        for postings in self._lists_for(request, ancestors):
             if postings[0].rank_key < floor_key:
                 break
             stage = self._scan(postings, request, ancestors, user, refused, accepted, rejected, need, floor_key)
@@ -167,6 +151,26 @@ class AuctionEngine:
                 )
             )
         return AuctionResult(request.event_id, tuple(winners), None, request.reserve_cpm_micros)
+
+    def _lists_for(self, request: AuctionRequest, ancestors: tuple[str, ...]) -> list[list[Campaign]]:
+        """The non-empty posting lists the request reaches, best first: once `need` advertisers
+        are in, a campaign ranked below the need-th of them can neither win nor price a slot,
+        so walking the best lists first lets the later ones stop early (or be skipped)."""
+        index = self.index
+        lists = [index.by_keyword.get(keyword) for keyword in request.keywords]
+        if index.by_phrase:
+            phrases = request.phrases
+            if phrases is None:
+                phrases = request.phrases = sub_phrases(request.keywords)
+            lists += [index.by_phrase.get(phrase) for phrase in phrases]
+        lists += [index.by_category.get(code) for code in ancestors]
+        lists.append(index.untargeted)
+        walk: list[list[Campaign]] = []
+        for postings in lists:
+            if postings:
+                walk.append(postings)
+        walk.sort(key=_top_key)
+        return walk
 
     @staticmethod
     def _matched_category(campaign: Campaign, ancestors: tuple[str, ...]) -> str | None:
