@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", default="",
                    help="comma-separated stages to skip: warmup,engine,kafka,latency,billing,autopilot")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
-                   help="py-spy the worker during its last run (default: when py-spy is installed)")
+                   help="py-spy --native an extra worker run, not counted (default: when py-spy is installed)")
     p.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench.png")
     p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     if "worker_profile" in results["details"]:
-        print("\nWorker profile (py-spy, last worker run):")
+        print("\nWorker profile (py-spy --native, an extra worker run, not counted):")
         print("\n".join(results["details"]["worker_profile"][:30]))
     update_markdown(args.markdown, markdown_block(results, args.plot, args.markdown.parent))
     print(f"\nwrote {args.output}, {args.plot}, {args.markdown} ({results['duration_s']} s)")

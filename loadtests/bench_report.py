@@ -155,7 +155,7 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
     if profile:
         blanks = [i for i, line in enumerate(profile) if not line]
         areas = profile[: blanks[1]] if len(blanks) > 1 else profile  # samples and the areas
-        lines += ["", "Where the worker's time goes (py-spy --idle, last worker run; full summary in "
+        lines += ["", "Where the worker's time goes (py-spy --idle --native, an extra worker run; full summary in "
                   "bench-results.json `details.worker_profile`):", "", "```", *areas, "```"]
     if plot.exists():
         lines += ["", f"![throughput and latency against offered load]({os.path.relpath(plot, md_dir)})"]

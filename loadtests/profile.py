@@ -13,9 +13,27 @@ from pathlib import Path
 
 _LOCATION = re.compile(r"^(?P<func>.*?) \((?P<file>[^:]*)(?::\d+)?\)$")
 
-# Areas by path fragment, first match wins (an area per layer of the worker's batch).
+# Areas by path fragment, or by the name mypyc gives a compiled function (CPyDef_<module>___...):
+# first match wins (an area per layer of the worker's batch).
 AREAS: tuple[tuple[str, str], ...] = (
     ("selectors.py", "waiting for I/O (event loop idle: Redis, Kafka round trips)"),
+    ("epoll_wait", "waiting for I/O (event loop idle: Redis, Kafka round trips)"),
+    ("gc_collect", "garbage collector"),
+    ("AuctionRequest___from_intent", "request parsing (AuctionRequest)"),
+    ("CPyDef_engine___", "auction engine"),
+    ("CPyDef_index___", "auction engine"),
+    ("CPyDef_pricing___", "auction engine"),
+    ("CPyDef_pacing___", "auction engine"),
+    ("CPyDef_people___", "auction engine"),
+    ("CPyDef_keywords___", "request parsing (AuctionRequest)"),
+    ("____claim", "output records (build/freeze)"),
+    ("CPyDef_records___", "output records (build/freeze)"),
+    ("____read_answers", "Redis reservation (answers)"),
+    ("____answer_to_records", "Redis reservation (answers)"),
+    ("CPyDef_budgets___", "Redis reservation (client side)"),
+    ("CPyDef_codec___", "decode + validate"),
+    ("CPyDef_checks___", "decode + validate"),
+    ("CPyDef_kafka___", "Kafka produce (batches)"),
     ("auction/engine.py", "auction engine"),
     ("auction/index.py", "auction engine"),
     ("auction/pricing.py", "auction engine"),
