@@ -8,9 +8,10 @@ from typing import Any
 
 # key -> (label, target, ">=" or "<=", unit)
 TARGETS: dict[str, tuple[str, float | None, str, str]] = {
-    "engine_auctions_per_s": ("engine alone, 10k campaigns, 1 core", 50_000, ">=", "auctions/s"),
-    "index_build_s_100k": ("index build, 100k campaigns", 2.0, "<=", "s"),
-    "index_bytes_per_campaign": ("index memory per campaign", 1024, "<=", "bytes"),
+    # The contract's targets; the unit names the worker-speed issue's stricter ones (issue 17).
+    "engine_auctions_per_s": ("engine alone, 10k campaigns, 1 core", 50_000, ">=", "auctions/s (aim 100,000)"),
+    "index_build_s_100k": ("index build, 100k campaigns", 2.0, "<=", "s (aim 1)"),
+    "index_bytes_per_campaign": ("index memory per campaign", 1024, "<=", "bytes (aim 512)"),
     "baseline_events_per_s": ("plain aiokafka loop (baseline)", None, ">=", "events/s"),
     "txn_loop_events_per_s": ("transactional loop (no auction, no Redis)", None, ">=", "events/s"),
     "txn_loop_ratio": ("transactional loop / baseline", None, ">=", "x"),
