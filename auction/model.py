@@ -253,7 +253,8 @@ class Campaign:
         return Campaign(  # not cls(...): the compiled constructor is called directly
             campaign_id=record["campaign_id"],
             advertiser_id=sys.intern(record["advertiser_id"]),
-            bid_type=bid["type"],
+            # One of the two literals, not the record's own string: a string per campaign otherwise.
+            bid_type="cpc" if bid["type"] == "cpc" else "cpm",
             bid_micros=int(bid["amount_micros"]),
             prior_pctr=_prior(round(float(record.get("pctr", 0.01)) * PCTR_DENOMINATOR)),
             keywords=keywords,

@@ -129,6 +129,11 @@ def markdown_block(results: dict[str, Any], plot: Path, md_dir: Path) -> str:
     engine = details.get("engine", {})
     if engine:
         lines += [f"Engine runs {engine.get('engine_runs')} auctions/s; index builds {engine.get('index_build_runs_s')} s."]
+        parts = engine.get("index_bytes_parts")
+        if parts:
+            lines += ["", "What the index holds, bytes per campaign (every object reachable from it, counted once; "
+                      "`details.engine.index_bytes_parts`): "
+                      + ", ".join(f"{part} {size}" for part, size in parts.items()) + "."]
     curve = details.get("latency_curve") or []
     if curve:
         lines += ["", "| offered load | offered events/s | decisions/s | p50 ms | p95 ms | p99 ms | missing "
