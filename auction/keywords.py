@@ -53,6 +53,9 @@ def _runs(keyword: str) -> tuple[str, ...]:
 
 
 _RUNS: dict[str, tuple[str, ...]] = {}
+# Bounded by the runs held, not the keywords: a long keyword has many runs (a 21-word one ~100).
+_RUNS_MAX = 200_000
+_runs_held = 0
 
 
 def sub_phrases(keywords: frozenset[str]) -> frozenset[str]:
@@ -60,15 +63,19 @@ def sub_phrases(keywords: frozenset[str]) -> frozenset[str]:
     what a phrase-match campaign keyword is looked up by (`earbuds` is in `wireless earbuds`).
     Intent keywords repeat, so each one's runs are worked out once (bounded cache); keywords of
     one word each are their own runs."""
+    global _runs_held  # noqa: PLW0603 -- the cache's size, kept beside it
     found: set[str] | None = None
     for keyword in keywords:
         if " " not in keyword:
             continue
         runs = _RUNS.get(keyword)
         if runs is None:
-            if len(_RUNS) >= _CACHE_MAX:
+            runs = _runs(keyword)
+            if _runs_held + len(runs) > _RUNS_MAX:
                 _RUNS.clear()  # bounded memory; only speed is lost
-            runs = _RUNS[keyword] = _runs(keyword)
+                _runs_held = 0
+            _RUNS[keyword] = runs
+            _runs_held += len(runs)
         if found is None:
             found = set(keywords)
         found.update(runs)

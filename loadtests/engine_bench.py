@@ -154,9 +154,9 @@ def index_parts(index: CampaignIndex) -> dict[str, float]:
         shared = "shared: filters, category sets, caps, priors"
         for value in (campaign.categories, campaign.filters, campaign.frequency_cap, campaign.prior_pctr):
             add(shared, value)
-        if campaign.filters is not None:
-            for value in dataclasses.astuple(campaign.filters):
-                add(shared, value)
+        if campaign.filters is not None:  # the fields themselves (astuple would copy the sets)
+            for field in dataclasses.fields(campaign.filters):
+                add(shared, getattr(campaign.filters, field.name))
     count = max(1, len(index))
     out = {part: round(size / count, 1) for part, size in parts.most_common()}
     out["total"] = round(sum(parts.values()) / count, 1)

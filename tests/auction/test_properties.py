@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auction.engine import AuctionEngine
+from auction.engine import AuctionEngine, UserState
 from auction.model import RANK_SCALE, AuctionResult, Campaign
 from auction.pricing import best_per_advertiser, price_slots, rank
 from tests.auction.factories import campaign, engine_for, request
@@ -199,3 +199,48 @@ def test_early_stops_across_lists_change_nothing(
     engine, reference = _engine_and_reference(campaigns, wanted, str(shape["event_id"]), int(shape["slots"]),
                                               int(shape["floor"]), int(shape["increment"]))
     assert engine == reference
+
+
+KINDS = ["exact", "phrase", "category", "untargeted"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(KINDS),
+                                st.sampled_from([500_000, 1_000_000, 2_000_000, 7_000_000]),
+                                st.lists(st.sampled_from(TERMS), min_size=1, max_size=2, unique=True)),
+                      min_size=1, max_size=12),
+       wanted=st.lists(st.sampled_from([*TERMS, "alpha bravo", "charlie delta"]), min_size=1, max_size=3, unique=True),
+       hidden=st.sets(st.integers(0, 5), max_size=2), capped=st.sets(st.integers(0, 11), max_size=3),
+       shape=auction_shape)
+def test_early_stops_across_every_kind_of_list_change_nothing(
+    specs: list[tuple[int, str, int, list[str]]], wanted: list[str], hidden: set[int], capped: set[int],
+    shape: dict[str, int | str],
+) -> None:
+    """Exact, phrase, category and untargeted lists, with hidden advertisers and capped campaigns
+    turned away on the way: the same winners and prices as the auction over every campaign that
+    is eligible on its own (each alone in an index, winning its one-slot auction)."""
+    def targeting(kind: str, terms: list[str]) -> dict[str, object]:
+        if kind == "exact":
+            return {"keywords": terms}
+        if kind == "phrase":
+            return {"keywords": terms, "match": "phrase"}
+        return {"categories": ["IAB19"]} if kind == "category" else {}
+
+    campaigns = [
+        campaign(f"c{i}", advertiser_id=f"adv{adv}", amount_micros=amount, targeting=targeting(kind, terms))
+        for i, (adv, kind, amount, terms) in enumerate(specs)
+    ]
+    user = UserState(hidden_advertisers=frozenset(f"adv{a}" for a in hidden),
+                     capped_campaigns=frozenset(f"c{i}" for i in capped))
+    slots, floor, increment = int(shape["slots"]), int(shape["floor"]), int(shape["increment"])
+    event_id = str(shape["event_id"])
+
+    def auction(among: list[Campaign], slots: int) -> AuctionResult:
+        return engine_for(among, increment_micros=increment).run(
+            request(event_id, keywords=wanted, slots=slots, floor_cpm_micros=floor), user)
+
+    eligible = [c for c in campaigns if auction([c], 1).winners]
+    reference = price_slots(best_per_advertiser(rank(eligible, event_id)), slots, floor, increment)
+    assert [(w.slot, w.campaign.campaign_id, w.price_micros) for w in auction(campaigns, slots).winners] == [
+        (p.slot, p.campaign.campaign_id, p.price_micros) for p in reference
+    ]
