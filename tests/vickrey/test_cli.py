@@ -86,10 +86,12 @@ def import_s() -> float:
     return float(timed.stdout)
 
 
-@pytest.mark.parametrize("share", [0.1, 0.25, 0.4, 0.55, 0.7, 0.85])
+@pytest.mark.parametrize("share", [0.05, 0.12, 0.2, 0.28, 0.35])
 def test_a_role_stopped_while_it_starts_exits_cleanly(env: dict[str, str], import_s: float, share: float) -> None:
-    """SIGTERM lands while the command is still importing, at points spread over the import (as
-    shares of its measured length, after ~0.1 s of interpreter start): nothing has started, so
+    """SIGTERM lands while the command is still importing, at points spread over its first third
+    (shares of its length measured in another process, after ~0.1 s of interpreter start; a
+    loaded machine imports the second time up to a third faster, so later points could meet the
+    start-up reconcile instead, as CI saw at 0.7 and 0.8 s): nothing has started, so
     the role ends with status 0, not killed by the signal, nor by an exit raised mid-import (the
     interpreter wrapped one into a RuntimeError inside a dataclass's __set_name__ in CI; another
     crashed an extension's import). Later, during the role's start-up reconcile, the signal's
