@@ -8,7 +8,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from auction.bidding import start_bid
 from auction.keywords import normalize_keyword, normalize_keywords
@@ -120,7 +120,7 @@ class Filters:
 
 _FilterValues = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[str] | None, frozenset[str] | None,
                       frozenset[str] | None, frozenset[str] | None, int | None, int | None, str]
-_NO_FILTERS: _FilterValues = (None, None, None, None, None, None, None, None, "general")
+_NO_FILTERS = cast(_FilterValues, dataclasses.astuple(Filters()))  # the defaults: nothing to filter
 _SHARED_FILTERS: dict[_FilterValues, Filters] = {}
 _SHARED_CAPS: dict[tuple[int, int], tuple[int, int]] = {}
 
