@@ -124,7 +124,10 @@ class LoopOptions:
     part_min: int = 16
     linger_ms: int = 0  # extra wait for a fuller batch when no commit is in flight
     tick_s: float | None = None  # `process` runs on an empty batch this often
-    fetch_max_wait_ms: int = 100  # how long the broker may hold an empty fetch
+    fetch_max_wait_ms: int = 100  # how long the broker may hold a fetch short of fetch_min_bytes
+    # More than 1 byte: at moderate rates each fetch then brings many producers' sends, not one
+    # (every fetch round and every small transaction costs the client and the broker CPU).
+    fetch_min_bytes: int = 1
     session_timeout_ms: int = 10_000  # a SIGKILLed member's partitions come back after this long
     heartbeat_interval_ms: int = 3_000
     # "range" keeps partition N of every input on one member: co-partitioned joins rely on it.
@@ -252,6 +255,7 @@ class Loop:
         self.consumer = transactional_consumer(
             settings, self.group_id, options.batch_max,
             fetch_max_wait_ms=options.fetch_max_wait_ms,
+            fetch_min_bytes=options.fetch_min_bytes,
             session_timeout_ms=options.session_timeout_ms,
             heartbeat_interval_ms=options.heartbeat_interval_ms,
             auto_offset_reset=options.start_at,

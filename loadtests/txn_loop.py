@@ -21,23 +21,24 @@ import signal
 import sys
 import time
 
+from auction.worker import BATCH_MAX, FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from core.loop import Batch, Loop, LoopOptions, Output, RoleBase, Step, running
 from core.metrics import Metrics
 from core.settings import Settings
 from loadtests.baseline import readable_intents
-
-BATCH_MAX = 2000  # the worker's
 
 
 class TxnLoopRole(RoleBase):
     """The worker's Kafka work without the auction: a decision-sized and `impressions` impression
     records per event."""
 
-    def __init__(self, settings: Settings, group: str, impressions: float, from_end: bool) -> None:
+    def __init__(self, settings: Settings, group: str, impressions: float, from_end: bool,
+                 linger_ms: int = 0) -> None:
         self.name = group
         self.inputs = ("chat.intents",)
-        self.options = LoopOptions(batch_max=BATCH_MAX, fetch_max_wait_ms=100,
-                                   start_at="latest" if from_end else "earliest")
+        # The worker's batch and fetch options: the same Kafka work, so only the auction differs.
+        self.options = LoopOptions(batch_max=BATCH_MAX, linger_ms=linger_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                                   fetch_min_bytes=FETCH_MIN_BYTES, start_at="latest" if from_end else "earliest")
         self.impressions = impressions
         self.decisions_topic, self.impressions_topic = settings.topic("ad.decisions"), settings.topic("ad.impressions")
         self.owed = 0.0  # impressions owed so far: `impressions` per event on average
@@ -57,7 +58,7 @@ class TxnLoopRole(RoleBase):
 
 
 async def run(settings: Settings, group: str, impressions: float, expect: int | None,
-              from_end: bool) -> tuple[int, float, float]:
+              from_end: bool, linger_ms: int = 0) -> tuple[int, float, float]:
     """Records consumed (and committed) until stopped or `expect` were, and this process's CPU
     seconds when the first batch came and when the last one was committed."""
     stop = asyncio.Event()
@@ -66,7 +67,7 @@ async def run(settings: Settings, group: str, impressions: float, expect: int | 
         event_loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
     name = settings.logical(group)  # the loop's consumer group is settings.group(name) == group
-    role = TxnLoopRole(settings, name, impressions, from_end)
+    role = TxnLoopRole(settings, name, impressions, from_end, linger_ms)
     async with running([Loop(settings, role, metrics, stop, instance="txn-loop")], stop):
         while not stop.is_set() and (expect is None or done(metrics, name) < expect):
             await asyncio.sleep(0.01)
@@ -85,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impressions", type=float, default=2.0, help="impression records per event, on average (default 2)")
     parser.add_argument("--expect", type=int, help="stop after this many records (default: run until SIGTERM)")
     parser.add_argument("--from-end", action="store_true", help="a new group starts at the end of chat.intents")
+    parser.add_argument("--linger-ms", type=int, default=0, metavar="MS",
+                        help="extra wait for a fuller batch when no commit is in flight (the worker's --linger-ms)")
     args = parser.parse_args(argv)
-    count, cpu_start, cpu_end = asyncio.run(run(Settings.from_env(), args.group, args.impressions, args.expect, args.from_end))
+    count, cpu_start, cpu_end = asyncio.run(run(Settings.from_env(), args.group, args.impressions, args.expect,
+                                                args.from_end, args.linger_ms))
     print(count, f"{cpu_start:.3f}", f"{cpu_end:.3f}")  # read by loadtests.bench_kafka
     return 0
 
