@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from auction.interning import remember
+
 _CACHE: dict[str, str] = {}
 _CACHE_MAX = 200_000
 
@@ -33,10 +35,7 @@ def normalize_keyword(raw: str) -> str:
         return cached
     text = unicodedata.normalize("NFKC", raw).casefold()
     normalized = " ".join(_singular(word) for word in text.split())
-    if len(_CACHE) >= _CACHE_MAX:
-        _CACHE.clear()  # bounded memory; a cold cache only costs a few microseconds per keyword
-    _CACHE[raw] = normalized
-    return normalized
+    return remember(_CACHE, raw, normalized, _CACHE_MAX)  # a cold cache costs microseconds per keyword
 
 
 # Phrase match looks up every run of up to this many words of an intent keyword (a campaign

@@ -11,6 +11,7 @@ from fractions import Fraction
 from typing import Any, Literal, cast
 
 from auction.bidding import start_bid
+from auction.interning import remember
 from auction.keywords import normalize_keyword, normalize_keywords
 
 BidType = Literal["cpm", "cpc"]
@@ -72,15 +73,12 @@ def _prior(pctr_micros: int) -> Fraction:
 # Campaigns repeat the same small sets (countries, devices, placements, categories) and the same
 # advertiser ids: one shared instance each instead of one per campaign keeps the index small.
 _SHARED_SETS: dict[frozenset[str], frozenset[str]] = {}
-_SHARED_MAX = 100_000
 
 
 def _shared(values: frozenset[str]) -> frozenset[str]:
     found = _SHARED_SETS.get(values)
     if found is None:
-        if len(_SHARED_SETS) >= _SHARED_MAX:
-            _SHARED_SETS.clear()  # bounded; only sharing is lost
-        found = _SHARED_SETS[values] = frozenset(sys.intern(value) for value in values)
+        found = remember(_SHARED_SETS, values, frozenset(sys.intern(value) for value in values))
     return found
 
 
@@ -95,9 +93,7 @@ def _optional_set(values: Any, lower: bool = False) -> frozenset[str] | None:
     key = (lower, tuple(values))
     found = _SHARED_LISTS.get(key)
     if found is None:
-        if len(_SHARED_LISTS) >= _SHARED_MAX:
-            _SHARED_LISTS.clear()  # bounded; only speed is lost
-        found = _SHARED_LISTS[key] = _shared(frozenset(str(v).lower() if lower else str(v) for v in values))
+        found = remember(_SHARED_LISTS, key, _shared(frozenset(str(v).lower() if lower else str(v) for v in values)))
     return found
 
 
@@ -132,14 +128,13 @@ def shared_filters(values: _FilterValues) -> Filters | None:
         return None
     found = _SHARED_FILTERS.get(values)
     if found is None:
-        if len(_SHARED_FILTERS) >= _SHARED_MAX:
-            _SHARED_FILTERS.clear()  # bounded; only sharing is lost
-        found = _SHARED_FILTERS[values] = Filters(*values)
+        found = remember(_SHARED_FILTERS, values, Filters(*values))
     return found
 
 
 def _shared_cap(cap: tuple[int, int]) -> tuple[int, int]:
-    return _SHARED_CAPS.setdefault(cap, cap) if len(_SHARED_CAPS) < _SHARED_MAX else cap
+    found = _SHARED_CAPS.get(cap)
+    return remember(_SHARED_CAPS, cap, cap) if found is None else found
 
 
 @dataclass(slots=True, eq=False, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)

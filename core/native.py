@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Pure, strictly typed modules on the per-event path, in dependency order.
 MODULES = (
+    "auction/interning.py",
     "auction/keywords.py",
     "auction/model.py",
     "auction/pricing.py",
