@@ -118,7 +118,7 @@ _FilterValues = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[st
                       frozenset[str] | None, frozenset[str] | None, int | None, int | None, str]
 _NO_FILTERS = cast(_FilterValues, dataclasses.astuple(Filters()))  # the defaults: nothing to filter
 _SHARED_FILTERS: dict[_FilterValues, Filters] = {}
-_SHARED_CAPS: dict[tuple[int, int], tuple[int, int]] = {}
+_SHARED_CAPS: dict[tuple[int, int], Any] = {}  # Any: see _shared_cap
 
 
 def shared_filters(values: _FilterValues) -> Filters | None:
@@ -132,9 +132,13 @@ def shared_filters(values: _FilterValues) -> Filters | None:
     return found
 
 
-def _shared_cap(cap: tuple[int, int]) -> tuple[int, int]:
+def _shared_cap(cap: tuple[int, int]) -> tuple[int, int] | None:
+    # The cache's values are Any and the result a union so that mypyc keeps the shared tuple
+    # itself: typed `tuple[int, int]` it is unboxed and boxed again, a new tuple per campaign.
     found = _SHARED_CAPS.get(cap)
-    return remember(_SHARED_CAPS, cap, cap) if found is None else found
+    if found is None:
+        found = remember(_SHARED_CAPS, cap, cap)
+    return cast("tuple[int, int] | None", found)
 
 
 @dataclass(slots=True, eq=False, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
