@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
@@ -79,6 +79,14 @@ FETCH_MAX_WAIT_MS = 10
 FETCH_MIN_BYTES = 64 * 1024
 
 
+def loop_options(batch_max: int = BATCH_MAX, linger_ms: int = 0,
+                 start_at: Literal["earliest", "latest"] = "earliest") -> LoopOptions:
+    """The auction worker's batch and fetch options; the bench's transactional loop takes the
+    same, so that only the auction differs between the two."""
+    return LoopOptions(batch_max=batch_max, linger_ms=linger_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                       fetch_min_bytes=FETCH_MIN_BYTES, start_at=start_at)
+
+
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Pending:
     record: ConsumerRecord[bytes, bytes]
@@ -108,8 +116,7 @@ class AuctionRole:
     def __init__(self, settings: Settings, metrics: WorkerMetrics, redis: Redis, people: PeopleCache,
                  batch_max: int = BATCH_MAX, linger_ms: int = 0, clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
-        self.options = LoopOptions(batch_max=batch_max, linger_ms=linger_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                                   fetch_min_bytes=FETCH_MIN_BYTES)
+        self.options = loop_options(batch_max, linger_ms)
         self.metrics = metrics
         self.clock = clock
         self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=settings.price_increment_micros)

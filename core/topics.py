@@ -171,15 +171,23 @@ async def describe_topics(settings: Settings, names: Iterable[str] | None = None
         partitions: dict[str, int] = {}
         replicas: dict[str, int] = {}
         configs: dict[str, dict[str, str]] = {}
-        if found:
+        wanted = {"cleanup.policy": None, "min.insync.replicas": None}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t in found]
+        for attempt in range(METADATA_RETRIES if found else 0):
+            # The same race per request: the broker asked may not know a topic the one that
+            # listed it knows (seen on three brokers: no partitions, no configs). Ask again.
+            known = True
             for meta in await admin.describe_topics(found):
+                known = known and bool(meta["partitions"]) and not meta.get("error_code")
                 partitions[meta["topic"]] = len(meta["partitions"])
                 replicas[meta["topic"]] = len(meta["partitions"][0]["replicas"]) if meta["partitions"] else 0
-            wanted = {"cleanup.policy": None, "min.insync.replicas": None}
-            resources = [ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t in found]
             for response in await admin.describe_configs(resources):
-                for _code, _msg, _type, name, entries in response.resources:
+                for code, _msg, _type, name, entries in response.resources:
+                    known = known and not code
                     configs[name] = {entry[0]: entry[1] for entry in entries if entry[0] in wanted}
+            if known or attempt == METADATA_RETRIES - 1:
+                break
+            await asyncio.sleep(METADATA_RETRY_S)
     return [
         TopicInfo(t, True, partitions.get(t, 0), configs.get(t, {}).get("cleanup.policy"), replicas.get(t, 0),
                   configs.get(t, {}).get("min.insync.replicas"))

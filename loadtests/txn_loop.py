@@ -21,8 +21,8 @@ import signal
 import sys
 import time
 
-from auction.worker import BATCH_MAX, FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
-from core.loop import Batch, Loop, LoopOptions, Output, RoleBase, Step, running
+from auction.worker import loop_options
+from core.loop import Batch, Loop, Output, RoleBase, Step, running
 from core.metrics import Metrics
 from core.settings import Settings
 from loadtests.baseline import readable_intents
@@ -36,9 +36,7 @@ class TxnLoopRole(RoleBase):
                  linger_ms: int = 0) -> None:
         self.name = group
         self.inputs = ("chat.intents",)
-        # The worker's batch and fetch options: the same Kafka work, so only the auction differs.
-        self.options = LoopOptions(batch_max=BATCH_MAX, linger_ms=linger_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                                   fetch_min_bytes=FETCH_MIN_BYTES, start_at="latest" if from_end else "earliest")
+        self.options = loop_options(linger_ms=linger_ms, start_at="latest" if from_end else "earliest")
         self.impressions = impressions
         self.decisions_topic, self.impressions_topic = settings.topic("ad.decisions"), settings.topic("ad.impressions")
         self.owed = 0.0  # impressions owed so far: `impressions` per event on average
