@@ -21,6 +21,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.protocol.metadata import MetadataRequest
 
 from core.settings import Settings
 
@@ -123,7 +124,7 @@ async def create_topics(settings: Settings, names: Iterable[str] | None = None) 
     if not logical:
         return report
     async with admin_client(settings) as admin:
-        present = set(await admin.list_topics())
+        present = await listed_anywhere(admin)
         missing = [n for n in logical if settings.topic(n) not in present]
         report.existing = [settings.topic(n) for n in logical if settings.topic(n) in present]
         if missing:
@@ -159,14 +160,14 @@ async def describe_topics(settings: Settings, names: Iterable[str] | None = None
     """Partitions and cleanup policy of the given logical topics (default: all of `TOPICS`)."""
     physical = [settings.topic(n) for n in dict.fromkeys(TOPICS if names is None else names)]
     async with admin_client(settings) as admin:
-        present = set(await admin.list_topics())
+        present = await listed_anywhere(admin)
         for _ in range(METADATA_RETRIES):
             if all(t in present for t in physical):
                 break
             # With several brokers, the one asked may learn of a topic just created a moment
             # after the one that created it: ask again briefly before calling it missing.
             await asyncio.sleep(METADATA_RETRY_S)
-            present = set(await admin.list_topics())
+            present = await listed_anywhere(admin)
         found = [t for t in physical if t in present]
         partitions: dict[str, int] = {}
         replicas: dict[str, int] = {}
@@ -197,6 +198,18 @@ async def describe_topics(settings: Settings, names: Iterable[str] | None = None
     ]
 
 
+async def listed_anywhere(admin: AIOKafkaAdminClient) -> set[str]:
+    """The topics any broker lists. Each broker answers from its own copy of the cluster's
+    metadata, and under load one learns of a topic created a moment ago later than the others
+    (seen on three brokers: topics created and described, then missing from the next list)."""
+    names = set(await admin.list_topics())
+    client = admin._client  # noqa: SLF001 - aiokafka's admin has no per-broker metadata request
+    for broker in client.cluster.brokers():
+        response = await client.send(broker.nodeId, MetadataRequest(None))
+        names.update(topic["topic"] for topic in response.to_object()["topics"])
+    return names
+
+
 async def delete_topics(settings: Settings) -> list[str]:
     """Delete every topic whose name starts with `settings.topic_prefix`; return the names deleted.
 
@@ -208,7 +221,7 @@ async def delete_topics(settings: Settings) -> list[str]:
             "refusing to delete topics: VICKREY_TOPIC_PREFIX is empty (that would mean every topic)"
         )
     async with admin_client(settings) as admin:
-        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        doomed = sorted(t for t in await listed_anywhere(admin) if t.startswith(prefix))
         if doomed:
             response = await admin.delete_topics(doomed)
             for topic, code, *_rest in getattr(response, "topic_error_codes", []):
