@@ -202,9 +202,12 @@ async def listed_anywhere(admin: AIOKafkaAdminClient) -> set[str]:
     """The topics any broker lists. Each broker answers from its own copy of the cluster's
     metadata, and under load one learns of a topic created a moment ago later than the others
     (seen on three brokers: topics created and described, then missing from the next list)."""
-    names = set(await admin.list_topics())
     client = admin._client  # noqa: SLF001 - aiokafka's admin has no per-broker metadata request
-    for broker in client.cluster.brokers():
+    brokers = client.cluster.brokers()
+    if not brokers:  # no metadata yet: one broker's answer is all there is
+        return set(await admin.list_topics())
+    names: set[str] = set()
+    for broker in brokers:
         response = await client.send(broker.nodeId, MetadataRequest(None))
         names.update(topic["topic"] for topic in response.to_object()["topics"])
     return names

@@ -259,7 +259,7 @@ OFFER_TICK_S = 0.005
 
 async def _offer(settings: Settings, records: list[tuple[bytes, bytes, str]], rate: float, settle_s: float,
                  fetch_max_wait_ms: int) -> dict[str, Any]:
-    """Produce `records` at `rate`/s; return latency (send -> decision readable) and throughput."""
+    """Produce `records` at `rate`/s; return latency (due -> decision readable) and throughput."""
     topic = settings.topic("ad.decisions")
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka, isolation_level="read_committed",
                                 enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms)
