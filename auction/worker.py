@@ -21,13 +21,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
 from auction.autopilot_listener import AutopilotListener
+from auction.batching import BATCH_MAX, loop_options
 from auction.budgets import Answer, Claim, Reservation
 from auction.budgets_split import reserver_for
 from auction.controls import AppliedListener, ControlsRole
@@ -50,7 +51,7 @@ from auction.records import (
 from auction.worker_metrics import Tally, WorkerMetrics
 from core import logs, native
 from core.clock import utc_day
-from core.loop import Batch, Committed, Loop, LoopOptions, Output, Step, run_loops
+from core.loop import Batch, Committed, Loop, Output, Step, run_loops
 from core.metrics import Metrics, serve
 from core.redis_client import redis_from_url
 from core.settings import Settings
@@ -67,24 +68,6 @@ RESERVE_CHUNK = 512
 # Event-loop turns redis-py needs to put a call on the wire (2 with redis-py 5); fewer only loses
 # the overlap, never correctness.
 SEND_YIELDS = 3
-# Events per batch, and so per Kafka transaction, at most. Each transaction costs the broker a
-# few milliseconds of CPU whatever its size; a quiet stream still commits small batches at once.
-BATCH_MAX = 2000
-# A fetch is answered once it has FETCH_MIN_BYTES or has waited FETCH_MAX_WAIT_MS. Answered at the
-# first record (1 byte), a worker under moderate load fetched, auctioned and committed in slivers:
-# at 1,200 intents/s it spent ~560 µs of CPU per event and the broker ~430; with 64 KiB / 10 ms,
-# ~310 and ~280, and a lower p99 (BENCHMARKS.md, "Fetching in slivers"). At most 10 ms is added
-# to a decision while the stream is quiet; an idle worker polls 100 times a second.
-FETCH_MAX_WAIT_MS = 10
-FETCH_MIN_BYTES = 64 * 1024
-
-
-def loop_options(batch_max: int = BATCH_MAX, linger_ms: int = 0,
-                 start_at: Literal["earliest", "latest"] = "earliest") -> LoopOptions:
-    """The auction worker's batch and fetch options; the bench's transactional loop takes the
-    same, so that only the auction differs between the two."""
-    return LoopOptions(batch_max=batch_max, linger_ms=linger_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                       fetch_min_bytes=FETCH_MIN_BYTES, start_at=start_at)
 
 
 @dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)

@@ -159,33 +159,28 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
 async def describe_topics(settings: Settings, names: Iterable[str] | None = None) -> list[TopicInfo]:
     """Partitions and cleanup policy of the given logical topics (default: all of `TOPICS`)."""
     physical = [settings.topic(n) for n in dict.fromkeys(TOPICS if names is None else names)]
+    wanted = {"cleanup.policy": None, "min.insync.replicas": None}
+    partitions: dict[str, int] = {}
+    replicas: dict[str, int] = {}
+    configs: dict[str, dict[str, str]] = {}
     async with admin_client(settings) as admin:
-        present = await listed_anywhere(admin)
-        for _ in range(METADATA_RETRIES):
-            if all(t in present for t in physical):
-                break
-            # With several brokers, the one asked may learn of a topic just created a moment
-            # after the one that created it: ask again briefly before calling it missing.
-            await asyncio.sleep(METADATA_RETRY_S)
+        for attempt in range(METADATA_RETRIES):
+            # With several brokers, one may learn of a topic just created a moment after another
+            # (seen on three brokers: a listed topic missing, or described with no partitions or
+            # configs by the broker asked): ask again briefly before calling anything missing.
             present = await listed_anywhere(admin)
-        found = [t for t in physical if t in present]
-        partitions: dict[str, int] = {}
-        replicas: dict[str, int] = {}
-        configs: dict[str, dict[str, str]] = {}
-        wanted = {"cleanup.policy": None, "min.insync.replicas": None}
-        resources = [ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t in found]
-        for attempt in range(METADATA_RETRIES if found else 0):
-            # The same race per request: the broker asked may not know a topic the one that
-            # listed it knows (seen on three brokers: no partitions, no configs). Ask again.
-            known = True
-            for meta in await admin.describe_topics(found):
-                known = known and bool(meta["partitions"]) and not meta.get("error_code")
-                partitions[meta["topic"]] = len(meta["partitions"])
-                replicas[meta["topic"]] = len(meta["partitions"][0]["replicas"]) if meta["partitions"] else 0
-            for response in await admin.describe_configs(resources):
-                for code, _msg, _type, name, entries in response.resources:
-                    known = known and not code
-                    configs[name] = {entry[0]: entry[1] for entry in entries if entry[0] in wanted}
+            found = [t for t in physical if t in present]
+            known = len(found) == len(physical)
+            if found:
+                for meta in await admin.describe_topics(found):
+                    known = known and bool(meta["partitions"]) and not meta.get("error_code")
+                    partitions[meta["topic"]] = len(meta["partitions"])
+                    replicas[meta["topic"]] = len(meta["partitions"][0]["replicas"]) if meta["partitions"] else 0
+                resources = [ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t in found]
+                for response in await admin.describe_configs(resources):
+                    for code, _msg, _type, name, entries in response.resources:
+                        known = known and not code
+                        configs[name] = {entry[0]: entry[1] for entry in entries if entry[0] in wanted}
             if known or attempt == METADATA_RETRIES - 1:
                 break
             await asyncio.sleep(METADATA_RETRY_S)

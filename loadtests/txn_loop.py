@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from auction.worker import loop_options
+from auction.batching import loop_options
 from core.loop import Batch, Loop, Output, RoleBase, Step, running
 from core.metrics import Metrics
 from core.settings import Settings

@@ -29,10 +29,10 @@ import orjson
 from aiokafka import ConsumerRecord
 from redis.asyncio import Redis
 
+from auction.batching import BATCH_MAX
 from auction.model import AuctionRequest
 from auction.people import PeopleCache
 from auction.worker import (
-    BATCH_MAX,
     FULL_GC_NEVER,
     GC_GEN0_THRESHOLD,
     INPUT,

@@ -27,7 +27,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from auction.worker import BATCH_MAX
+from auction.batching import BATCH_MAX
 from core.settings import Settings
 from tests.auction.factories import campaign_record
 from tests.auction.test_worker import apply, spend_total

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from auction.worker import BATCH_MAX
+from auction.batching import BATCH_MAX
 from core import logs
 from core.settings import Settings
 

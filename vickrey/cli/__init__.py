@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from auction import worker
+from auction.batching import BATCH_MAX
 from autopilot.scenario import ScenarioError, read_scenario
 from autopilot.simulate import simulate
 from core.settings import Settings, SettingsError
@@ -100,7 +101,7 @@ def reconcile_command(
 def auction(
     workers: Annotated[int, typer.Option(metavar="N", help="worker processes, supervised", callback=_at_least_one)] = 1,
     batch_max: Annotated[int, typer.Option(metavar="N", help="events per batch and Kafka transaction at most",
-                                           callback=_at_least_one)] = worker.BATCH_MAX,
+                                           callback=_at_least_one)] = BATCH_MAX,
     linger_ms: Annotated[int, typer.Option(metavar="MS", help="extra wait for a fuller batch when no commit is in "
                                            "flight (0: a batch fills while the previous one commits)")] = 0,
     instance: Annotated[str | None, typer.Option(metavar="NAME", help="stable name of this worker (its transactional "

@@ -1,0 +1,27 @@
+"""How the auction worker batches and fetches: one place, read by the worker and by the bench's
+transactional loop (loadtests/txn_loop.py), so that only the auction differs between the two and
+the reference loop does not import the worker (Redis, the engine) to learn them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from core.loop import LoopOptions
+
+# Events per batch, and so per Kafka transaction, at most. Each transaction costs the broker a
+# few milliseconds of CPU whatever its size; a quiet stream still commits small batches at once.
+BATCH_MAX = 2000
+# A fetch is answered once it has FETCH_MIN_BYTES or has waited FETCH_MAX_WAIT_MS. Answered at the
+# first record (1 byte), a worker under moderate load fetched, auctioned and committed in slivers:
+# at 1,200 intents/s it spent ~560 µs of CPU per event and the broker ~430; with 64 KiB / 10 ms,
+# ~310 and ~280, and a lower p99 (BENCHMARKS.md, "Fetching in slivers"). At most 10 ms is added
+# to a decision while the stream is quiet; an idle worker polls 100 times a second.
+FETCH_MAX_WAIT_MS = 10
+FETCH_MIN_BYTES = 64 * 1024
+
+
+def loop_options(batch_max: int = BATCH_MAX, linger_ms: int = 0,
+                 start_at: Literal["earliest", "latest"] = "earliest") -> LoopOptions:
+    """The auction worker's batch and fetch options."""
+    return LoopOptions(batch_max=batch_max, linger_ms=linger_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                       fetch_min_bytes=FETCH_MIN_BYTES, start_at=start_at)
