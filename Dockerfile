@@ -1,4 +1,4 @@
-# Vickrey services (auction, streams, api, topics, Locust) for docker-compose.yml:
+# Vickrey services (auction, streams, the autopilot, api, topics, Locust) for docker-compose.yml:
 #   docker build -t vickrey .   then   docker run --rm vickrey topics create
 FROM python:3.11-slim
 
@@ -14,6 +14,7 @@ COPY pyproject.toml README.md ./
 COPY vickrey ./vickrey
 COPY core ./core
 COPY auction ./auction
+COPY autopilot ./autopilot
 COPY streams ./streams
 COPY schemas ./schemas
 COPY loadtests ./loadtests

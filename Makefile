@@ -65,7 +65,7 @@ demo: venv ## the whole story on a generated chat stream; stops what it started 
 	if [ $$was_up = 0 ] && [ -z "$(KEEP)" ]; then echo "stopping the services the demo started (KEEP=1 keeps them)"; bash ops/down.sh; fi; \
 	exit $$status
 
-bench: venv up ## measure engine, worker and streams side by side; writes bench-results.json (CLUSTER=1: also on three brokers)
+bench: venv up ## measure engine, worker and streams side by side; writes bench-results.json (CLUSTER=1: also on three brokers and a Redis Cluster)
 	$(BIN)/python -m loadtests.bench $(if $(CLUSTER),--cluster,)
 
 loadtest: venv up ## Locust headless against the running stack (DURATION=20s)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import uvloop
 from aiokafka import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
@@ -346,6 +347,8 @@ class AuctionWorker:
         if interpreted:
             log.warning("hot path runs interpreted (about half the speed); `make native` compiles it",
                         extra={"modules": interpreted})
+        log.info("auction worker starting", extra={"event_loop": type(asyncio.get_running_loop()).__module__,
+                                                   "hot_path": "interpreted" if interpreted else "compiled"})
         self._runner = await serve(self.metrics, self.settings.metrics_port, lambda: self.loop.ready)
         live = self.role.live
         self._tasks = [
@@ -423,6 +426,9 @@ async def run_worker(settings: Settings, instance: str | None = None, batch_max:
 
 
 def main(settings: Settings, instance: str | None, batch_max: int, linger_ms: int) -> int:
-    """`vickrey auction` (one process; the CLI's `--workers N` supervises N of them)."""
+    """`vickrey auction` (one process; the CLI's `--workers N` supervises N of them). On uvloop:
+    the worker's Redis calls and task switches cost less there, ~12 % of its CPU per event at its
+    maximum; loops that only talk to Kafka (the streams roles, the bench's reference loops) ran
+    slower on it, so they stay on asyncio's own (BENCHMARKS.md, "uvloop")."""
     logs.setup("auction")
-    return 0 if asyncio.run(run_worker(settings, instance, batch_max, linger_ms)) else 1
+    return 0 if uvloop.run(run_worker(settings, instance, batch_max, linger_ms)) else 1

@@ -1,4 +1,6 @@
-"""The one settings object: every `VICKREY_*` environment variable is a field here and nowhere else.
+"""The one settings object: every `VICKREY_*` setting of the product is a field here and nowhere else
+(the load tests' `VICKREY_LOAD_*`, `make up`'s `VICKREY_UP_TIMEOUT` and the test suite's switches
+belong to those tools, not to Vickrey).
 
 pydantic-settings reads them (`Settings()`); each field's description is the help text the CLI
 prints, so the documented settings cannot drift from the real ones. Empty variables count as

@@ -158,7 +158,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--billing-events", type=int, default=50_000, help="impressions for the billing benchmark")
     p.add_argument("--cluster", action="store_true",
                    help="also switch Kafka to three brokers (make up BROKERS=3) for the worker's events/s there and "
-                        "failover_pause_ms, then back to one broker")
+                        "failover_pause_ms, then Redis to a Redis Cluster (make up REDIS=cluster) for the "
+                        "worker's events/s there; then back to one broker and one Redis")
     p.add_argument("--warmup-seconds", type=float, default=45.0,
                    help="seconds of broker warm-up traffic before the measured stages (default 45)")
     p.add_argument("--warmup-rate", type=float, default=10_000.0, help="intents/s of the warm-up (default 10000)")

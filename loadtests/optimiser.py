@@ -69,7 +69,7 @@ def compare(scenario: dict[str, Any], campaign_id: str, bids: list[int] | None =
     budget = mine["budget_micros"]
     within = [run for run in runs if run["spend_micros"] <= budget]
     # Judged on expected clicks (the sum of each impression's click probability): the same market
-    # without the dice of who clicked, which would otherwise favour whichever of 24 runs was lucky.
+    # without the dice of who clicked, which would otherwise favour whichever of the runs (GRID_POINTS bids × 2 pacings) was lucky.
     best = max(within, key=lambda run: (run["expected_clicks"], -run["spend_micros"]))
     return {
         "campaign_id": campaign_id,
@@ -138,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true", help="print every fixed bid's result too")
     args = parser.parse_args(argv)
     scenario = json.loads(args.scenario.read_text())
-    for campaign_id in [args.campaign] if args.campaign else autopilot_ids(scenario):
+    campaign_ids = [args.campaign] if args.campaign else autopilot_ids(scenario)
+    if not campaign_ids:
+        print(f"{args.scenario}: no autopilot campaign with a max_clicks or target_cpc goal to compare with fixed "
+              "bids (a target_cpa campaign is judged by its cost per conversion: `make bench`, "
+              "autopilot_cpa_vs_target)", file=sys.stderr)
+        return 2
+    for campaign_id in campaign_ids:
         found = compare(scenario, campaign_id)
         if not args.grid:
             found.pop("grid")

@@ -6,8 +6,8 @@ most samples on top of the stack (self) and in the stack (inclusive), and a brea
 
 from __future__ import annotations
 
+import argparse
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -57,6 +57,7 @@ AREAS: tuple[tuple[str, str], ...] = (
 # Frames every stack passes through: an area only when nothing more specific is inside them.
 GENERIC: tuple[tuple[str, str], ...] = (
     ("asyncio/", "asyncio event loop"),
+    ("uvloop", "asyncio event loop"),  # the worker's loop (auction/worker.py)
     ("auction/worker.py", "worker loop (own code: batches, claims, dataclasses)"),
 )
 
@@ -115,5 +116,12 @@ def _area(frames: list[str]) -> str:
     return "other"
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", type=Path, help="a py-spy profile written with --format raw")
+    print(summarise(parser.parse_args(argv).profile))
+
+
 if __name__ == "__main__":
-    print(summarise(Path(sys.argv[1])))
+    main()

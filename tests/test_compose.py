@@ -24,6 +24,7 @@ VICKREY_ROLES = {
     "topics": ["topics", "create"],
     "auction": ["auction"],
     "streams": ["streams"],
+    "autopilot": ["streams", "autopilot"],
     "api": ["api"],
 }
 REQUIRED_SERVICES = {"kafka", "redis", *VICKREY_ROLES, "locust"}
@@ -153,6 +154,17 @@ def test_dockerfile_runs_vickrey() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
     assert re.search(r"^RUN pip install \"?\.(\[load\])?", text, re.M)  # Vickrey, with Locust for the load-test services
     assert re.search(r'^ENTRYPOINT \["vickrey"\]', text, re.M)
+
+
+def test_dockerfile_copies_every_package() -> None:
+    """Every package pyproject.toml installs is in the image (the CLI imports them all at start:
+    one left out and every command in the image fails)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    include = re.search(r"^include = \[(.*)\]$", pyproject, re.M)
+    assert include, "pyproject.toml has no [tool.setuptools.packages.find] include list"
+    packages = {name.strip().strip('"').rstrip("*") for name in include.group(1).split(",")}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert packages - copied == set(), f"the Dockerfile does not copy {sorted(packages - copied)}"
 
 
 def test_dependencies_name_real_services(compose: dict[str, Any]) -> None:

@@ -103,6 +103,11 @@ async def test_vectors_live(settings: Settings, env: dict[str, str], topics: Set
             assert decision["no_fill_reason"] == "below_floor"
     for ad in (a for d in decisions.values() for a in d["ads"]):
         assert ad["label"] == "Sponsored" and ad["why"]["matched_keywords"]
+    # The worker says what it runs on: uvloop (BENCHMARKS.md, "uvloop"), and whether compiled.
+    starting = [orjson.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines()
+                if '"msg":"auction worker starting"' in line]
+    assert [line["event_loop"] for line in starting] == ["uvloop"]
+    assert starting[0]["hot_path"] in ("compiled", "interpreted")
 
 
 def crash_campaigns() -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from loadtests.optimiser import SCENARIOS, autopilot_ids, compare, grid
+from loadtests.optimiser import SCENARIOS, autopilot_ids, compare, grid, main
 
 
 @pytest.mark.parametrize("name", ["diurnal", "crowded", "dud"])
@@ -20,3 +20,11 @@ def test_the_autopilot_gets_90_percent_of_the_best_fixed_bid(name: str) -> None:
     assert len(found["grid"]) == 24 and found["best_fixed"]["spend_micros"] <= found["autopilot"]["budget_micros"]
     assert found["clicks_vs_best_fixed"] >= 0.9, {k: v for k, v in found.items() if k != "grid"}
     assert found["autopilot"]["spend_micros"] <= found["autopilot"]["budget_micros"]
+
+
+def test_a_scenario_with_nothing_to_compare_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """cpa.json's campaign is judged by its cost per conversion, not against fixed bids: the
+    command says so and fails, rather than printing nothing and succeeding."""
+    assert main([str(SCENARIOS / "cpa.json")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no autopilot campaign with a max_clicks or target_cpc goal" in captured.err

@@ -126,7 +126,7 @@ def streams(
                                              "taken; 0 picks a free one)")] = None,
 ) -> None:
     """Run stream roles: click attribution, billing (exactly once), reporting (one-minute windows), CTR
-    feedback and the autopilot's feed, on the shared exactly-once loop; with no ROLE, all of them.
+    feedback, the autopilot's feed and conversions, on the shared exactly-once loop; with no ROLE, all of them.
     `vickrey streams autopilot` runs the autopilot (bids and learned targeting, on Faust) in a
     process of its own."""
     if roles and AUTOPILOT in roles:

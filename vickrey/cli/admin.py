@@ -96,7 +96,7 @@ def advertisers_create(
     name: Annotated[str, typer.Argument(metavar="NAME", help="the advertiser's display name")],
     json: Annotated[bool, typer.Option("--json", help="print {advertiser_id, name, api_key} as JSON")] = False,
 ) -> None:
-    """Create an advertiser named NAME, with the id adv-<slug of NAME> (-2, -3, ... appended when taken),
+    """Create an advertiser named NAME, with the id adv-SLUG (SLUG: NAME in lowercase letters, digits and dashes; -2, -3, ... appended when taken),
     and print a new API key. The key is shown only this once: only its hash is stored."""
     config = settings()
     try:
