@@ -18,6 +18,7 @@ _LOCATION = re.compile(r"^(?P<func>.*?) \((?P<file>[^:]*)(?::\d+)?\)$")
 AREAS: tuple[tuple[str, str], ...] = (
     ("selectors.py", "waiting for I/O (event loop idle: Redis, Kafka round trips)"),
     ("epoll_wait", "waiting for I/O (event loop idle: Redis, Kafka round trips)"),
+    ("epoll_pwait", "waiting for I/O (event loop idle: Redis, Kafka round trips)"),  # uvloop's (libuv)
     ("gc_collect", "garbage collector"),
     ("AuctionRequest___from_intent", "request parsing (AuctionRequest)"),
     ("CPyDef_engine___", "auction engine"),
