@@ -20,8 +20,10 @@ COPY schemas ./schemas
 COPY loadtests ./loadtests
 
 RUN pip install ".[load]" \
-    && useradd --create-home --uid 10001 vickrey
+    && useradd --create-home --uid 10001 vickrey \
+    && mkdir -p /app/.local && chown vickrey /app/.local
 
+# .local/ is where the stream roles and the autopilot keep their local state (the vickrey user's).
 # The source tree stays first on the path too, so data files the wheel may not carry
 # (auction/*.lua, vickrey/samples/) are found; loadtests/locustfile.py is run from here.
 ENV PYTHONPATH=/app \

@@ -1,6 +1,6 @@
 """How the auction worker batches and fetches: one place, read by the worker and by the bench's
 transactional loop (loadtests/txn_loop.py), so that only the auction differs between the two and
-the reference loop does not import the worker (Redis, the engine) to learn them."""
+the reference loop does not import the worker (the engine, the live state) to learn them."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ COMPACTED_TOPICS: frozenset[str] = frozenset(
 MAX_REPLICATION_FACTOR = 3
 MIN_INSYNC_WITH_THREE = 2
 LEADER_WAIT_S = 30.0
-METADATA_RETRIES, METADATA_RETRY_S = 5, 0.2
+METADATA_RETRIES, METADATA_RETRY_S = 10, 0.2  # up to ~2 s for a broker to learn of a new topic
 _TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 _UNKNOWN_TOPIC = 3
 
@@ -163,6 +163,9 @@ async def describe_topics(settings: Settings, names: Iterable[str] | None = None
     partitions: dict[str, int] = {}
     replicas: dict[str, int] = {}
     configs: dict[str, dict[str, str]] = {}
+    present: set[str] = set()
+    if not physical:
+        return []
     async with admin_client(settings) as admin:
         for attempt in range(METADATA_RETRIES):
             # With several brokers, one may learn of a topic just created a moment after another

@@ -46,7 +46,7 @@ from loadtests.plot import bench_plot
 from loadtests.profile import summarise
 from loadtests.stack import ROOT, cleanup, isolated, new_tag, require_local
 from loadtests.warmup import cluster_broker_pids, warm_up
-from loadtests.worker_stages import worker_stages
+from loadtests.worker_stages import measure as measure_worker_stages
 
 KEYS = (
     "engine_auctions_per_s", "index_build_s_100k", "index_bytes_per_campaign", "baseline_events_per_s",
@@ -56,8 +56,14 @@ KEYS = (
     "redis_cluster_worker_events_per_s",
 )
 CLUSTER_KEYS = ("failover_pause_ms", "cluster_worker_events_per_s", "redis_cluster_worker_events_per_s")
-CLUSTER_SKIPPED = ("run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then back to one; "
-                   "needs nothing else running on it)")
+CLUSTER_SKIPPED = {
+    "failover_pause_ms": "run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then back to "
+                         "one; needs nothing else running on it)",
+    "cluster_worker_events_per_s": "run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then "
+                                   "back to one; needs nothing else running on it)",
+    "redis_cluster_worker_events_per_s": "run `make bench CLUSTER=1` (switches Redis to a Redis Cluster for this "
+                                         "stage, then back to one Redis; needs nothing else running on it)",
+}
 CLUSTER_KAFKA = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
 CLUSTER_REDIS = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in range(7000, 7006))
 HELD_OUT_SEEDS = (101, 102, 103, 104)  # random markets (loadtests/optimiser.py) the autopilot was not tuned on
@@ -274,7 +280,7 @@ def kafka_stage(bench: Bench) -> None:
         bench.details["worker_profile"] = summarise(profile_file).splitlines()
     bench.progress.stage("the worker's steps, in process (µs per event each)")
     try:
-        bench.details["worker_stages"] = asyncio.run(worker_stages(bench.base, progress=bench.progress))
+        bench.details["worker_stages"] = measure_worker_stages(bench.base, progress=bench.progress)
     except Exception:
         traceback.print_exc()
 
@@ -361,7 +367,7 @@ def autopilot_stage(bench: Bench) -> None:
     """The autopilot against the best fixed bid in hindsight (loadtests/optimiser.py): the shipped
     diurnal scenario for the headline keys, and held-out random markets for the details."""
     progress = bench.progress
-    progress.stage("autopilot vs 24 fixed bids: the diurnal scenario, then held-out markets")
+    progress.stage(f"autopilot vs {2 * optimiser.GRID_POINTS} fixed-bid runs: the diurnal scenario, then held-out markets")
     scenario = orjson.loads((ROOT / "loadtests" / "scenarios" / "diurnal.json").read_bytes())
     found = optimiser.compare(scenario, "voltbook-auto")
     bench.results.update(autopilot_clicks_vs_best_fixed=found["clicks_vs_best_fixed"],
@@ -395,7 +401,7 @@ def cluster_stage(bench: Bench) -> None:
     then one broker and one Redis again."""
     if not bench.args.cluster:
         for key in CLUSTER_KEYS:
-            bench.missing[key] = CLUSTER_SKIPPED
+            bench.missing[key] = CLUSTER_SKIPPED[key]
         return
     progress, env = bench.progress, dict(os.environ)
     progress.stage("three brokers: make down, make up BROKERS=3")

@@ -58,7 +58,6 @@ AREAS: tuple[tuple[str, str], ...] = (
 # Frames every stack passes through: an area only when nothing more specific is inside them.
 GENERIC: tuple[tuple[str, str], ...] = (
     ("asyncio/", "asyncio event loop"),
-    ("uvloop", "asyncio event loop"),  # the worker's loop (auction/worker.py)
     ("auction/worker.py", "worker loop (own code: batches, claims, dataclasses)"),
 )
 
