@@ -56,13 +56,11 @@ KEYS = (
     "redis_cluster_worker_events_per_s",
 )
 CLUSTER_KEYS = ("failover_pause_ms", "cluster_worker_events_per_s", "redis_cluster_worker_events_per_s")
+_SKIPPED = "run `make bench CLUSTER=1` (switches {} for this stage, then back to {}; needs nothing else running on it)"
 CLUSTER_SKIPPED = {
-    "failover_pause_ms": "run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then back to "
-                         "one; needs nothing else running on it)",
-    "cluster_worker_events_per_s": "run `make bench CLUSTER=1` (switches Kafka to three brokers for this stage, then "
-                                   "back to one; needs nothing else running on it)",
-    "redis_cluster_worker_events_per_s": "run `make bench CLUSTER=1` (switches Redis to a Redis Cluster for this "
-                                         "stage, then back to one Redis; needs nothing else running on it)",
+    "failover_pause_ms": _SKIPPED.format("Kafka to three brokers", "one"),
+    "cluster_worker_events_per_s": _SKIPPED.format("Kafka to three brokers", "one"),
+    "redis_cluster_worker_events_per_s": _SKIPPED.format("Redis to a Redis Cluster", "one Redis"),
 }
 CLUSTER_KAFKA = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
 CLUSTER_REDIS = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in range(7000, 7006))
