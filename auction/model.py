@@ -8,7 +8,9 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
+
+from mypy_extensions import i32, u8
 
 from auction.bidding import start_bid
 from auction.interning import remember
@@ -141,6 +143,14 @@ def _shared_cap(cap: tuple[int, int]) -> tuple[int, int] | None:
     return cast("tuple[int, int] | None", found)
 
 
+# Bits of `Campaign.flags`.
+_CPC: Final = 1
+_EVEN_PACING: Final = 2
+_ACTIVE: Final = 4
+_ANY_OF: Final = 8
+_HAS_FILTERS: Final = 16
+
+
 @dataclass(slots=True, eq=False, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Campaign:
     """What the engine needs of a campaign: targeting, bid, budget, pacing. Creatives stay in the
@@ -149,9 +159,7 @@ class Campaign:
 
     campaign_id: str
     advertiser_id: str
-    bid_type: BidType
     bid_micros: int
-    prior_pctr: Fraction
     keywords: tuple[str, ...]  # exact match
     phrases: tuple[str, ...]  # phrase match: also inside a longer intent keyword
     categories: frozenset[str] | None
@@ -164,14 +172,11 @@ class Campaign:
     pctr_num: int = field(init=False)
     pctr_den: int = field(init=False)
     rank_key: int = field(init=False)
-    # Flags side by side: the compiled class packs them into one word.
-    even_pacing: bool
-    active: bool
-    # Autopilot targeting (`targeting.auto`): reached through any of its keywords, phrases or
-    # categories; a manual campaign with keywords needs its categories to match too.
-    any_of: bool
-    # True when anything beyond the keyword match must be checked per request.
-    has_filters: bool = field(init=False)
+    # The prior pCTR in millionths and the flags, side by side: the compiled class keeps them
+    # as a 32-bit and an 8-bit native int in one word (the prior as a pointer to a shared
+    # Fraction, the bid type as a pointer to a literal and four bools took three).
+    prior_pctr_micros: i32 = field(init=False)
+    flags: u8 = field(init=False)
 
     def __init__(self, campaign_id: str, advertiser_id: str, bid_type: BidType, bid_micros: int,
                  prior_pctr: Fraction, keywords: tuple[str, ...], phrases: tuple[str, ...] = (),
@@ -181,9 +186,7 @@ class Campaign:
                  any_of: bool = False) -> None:
         self.campaign_id = campaign_id
         self.advertiser_id = advertiser_id
-        self.bid_type = bid_type
         self.bid_micros = bid_micros
-        self.prior_pctr = prior_pctr
         self.keywords = keywords
         self.phrases = phrases
         self.categories = categories
@@ -191,11 +194,50 @@ class Campaign:
         self.daily_budget_micros = daily_budget_micros
         self.total_budget_micros = total_budget_micros
         self.frequency_cap = frequency_cap
-        self.even_pacing = even_pacing
-        self.active = active
-        self.any_of = any_of
-        self.has_filters = filters is not None or self.category_filter is not None
+        prior_num, prior_den = prior_pctr.numerator, prior_pctr.denominator  # ints: Fraction math is slow
+        if PCTR_DENOMINATOR % prior_den or not 0 <= prior_num <= prior_den:
+            raise ValueError(f"prior_pctr: {prior_pctr} is not a multiple of 1/{PCTR_DENOMINATOR} in [0, 1]")
+        self.prior_pctr_micros = i32(prior_num * (PCTR_DENOMINATOR // prior_den))
+        flags = 0
+        if bid_type == "cpc":
+            flags |= _CPC
+        if even_pacing:
+            flags |= _EVEN_PACING
+        if active:
+            flags |= _ACTIVE
+        if any_of:
+            flags |= _ANY_OF
+        if filters is not None or ((keywords or phrases) and not any_of and categories is not None):
+            flags |= _HAS_FILTERS  # the same rule as `category_filter`, before `flags` is set
+        self.flags = u8(flags)
         self.set_pctr(prior_pctr)
+
+    @property
+    def bid_type(self) -> BidType:
+        return "cpc" if self.flags & _CPC else "cpm"
+
+    @property
+    def even_pacing(self) -> bool:
+        return bool(self.flags & _EVEN_PACING)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flags & _ACTIVE)
+
+    @property
+    def any_of(self) -> bool:
+        """Autopilot targeting (`targeting.auto`): reached through any of its keywords, phrases
+        or categories; a manual campaign with keywords needs its categories to match too."""
+        return bool(self.flags & _ANY_OF)
+
+    @property
+    def has_filters(self) -> bool:
+        """True when anything beyond the keyword match must be checked per request."""
+        return bool(self.flags & _HAS_FILTERS)
+
+    @property
+    def prior_pctr(self) -> Fraction:
+        return _prior(self.prior_pctr_micros)
 
     def set_pctr(self, pctr: Fraction) -> None:
         self.pctr_num, self.pctr_den = pctr.numerator, pctr.denominator
@@ -214,15 +256,23 @@ class Campaign:
     def pctr(self) -> Fraction:
         return Fraction(self.pctr_num, self.pctr_den)
 
+    def changed(self, bid_type: BidType | None = None, bid_micros: int | None = None,
+                phrases: tuple[str, ...] | None = None) -> Campaign:
+        """A copy of this campaign with the given fields changed and its learned pCTR kept."""
+        copy = Campaign(
+            self.campaign_id, self.advertiser_id, self.bid_type if bid_type is None else bid_type,
+            self.bid_micros if bid_micros is None else bid_micros, self.prior_pctr, self.keywords,
+            self.phrases if phrases is None else phrases, self.categories, self.filters, self.daily_budget_micros,
+            self.total_budget_micros, self.frequency_cap, self.even_pacing, self.active, self.any_of,
+        )
+        copy.set_pctr(self.pctr)  # the learned rate, not the prior the constructor starts from
+        return copy
+
     def piloted(self, bid_micros: int | None, keywords: tuple[str, ...]) -> Campaign:
         """This campaign as the autopilot runs it: its CPC bid (None: unchanged) and its effective
         keywords (the advertiser's exact ones stay exact; the rest match as phrases)."""
         phrases = tuple(sorted(set(keywords) - set(self.keywords)))
-        bid = self.bid_micros if bid_micros is None else bid_micros
-        piloted = dataclasses.replace(self, bid_type="cpc" if bid_micros is not None else self.bid_type,
-                                      bid_micros=bid, phrases=phrases)
-        piloted.set_pctr(self.pctr)  # the learned rate, not the prior __post_init__ starts from
-        return piloted
+        return self.changed("cpc" if bid_micros is not None else None, bid_micros, phrases)
 
     @property
     def category_filter(self) -> frozenset[str] | None:

@@ -146,7 +146,6 @@ def index_parts(index: CampaignIndex) -> dict[str, float]:
         add("campaign objects", campaign)
         add("campaign ids", campaign.campaign_id)
         add("advertiser ids (shared)", campaign.advertiser_id)
-        add("bid types (shared)", campaign.bid_type)
         for terms in (campaign.keywords, campaign.phrases):
             if add("keyword tuples", terms):
                 for term in terms:

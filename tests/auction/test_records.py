@@ -5,7 +5,6 @@ those the worker published before outcomes were compact (the reference below, by
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import zlib
 from collections.abc import Mapping
@@ -123,8 +122,8 @@ def change_everything(engine: AuctionEngine, creatives: dict[str, list[dict[str,
         creatives[campaign_id] = [{**c, "creative_id": c["creative_id"] + "-v2", "title": "Changed ✓", "body": "new"}
                                   for c in listed] + [{**listed[0], "creative_id": campaign_id + "-extra"}]
     for campaign in list(engine.index.campaigns.values()):
-        changed = dataclasses.replace(campaign, bid_type="cpc" if campaign.bid_type == "cpm" else "cpm",
-                                      bid_micros=campaign.bid_micros * 2 + 1)
+        changed = campaign.changed(bid_type="cpc" if campaign.bid_type == "cpm" else "cpm",
+                                   bid_micros=campaign.bid_micros * 2 + 1)
         changed.set_pctr(Fraction(7, 1000))
         engine.index.upsert(changed)
 
@@ -251,7 +250,7 @@ async def test_a_batch_replayed_by_the_worker_publishes_the_same_bytes(
         for campaign_id in list(role.live.creatives):
             role.live.creatives[campaign_id] = [{**c, "title": "changed"} for c in role.live.creatives[campaign_id]]
         for campaign in list(role.engine.index.campaigns.values()):
-            changed = dataclasses.replace(campaign, bid_micros=campaign.bid_micros * 3)
+            changed = campaign.changed(bid_micros=campaign.bid_micros * 3)
             changed.set_pctr(Fraction(1, 3))
             role.engine.index.upsert(changed)
         clock[0] += 3600
