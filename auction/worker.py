@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import uvloop
 from aiokafka import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
 from auction.autopilot_listener import AutopilotListener
-from auction.batching import BATCH_MAX, loop_options
+from auction.batching import BATCH_MAX, loop_options, run_on_worker_loop
 from auction.budgets import Answer, Claim, Reservation
 from auction.budgets_split import reserver_for
 from auction.controls import AppliedListener, ControlsRole
@@ -426,9 +425,7 @@ async def run_worker(settings: Settings, instance: str | None = None, batch_max:
 
 
 def main(settings: Settings, instance: str | None, batch_max: int, linger_ms: int) -> int:
-    """`vickrey auction` (one process; the CLI's `--workers N` supervises N of them). On uvloop:
-    the worker's Redis calls and task switches cost less there, ~12 % of its CPU per event at its
-    maximum; loops that only talk to Kafka (the streams roles, the bench's reference loops) ran
-    slower on it, so they stay on asyncio's own (BENCHMARKS.md, "uvloop")."""
+    """`vickrey auction` (one process; the CLI's `--workers N` supervises N of them), on the
+    worker's event loop (`run_on_worker_loop`)."""
     logs.setup("auction")
-    return 0 if uvloop.run(run_worker(settings, instance, batch_max, linger_ms)) else 1
+    return 0 if run_on_worker_loop(run_worker(settings, instance, batch_max, linger_ms)) else 1

@@ -26,11 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import uvloop
 from aiokafka import ConsumerRecord
 from redis.asyncio import Redis
 
-from auction.batching import BATCH_MAX
+from auction.batching import BATCH_MAX, run_on_worker_loop
 from auction.model import AuctionRequest
 from auction.people import PeopleCache
 from auction.worker import (
@@ -171,7 +170,7 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
 def measure(base: Settings, events: int = 20_000, rounds: int = 3,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`worker_stages` on the worker's own event loop (uvloop: its Redis client runs there)."""
-    return uvloop.run(worker_stages(base, events, rounds, progress))
+    return run_on_worker_loop(worker_stages(base, events, rounds, progress))
 
 
 def _median_of(rounds: list[dict[str, float | None]], what: str) -> float | None:
