@@ -25,6 +25,20 @@ from core.redis_client import redis_from_url
 from core.settings import Settings, settings_help
 
 T = TypeVar("T")
+
+
+def _flags_take_no_value() -> None:
+    """Typer 0.29 prints a value type after every flag in `--help` (`--json <bool>`, even
+    `--help <bool>`), as if a flag took a value; a flag is shown bare, as Click shows it."""
+    shown = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
 UP_HINT = "Is it running? `make up` starts local Kafka and Redis."
 
 
