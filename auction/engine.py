@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from auction.index import CampaignIndex
-from auction.keywords import sub_phrases
+from auction.keywords import phrase_matches, phrase_terms
 from auction.model import RANK_SCALE, AuctionRequest, AuctionResult, Campaign, NoFillReason, Winner
 from auction.pacing import SpendView, pacing_allows
 from auction.pricing import best_per_advertiser, ceil_div, price_slots, rank
@@ -158,11 +158,17 @@ class AuctionEngine:
         so walking the best lists first lets the later ones stop early (or be skipped)."""
         index = self.index
         lists = [index.by_keyword.get(keyword) for keyword in request.keywords]
-        if index.by_phrase:
-            phrases = request.phrases
-            if phrases is None:
-                phrases = request.phrases = sub_phrases(request.keywords)
-            lists += [index.by_phrase.get(phrase) for phrase in phrases]
+        by_phrase = index.by_phrase
+        if by_phrase:
+            # Each term of `sub_phrases(request.keywords)`, without building that set. Two
+            # keywords may share a term: its list is then walked twice, the second time over
+            # campaigns already accepted or rejected, which changes nothing.
+            for keyword in request.keywords:
+                if " " in keyword:
+                    for term in phrase_terms(keyword):
+                        lists.append(by_phrase.get(term))
+                else:
+                    lists.append(by_phrase.get(keyword))
         lists += [index.by_category.get(code) for code in ancestors]
         lists.append(index.untargeted)
         walk: list[list[Campaign]] = []
@@ -290,10 +296,10 @@ def _needed_key(accepted: dict[str, Campaign], need: int) -> int:
 
 def _matched_keywords(campaign: Campaign, request: AuctionRequest) -> tuple[str, ...]:
     """The campaign keywords that matched the request (for `why`): exact ones, then phrases."""
-    exact = [keyword for keyword in campaign.keywords if keyword in request.keywords]
-    phrases = request.phrases
-    if phrases is not None and campaign.phrases:
-        exact += [phrase for phrase in campaign.phrases if phrase in phrases]
+    keywords = request.keywords
+    exact = [keyword for keyword in campaign.keywords if keyword in keywords]
+    if campaign.phrases:
+        exact += [phrase for phrase in campaign.phrases if phrase_matches(phrase, keywords)]
     return tuple(exact)
 
 

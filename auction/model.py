@@ -371,7 +371,6 @@ class AuctionRequest:
     personalization: bool
     age_bracket: str
     now_ms: int
-    phrases: frozenset[str] | None  # every run of words of the keywords, once a phrase index asks
 
     def __init__(self, event_id: str, user_id: str, placement: str, slots: int, reserve_cpm_micros: int,
                  category: str | None, keywords: frozenset[str], locale: str, country: str, device: str,
@@ -392,7 +391,6 @@ class AuctionRequest:
         self.personalization = personalization
         self.age_bracket = age_bracket
         self.now_ms = now_ms
-        self.phrases = None
 
     @classmethod
     def from_intent(cls, intent: dict[str, Any], now_ms: int) -> AuctionRequest:

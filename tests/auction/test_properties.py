@@ -209,7 +209,8 @@ KINDS = ["exact", "phrase", "category", "untargeted"]
                                 st.sampled_from([500_000, 1_000_000, 2_000_000, 7_000_000]),
                                 st.lists(st.sampled_from(TERMS), min_size=1, max_size=2, unique=True)),
                       min_size=1, max_size=12),
-       wanted=st.lists(st.sampled_from([*TERMS, "alpha bravo", "charlie delta"]), min_size=1, max_size=3, unique=True),
+       wanted=st.lists(st.sampled_from([*TERMS, "alpha bravo", "bravo charlie", "charlie delta"]), min_size=1,
+                      max_size=3, unique=True),
        hidden=st.sets(st.integers(0, 5), max_size=2), capped=st.sets(st.integers(0, 11), max_size=3),
        shape=auction_shape)
 def test_early_stops_across_every_kind_of_list_change_nothing(
