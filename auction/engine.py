@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from auction.index import CampaignIndex
-from auction.keywords import phrase_matches, phrase_terms
+from auction.keywords import phrase_terms, sub_phrases
 from auction.model import RANK_SCALE, AuctionRequest, AuctionResult, Campaign, NoFillReason, Winner
 from auction.pacing import SpendView, pacing_allows
 from auction.pricing import best_per_advertiser, ceil_div, price_slots, rank
@@ -136,8 +136,11 @@ class AuctionEngine:
         if not ranked:
             return AuctionResult(request.event_id, (), _STAGES[furthest], request.reserve_cpm_micros)
         winners = []
+        terms: frozenset[str] | None = None  # the request's phrase terms, once a winner has phrases
         for slot in price_slots(ranked, request.slots, request.reserve_cpm_micros, self.increment_micros):
             winner, runner_up = slot.campaign, slot.runner_up
+            if winner.phrases and terms is None:
+                terms = sub_phrases(request.keywords)
             winners.append(
                 Winner(
                     slot.slot,
@@ -146,7 +149,7 @@ class AuctionEngine:
                     slot.charge_micros,
                     ceil_div(winner.ecpm_num, winner.ecpm_den),
                     None if runner_up is None else ceil_div(runner_up.ecpm_num, runner_up.ecpm_den),
-                    _matched_keywords(winner, request),
+                    _matched_keywords(winner, request.keywords, terms),
                     self._matched_category(winner, ancestors),
                 )
             )
@@ -294,12 +297,12 @@ def _needed_key(accepted: dict[str, Campaign], need: int) -> int:
     return sorted(best.values(), reverse=True)[need - 1]
 
 
-def _matched_keywords(campaign: Campaign, request: AuctionRequest) -> tuple[str, ...]:
-    """The campaign keywords that matched the request (for `why`): exact ones, then phrases."""
-    keywords = request.keywords
+def _matched_keywords(campaign: Campaign, keywords: frozenset[str], terms: frozenset[str] | None) -> tuple[str, ...]:
+    """The campaign keywords that matched the request (for `why`): exact ones, then phrases
+    (`terms`: the request's `sub_phrases`, given when the campaign has phrases)."""
     exact = [keyword for keyword in campaign.keywords if keyword in keywords]
-    if campaign.phrases:
-        exact += [phrase for phrase in campaign.phrases if phrase_matches(phrase, keywords)]
+    if terms is not None and campaign.phrases:
+        exact += [phrase for phrase in campaign.phrases if phrase in terms]
     return tuple(exact)
 
 

@@ -79,17 +79,9 @@ def phrase_terms(keyword: str) -> tuple[str, ...]:
 
 def sub_phrases(keywords: frozenset[str]) -> frozenset[str]:
     """Every term phrase match looks up for these intent keywords: each keyword, and each one's
-    `phrase_terms`."""
-    found = set(keywords)
-    for keyword in keywords:
-        if " " in keyword:
-            found.update(phrase_terms(keyword))
-    return frozenset(found)
-
-
-def phrase_matches(phrase: str, keywords: frozenset[str]) -> bool:
-    """`phrase in sub_phrases(keywords)`, without building the set (for the few winners)."""
-    return phrase in keywords or any(" " in keyword and phrase in phrase_terms(keyword) for keyword in keywords)
+    `phrase_terms` (for a winner's `why`; one `union`, not a set built, updated and frozen)."""
+    runs = [phrase_terms(keyword) for keyword in keywords if " " in keyword]
+    return keywords.union(*runs) if runs else keywords
 
 
 def normalize_keywords(raw: list[str] | tuple[str, ...]) -> frozenset[str]:
