@@ -123,10 +123,13 @@ class AuctionEngine:
         rejected: set[str] = set()
         furthest = _TARGETING
         floor_key = -1  # the need-th accepted advertiser's key, once there are `need`
+        advertisers: set[str] = set()  # one list's advertisers so far: emptied for each list, made once
         for postings in self._lists_for(request, ancestors):
             if postings[0].rank_key < floor_key:
                 break
-            stage = self._scan(postings, request, ancestors, user, refused, accepted, rejected, need, floor_key)
+            advertisers.clear()
+            stage = self._scan(postings, request, ancestors, user, refused, accepted, rejected, advertisers, need,
+                               floor_key)
             if stage > furthest:
                 furthest = stage
             if len(accepted) >= need:
@@ -160,7 +163,10 @@ class AuctionEngine:
         are in, a campaign ranked below the need-th of them can neither win nor price a slot,
         so walking the best lists first lets the later ones stop early (or be skipped)."""
         index = self.index
-        lists = [index.by_keyword.get(keyword) for keyword in request.keywords]
+        walk: list[list[Campaign]] = []
+        by_keyword = index.by_keyword
+        for keyword in request.keywords:
+            _add(walk, by_keyword.get(keyword))
         by_phrase = index.by_phrase
         if by_phrase:
             # Each term of `sub_phrases(request.keywords)`, without building that set. Two
@@ -169,16 +175,13 @@ class AuctionEngine:
             for keyword in request.keywords:
                 if " " in keyword:
                     for term in phrase_terms(keyword):
-                        lists.append(by_phrase.get(term))
+                        _add(walk, by_phrase.get(term))
                 else:
-                    lists.append(by_phrase.get(keyword))
-        lists += [index.by_category.get(code) for code in ancestors]
-        lists.append(index.untargeted)
-        walk: list[list[Campaign]] = []
-        for postings in lists:
-            if postings:
-                walk.append(postings)
-        walk.sort(key=_top_key)
+                    _add(walk, by_phrase.get(keyword))
+        by_category = index.by_category
+        for code in ancestors:
+            _add(walk, by_category.get(code))
+        _add(walk, index.untargeted)
         return walk
 
     @staticmethod
@@ -196,6 +199,7 @@ class AuctionEngine:
         refused: Mapping[str, NoFillReason],
         accepted: dict[str, Campaign],
         rejected: set[str],
+        advertisers: set[str],
         need: int,
         floor_key: int,
     ) -> int:
@@ -207,8 +211,7 @@ class AuctionEngine:
         reserve_key = request.reserve_cpm_micros * RANK_SCALE
         hidden, capped, blocked = user.hidden_advertisers, user.capped_campaigns, self.spend.blocked
         check_all = self._check_all
-        advertisers: set[str] = set()
-        found = 0  # len(advertisers), kept by hand: this loop runs millions of times a second
+        found = 0  # len(advertisers) (empty on entry), kept by hand: this loop runs millions of times a second
         last_key = -1
         furthest = _TARGETING
         for campaign in postings:
@@ -278,8 +281,19 @@ class AuctionEngine:
         return _PASS
 
 
-def _top_key(postings: list[Campaign]) -> int:
-    return -postings[0].rank_key
+def _add(walk: list[list[Campaign]], postings: list[Campaign] | None) -> None:
+    """Insert a non-empty posting list into `walk`, kept best first by its top campaign's key
+    (after the lists already there with the same key: the order `sorted` gives). An insertion
+    sort: a request reaches a handful of lists, and `list.sort` with a key function cost more."""
+    if not postings:
+        return
+    top = postings[0].rank_key
+    position = len(walk)
+    walk.append(postings)
+    while position > 0 and walk[position - 1][0].rank_key < top:
+        walk[position] = walk[position - 1]
+        position -= 1
+    walk[position] = postings
 
 
 def _needed_key(accepted: dict[str, Campaign], need: int) -> int:
