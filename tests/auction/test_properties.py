@@ -245,3 +245,14 @@ def test_early_stops_across_every_kind_of_list_change_nothing(
     assert [(w.slot, w.campaign.campaign_id, w.price_micros) for w in auction(campaigns, slots).winners] == [
         (p.slot, p.campaign.campaign_id, p.price_micros) for p in reference
     ]
+
+
+@given(amounts=st.lists(st.sampled_from([500_000, 1_000_000, 2_000_000, 7_000_000]), min_size=0, max_size=40),
+       event_id=st.text(min_size=1, max_size=8))
+def test_rank_by_insertion_is_the_sorted_order(amounts: list[int], event_id: str) -> None:
+    """The few candidates of an auction are ranked by insertion, many by `sorted`: the same order,
+    ties included (few distinct bids, so equal keys are common), on either side of the cut-over."""
+    campaigns = [campaign(f"c{i}", amount_micros=amount) for i, amount in enumerate(amounts)]
+    expected = sorted(campaigns, key=lambda c: -c.rank_key)
+    assert [c.rank_key for c in rank(campaigns, event_id)] == [c.rank_key for c in expected]
+    assert rank(campaigns, event_id) == rank(list(reversed(campaigns)), event_id)  # ties: by hash, not input order
