@@ -120,6 +120,7 @@ class AuctionEngine:
             refused = _NONE_REFUSED
         need = request.slots + 1  # the slots and the runner-up that prices the last one
         accepted: dict[str, Campaign] = {}
+        best: dict[str, int] = {}  # each advertiser accepted so far: its best campaign's key
         rejected: set[str] = set()
         furthest = _TARGETING
         floor_key = -1  # the need-th accepted advertiser's key, once there are `need`
@@ -128,12 +129,13 @@ class AuctionEngine:
             if postings[0].rank_key < floor_key:
                 break
             advertisers.clear()
-            stage = self._scan(postings, request, ancestors, user, refused, accepted, rejected, advertisers, need,
-                               floor_key)
+            before = len(accepted)
+            stage = self._scan(postings, request, ancestors, user, refused, accepted, best, rejected, advertisers,
+                               need, floor_key)
             if stage > furthest:
                 furthest = stage
-            if len(accepted) >= need:
-                floor_key = _needed_key(accepted, need)
+            if len(accepted) > before and len(best) >= need:
+                floor_key = _needed_key(best, need)
 
         ranked = best_per_advertiser(rank(list(accepted.values()), request.event_id))
         if not ranked:
@@ -198,6 +200,7 @@ class AuctionEngine:
         user: UserState,
         refused: Mapping[str, NoFillReason],
         accepted: dict[str, Campaign],
+        best: dict[str, int],
         rejected: set[str],
         advertisers: set[str],
         need: int,
@@ -249,6 +252,8 @@ class AuctionEngine:
                     # is enough to name the no-fill reason.
                     return _FLOOR
                 accepted[campaign_id] = campaign
+                if key > best.get(campaign.advertiser_id, -1):
+                    best[campaign.advertiser_id] = key
             if campaign.advertiser_id not in advertisers:
                 advertisers.add(campaign.advertiser_id)
                 found += 1
@@ -296,18 +301,11 @@ def _add(walk: list[list[Campaign]], postings: list[Campaign] | None) -> None:
     walk[position] = postings
 
 
-def _needed_key(accepted: dict[str, Campaign], need: int) -> int:
-    """The rank key of the need-th best advertiser accepted so far (each at its best campaign),
-    or -1 with fewer advertisers. Anything strictly below it ranks after `need` others: it can
-    neither win a slot nor be the runner-up that prices one (keys order eCPM: a smaller key is
-    a strictly smaller eCPM; an equal key goes on to the exact compare, so it stays in)."""
-    best: dict[str, int] = {}
-    for campaign in accepted.values():
-        key = campaign.rank_key
-        if key > best.get(campaign.advertiser_id, -1):
-            best[campaign.advertiser_id] = key
-    if len(best) < need:
-        return -1
+def _needed_key(best: dict[str, int], need: int) -> int:
+    """The rank key of the need-th best advertiser accepted so far (`best`: each advertiser's
+    best key; at least `need` of them). Anything strictly below it ranks after `need` others: it
+    can neither win a slot nor be the runner-up that prices one (keys order eCPM: a smaller key
+    is a strictly smaller eCPM; an equal key goes on to the exact compare, so it stays in)."""
     return sorted(best.values(), reverse=True)[need - 1]
 
 
