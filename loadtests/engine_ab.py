@@ -4,7 +4,9 @@ On a shared machine whose speed swings by ±30 % from minute to minute, two `mak
 cannot tell a few per cent apart. This keeps one process per checkout alive, each with the engine
 stage's workload (10,000 campaigns, 20,000 intents), and asks them in turn for one timed run over
 fresh requests; the ratio of each adjacent pair cancels most of the swing. Each checkout runs its
-own build (`make native` there first: its compiled modules are imported from its folder).
+own build, imported from its folder: build the other one with this virtualenv's Python from inside
+it (loadtests/README.md). A side whose compiled modules are older than their source refuses to run;
+each side's hot path (compiled, or what runs interpreted) is in the result.
 
 `python -m loadtests.engine_ab A B [--pairs N]` prints both medians and the median of B/A.
 """
@@ -18,20 +20,40 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 NOW_MS = 1_790_000_000_000  # a fixed clock: both sides see the same requests
+
+
+class Comparison(TypedDict):
+    a_hot_path: str
+    b_hot_path: str
+    a_median: int
+    b_median: int
+    b_over_a_paired_median: float
+    b_over_a_min: float
+    b_over_a_max: float
 
 
 def serve() -> None:
     """One side: build the workload, then answer each line on stdin with one run's auctions/s."""
     from auction.engine import AuctionEngine  # noqa: PLC0415 - imported from the side's own checkout
+    from core import native  # noqa: PLC0415
     from loadtests import engine_bench, workload  # noqa: PLC0415
+
+    try:
+        states = native.check()  # refuses machine code older than its source
+    except RuntimeError as error:
+        print(error, file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    interpreted = [source for source, state in states.items() if state != "compiled"]
+    hot_path = f"interpreted: {', '.join(interpreted)}" if interpreted else "compiled"
 
     engine = AuctionEngine(engine_bench.build_index(engine_bench.validated(workload.campaigns(n=10_000))))
     intents = workload.intents(20_000)
     for request in engine_bench.fresh_requests(intents[:4000], NOW_MS):  # warm-up
         engine.run(request)
-    print("ready", flush=True)
+    print(f"ready {hot_path}", flush=True)
     for _ in sys.stdin:
         requests = engine_bench.fresh_requests(intents, NOW_MS)
         gc.collect()
@@ -41,14 +63,18 @@ def serve() -> None:
         print(len(requests) / (time.perf_counter() - started), flush=True)
 
 
-def compare(checkouts: list[Path], pairs: int) -> dict[str, float]:
+def compare(checkouts: list[Path], pairs: int) -> Comparison:
     sides = [subprocess.Popen([sys.executable, "-m", "loadtests.engine_ab", "--serve"], cwd=folder,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for folder in checkouts]
     try:
+        hot_paths = []
         for side, folder in zip(sides, checkouts, strict=True):
             assert side.stdin is not None and side.stdout is not None
-            if side.stdout.readline().strip() != "ready":
-                raise SystemExit(f"the side in {folder} did not start: is that a checkout, built?")
+            ready, _, hot_path = side.stdout.readline().strip().partition(" ")
+            if ready != "ready":
+                raise SystemExit(f"the side in {folder} did not start (a checkout with loadtests/engine_ab.py, "
+                                 "its compiled modules current?)")
+            hot_paths.append(hot_path)
         rates: list[list[float]] = [[], []]
         for pair in range(pairs):
             for which in ((0, 1) if pair % 2 == 0 else (1, 0)):  # who goes first alternates
@@ -64,7 +90,8 @@ def compare(checkouts: list[Path], pairs: int) -> dict[str, float]:
                 side.stdin.close()
             side.wait()
     ratios = [b / a for a, b in zip(*rates, strict=True)]
-    return {"a_median": round(statistics.median(rates[0])), "b_median": round(statistics.median(rates[1])),
+    return {"a_hot_path": hot_paths[0], "b_hot_path": hot_paths[1],
+            "a_median": round(statistics.median(rates[0])), "b_median": round(statistics.median(rates[1])),
             "b_over_a_paired_median": round(statistics.median(ratios), 3),
             "b_over_a_min": round(min(ratios), 2), "b_over_a_max": round(max(ratios), 2)}
 

@@ -13,6 +13,8 @@ def test_a_checkout_against_itself() -> None:
     found = compare([ROOT, ROOT], pairs=2)
     assert found["a_median"] > 0 and found["b_median"] > 0
     assert found["b_over_a_min"] <= found["b_over_a_paired_median"] <= found["b_over_a_max"]
+    # Each side says what it ran: this suite refuses stale machine code, so compiled or interpreted.
+    assert found["a_hot_path"] == found["b_hot_path"] and found["a_hot_path"].startswith(("compiled", "interpreted"))
 
 
 def test_help_and_a_missing_side() -> None:
