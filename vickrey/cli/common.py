@@ -30,7 +30,9 @@ T = TypeVar("T")
 def _flags_take_no_value() -> None:
     """Typer 0.29 prints a value type after every flag in `--help` (`--json <bool>`, even
     `--help <bool>`), as if a flag took a value; a flag is shown bare, as Click shows it."""
-    shown = typer.core.TyperOption.display_type_rich
+    shown = getattr(typer.core.TyperOption, "display_type_rich", None)
+    if shown is None:  # a Typer that renders help otherwise: nothing to mend (the help test looks)
+        return
 
     def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
         return None if self.is_flag else shown(self, ctx)
