@@ -1,7 +1,8 @@
 """`vickrey auction`: chat.intents → auctions → ad.decisions + ad.impressions, exactly once.
 
 `AuctionRole.process` is the per-event work, on the shared exactly-once loop (core/loop.py):
-decode (bad records to the DLQ) → one engine pass → one Redis round trip per chunk (reserve.lua:
+the intake (auction/intake.py: raw intents to auction requests, compiled; bad records to the DLQ)
+→ one engine pass → one Redis round trip per chunk (reserve.lua:
 budgets, caps, idempotency) → re-run only the auctions Redis refused → the records to publish.
 The loop publishes them in one Kafka transaction with the consumed offsets. A crash anywhere
 aborts the transaction; the batch is consumed again and Redis hands back the compact outcomes
@@ -34,6 +35,7 @@ from auction.budgets_split import reserver_for
 from auction.controls import AppliedListener, ControlsRole
 from auction.engine import AuctionEngine
 from auction.index import CampaignIndex
+from auction.intake import INPUT, Intake, reference
 from auction.live import LiveState
 from auction.model import AuctionRequest, AuctionResult, NoFillReason
 from auction.pacing import SpendView
@@ -55,10 +57,9 @@ from core.loop import Batch, Committed, Loop, Output, Step, run_loops
 from core.metrics import Metrics, serve
 from core.redis_client import redis_from_url
 from core.settings import Settings
-from schemas.codec import RecordError, decode
+from schemas.codec import RecordError
 
 log = logging.getLogger("vickrey.auction")
-INPUT = "chat.intents"
 MAX_REFUSAL_ROUNDS = 8
 # Auctions per reservation call: a batch's chunks are pipelined (Redis reserves one chunk while
 # the next is auctioned). Each call also costs per campaign it touches (budget and spend read and
@@ -104,6 +105,7 @@ class AuctionRole:
         self.clock = clock
         self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=settings.price_increment_micros)
         self.live = LiveState(settings, redis, self.engine)
+        self.intake = Intake()
         self.reserver = reserver_for(redis, settings.keys, settings.event_ttl_s)
         self.people = people
         self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions")}
@@ -140,17 +142,8 @@ class AuctionRole:
         blob_ids: list[str] = []
         pending: list[Pending] = []
         tally = Tally()
-        dlq = self.loop.dlq
         for records in batch.values():
-            for record in records:
-                tally.events_in += 1
-                try:
-                    intent = decode(INPUT, record.value)
-                except RecordError as error:
-                    tally.invalid += 1
-                    outputs.append(dlq(record, error, now_ms))
-                    continue
-                pending.append(Pending(record, intent, AuctionRequest.from_intent(intent, now_ms)))
+            self._read_intents(records, now_ms, pending, outputs, tally)
 
         engine_seconds = 0.0
         auctions = 0
@@ -181,6 +174,22 @@ class AuctionRole:
         tally.publish(self.metrics)
         reserver = self.reserver
         return Step(outputs, on_commit=lambda: reserver.committed(blob_ids))
+
+    def _read_intents(self, records: list[ConsumerRecord[bytes, bytes]], now_ms: int, pending: list[Pending],
+                      outputs: list[Output], tally: Tally) -> None:
+        """One partition's records to auction: each plainly valid intent read by the compiled
+        intake, any other by the reference (a bad one goes to the DLQ, its field named)."""
+        read = self.intake.read([record.value for record in records], now_ms)
+        for record, found in zip(records, read, strict=True):
+            tally.events_in += 1
+            if found is None:
+                try:
+                    found = reference(record.value, now_ms)
+                except RecordError as error:
+                    tally.invalid += 1
+                    outputs.append(self.loop.dlq(record, error, now_ms))
+                    continue
+            pending.append(Pending(record, found[1], found[0]))
 
     def _auction(self, item: Pending, now_ms: int, rounds: int) -> AuctionResult:
         result = self.engine.run(item.request, self.people.state_for(item.request.user_id, now_ms), item.refused)
@@ -342,12 +351,17 @@ class AuctionWorker:
 
     async def start(self) -> None:
         compiled = native.check()  # refuses stale machine code
-        interpreted = sorted(source for source, state in compiled.items() if state != "compiled")
+        interpreted = sorted(source for source, state in compiled.items() if state == "interpreted")
         if interpreted:
             log.warning("hot path runs interpreted (about half the speed); `make native` compiles it",
                         extra={"modules": interpreted})
+        intake = self.role.intake.hot_path
+        if intake != "compiled":
+            log.warning("the intake runs its Python reference (slower); `make native` with a Rust toolchain "
+                        "builds the compiled one")
         log.info("auction worker starting", extra={"event_loop": type(asyncio.get_running_loop()).__module__,
-                                                   "hot_path": "interpreted" if interpreted else "compiled"})
+                                                   "hot_path": "interpreted" if interpreted else "compiled",
+                                                   "intake": intake})
         self._runner = await serve(self.metrics, self.settings.metrics_port, lambda: self.loop.ready)
         live = self.role.live
         self._tasks = [

@@ -1,9 +1,12 @@
-"""The compiled hot path: the pure modules the worker runs once per event, built with mypyc.
+"""The compiled hot path: the pure modules the worker runs once per event, built with mypyc,
+and the worker's intake in Rust (fastpath/, `auction._fastpath`; auction/intake.py).
 
 `make native` (part of `make venv`; `python -m core.native build`) compiles them in place: a
 `<module>.cpython-311-*.so` beside each `.py`, which Python then imports instead of the source.
 The source is the only definition (mypy-strict typed code that mypyc turns into C); where
-nothing was built the same source runs interpreted, about half as fast.
+nothing was built the same source runs interpreted, about half as fast. The Rust crate is built
+with cargo when a Rust toolchain is installed; without one the intake runs its Python reference
+(the same results, slower) and `status` says `absent`.
 
 A compiled module whose source changed after the build is *stale*: Python would still load the
 old machine code and silently run what the file no longer says. The build records a hash of
@@ -19,6 +22,8 @@ import hashlib
 import importlib.machinery
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -46,6 +51,10 @@ MODULES = (
     "core/partition.py",
     "core/kafka.py",
 )
+# The Rust crate of the intake, and the extension module it becomes.
+CRATE = "fastpath"
+CRATE_MODULE = "auction/_fastpath"
+CARGO_TARGET = ROOT / "build" / "cargo"
 # mypyc puts the modules' shared code in one library named after the group, in its package.
 GROUP = "auction.native"
 MANIFEST = ROOT / "build" / "native-manifest.json"
@@ -56,6 +65,20 @@ SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def crate_sources(root: Path = ROOT) -> list[str]:
+    """The files the Rust build reads (relative to the root), in a stable order."""
+    crate = root / CRATE
+    found = [crate / "Cargo.toml", crate / "Cargo.lock", *sorted((crate / "src").rglob("*.rs"))]
+    return [str(path.relative_to(root)) for path in found if path.exists()]
+
+
+def _crate_digest(root: Path = ROOT) -> str:
+    digest = hashlib.sha256()
+    for source in crate_sources(root):
+        digest.update(source.encode() + b"\0" + (root / source).read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _built(source: str, root: Path = ROOT) -> list[Path]:
@@ -79,6 +102,10 @@ def status(root: Path = ROOT, manifest: Path = MANIFEST) -> dict[str, str]:
             out[source] = "compiled"
         else:
             out[source] = "stale"
+    if not _built(CRATE_MODULE, root):
+        out[CRATE + "/"] = "absent"  # the intake's Python reference runs
+    else:
+        out[CRATE + "/"] = "compiled" if hashes.get(CRATE + "/") == _crate_digest(root) else "stale"
     return out
 
 
@@ -92,9 +119,11 @@ def check(require: bool = False, root: Path = ROOT, manifest: Path = MANIFEST) -
             f"compiled modules are older than their source: {', '.join(old)}; run `make native` "
             "(or `make clean-native` to run them interpreted)"
         )
-    missing = [source for source, state in states.items() if state == "interpreted"]
+    # Without `require`, an absent Rust intake is not refused: its Python reference runs instead.
+    missing = [source for source, state in states.items() if state in ("interpreted", "absent")]
     if require and missing:
-        raise RuntimeError(f"not compiled: {', '.join(missing)}; run `make native` (needs gcc and the Python headers)")
+        raise RuntimeError(f"not compiled: {', '.join(missing)}; run `make native` (needs gcc, the Python "
+                           "headers and, for the intake, a Rust toolchain)")
     return states
 
 
@@ -123,6 +152,7 @@ def build(quiet: bool = False) -> None:
     where = f" (output in {BUILD_LOG.relative_to(ROOT)})" if quiet else ""
     print(f"compiling {len(MODULES)} modules with mypyc (under a minute){where} ...", flush=True)
     hashes = {source: _digest(ROOT / source) for source in MODULES}
+    crate_digest = _crate_digest()
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
@@ -135,9 +165,40 @@ def build(quiet: bool = False) -> None:
             )
     finally:
         os.chdir(cwd)
+    print(f"compiled in {time.monotonic() - started:.0f} s: {', '.join(MODULES)}", flush=True)
+    if _build_crate(quiet):
+        hashes[CRATE + "/"] = crate_digest
     MANIFEST.parent.mkdir(parents=True, exist_ok=True)
     MANIFEST.write_text(json.dumps(hashes, indent=1))
-    print(f"compiled in {time.monotonic() - started:.0f} s: {', '.join(MODULES)}", flush=True)
+
+
+def _build_crate(quiet: bool) -> bool:
+    """Build the Rust intake with cargo (release, into build/cargo) and put the extension module
+    beside the package's sources. False, with a word, when no Rust toolchain is installed."""
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    if not Path(cargo).exists():
+        print("no Rust toolchain (cargo): the intake runs its Python reference; "
+              "https://rustup.rs installs one, then `make native`", flush=True)
+        return False
+    started = time.monotonic()
+    print(f"building the Rust intake ({CRATE}/) with cargo (about a minute the first time) ...", flush=True)
+    command = [cargo, "build", "--release", "--manifest-path", str(ROOT / CRATE / "Cargo.toml")]
+    environment = {**os.environ, "CARGO_TARGET_DIR": str(CARGO_TARGET), "PYO3_PYTHON": sys.executable}
+    BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with BUILD_LOG.open("ab") if quiet else contextlib.nullcontext() as log:
+        done = subprocess.run(command + (["--quiet"] if quiet else []), env=environment, check=False,
+                              stdout=log, stderr=subprocess.STDOUT if quiet else None)
+    if done.returncode:
+        if quiet:
+            lines = BUILD_LOG.read_text(encoding="utf-8", errors="replace").splitlines()
+            print("\n".join(lines[-40:]), file=sys.stderr)
+        raise SystemExit(f"native build failed: cargo exited with {done.returncode}"
+                         + (f", its output is in {BUILD_LOG}" if quiet else ""))
+    library = CARGO_TARGET / "release" / "lib_fastpath.so"
+    target = (ROOT / CRATE_MODULE).with_name("_fastpath" + SUFFIXES[0])
+    shutil.copyfile(library, target)
+    print(f"built {target.relative_to(ROOT)} in {time.monotonic() - started:.0f} s", flush=True)
+    return True
 
 
 @contextlib.contextmanager
@@ -186,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"build: compiler output to {BUILD_LOG.relative_to(ROOT)} (shown if the build fails)")
     args = parser.parse_args(argv)
     if args.command == "sources":  # for the Makefile's dependencies
-        print(" ".join(MODULES))
+        print(" ".join([*MODULES, *crate_sources()]))
         return 0
     if args.command == "build":
         build(args.quiet)

@@ -1,8 +1,9 @@
 """Where the auction worker's CPU goes, step by step (`make bench`, `details.worker_stages`).
 
 The auction role's own steps, in process on the bench's workload (1,000 active campaigns, the
-worker's batch size), against the real Redis and without Kafka: decoding and validating each
-intent, the auction request, the engine, the records (built, encoded, and the Redis claim),
+worker's batch size), against the real Redis and without Kafka: the intake (decoding and
+validating each intent and making its auction request, as the worker does: compiled where the
+Rust intake is built, `intake_path` says which), the engine, the records (built, encoded, and the Redis claim),
 the reservation call (the client's side, and Redis's own CPU from `INFO cpu`), and turning the
 answers into the records to publish. The worker's garbage-collection policy and its event loop
 (uvloop) are in force. What Kafka costs the same process is the transactional loop's figure in the
@@ -30,12 +31,11 @@ from aiokafka import ConsumerRecord
 from redis.asyncio import Redis
 
 from auction.batching import BATCH_MAX, run_on_worker_loop
-from auction.model import AuctionRequest
+from auction.intake import INPUT
 from auction.people import PeopleCache
 from auction.worker import (
     FULL_GC_NEVER,
     GC_GEN0_THRESHOLD,
-    INPUT,
     RESERVE_CHUNK,
     AuctionRole,
     Pending,
@@ -48,10 +48,9 @@ from core.redis_client import redis_from_url
 from core.settings import Settings
 from loadtests import workload
 from loadtests.stack import apply, cleanup, create_topics, isolated, new_tag
-from schemas.codec import decode
 
 ACTIVE_CAMPAIGNS = 1_000  # the throughput stage's
-STEPS = ("decode", "request", "engine", "records", "reserve_client", "redis_server", "answers")
+STEPS = ("intake", "engine", "records", "reserve_client", "redis_server", "answers")
 
 
 class _NoLoop:
@@ -88,19 +87,15 @@ async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> tupl
     for first in range(0, len(raws), BATCH_MAX):
         records = [ConsumerRecord(INPUT, 0, first + n, now_ms, 0, None, raw, None, 0, len(raw), [])
                    for n, raw in enumerate(raws[first : first + BATCH_MAX])]
+        pending: list[Pending] = []
         began = clock()
-        intents = [decode(INPUT, record.value) for record in records]
-        decoded = clock()
-        requests = [AuctionRequest.from_intent(intent, now_ms) for intent in intents]
-        requested = clock()
-        pending = [Pending(record, intent, request) for record, intent, request in zip(records, intents, requests, strict=True)]
+        role._read_intents(records, now_ms, pending, [], Tally())  # noqa: SLF001
         began_engine = clock()
         results = [role._auction(item, now_ms, 1) for item in pending]  # noqa: SLF001
         auctioned = clock()
         claims = [role._claim(item, result, now_ms) for item, result in zip(pending, results, strict=True)]  # noqa: SLF001
         claimed = clock()
-        spent["decode"] += decoded - began
-        spent["request"] += requested - decoded
+        spent["intake"] += began_engine - began
         spent["engine"] += auctioned - began_engine
         spent["records"] += claimed - auctioned
         outputs: list[Output] = []
@@ -158,6 +153,7 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
         median = {step: round(statistics.median(r[step] for r in per_round), 1) for step in STEPS}
         process = sum(us for step, us in median.items() if step != "redis_server")
         return {"us_per_event": median, "process_us_per_event": round(process, 1), "events_per_round": events,
+                "intake_path": role.intake.hot_path,
                 "rounds": [{step: round(us, 1) for step, us in r.items()} for r in per_round],
                 # Redis bytes per event: outcomes kept until the batch commits, and AOF written
                 "kept_bytes_per_event": _median_of(bytes_per_round, "kept_bytes"),

@@ -44,9 +44,30 @@ def test_status_tells_compiled_stale_and_interpreted(tmp_path: Path) -> None:
 
 def test_check_can_require_everything_compiled(tmp_path: Path) -> None:
     manifest = _fake_tree(tmp_path)
-    assert set(native.check(root=tmp_path, manifest=manifest).values()) == {"interpreted"}
-    with pytest.raises(RuntimeError, match=f"not compiled: {native.MODULES[0]}, {native.MODULES[1]}"):
+    states = native.check(root=tmp_path, manifest=manifest)
+    assert set(states.values()) == {"interpreted", "absent"}  # no Rust intake: its reference runs
+    assert states[native.CRATE + "/"] == "absent"
+    with pytest.raises(RuntimeError, match=f"not compiled: {native.MODULES[0]}, {native.MODULES[1]}.*fastpath/"):
         native.check(require=True, root=tmp_path, manifest=manifest)
+
+
+def _fake_crate(root: Path) -> None:
+    (root / native.CRATE / "src").mkdir(parents=True)
+    (root / native.CRATE / "Cargo.toml").write_text("[package]\n")
+    (root / native.CRATE / "src" / "lib.rs").write_text("// lib\n")
+    (root / native.CRATE_MODULE).with_name("_fastpath" + native.SUFFIXES[0]).write_bytes(b"\x7fELF")
+
+
+def test_the_rust_intake_is_stale_once_any_of_its_sources_changed(tmp_path: Path) -> None:
+    manifest = _fake_tree(tmp_path)
+    _fake_crate(tmp_path)
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({native.CRATE + "/": native._crate_digest(tmp_path)}))  # noqa: SLF001
+    assert native.status(tmp_path, manifest)[native.CRATE + "/"] == "compiled"
+    (tmp_path / native.CRATE / "src" / "intent.rs").write_text("// a new file\n")
+    assert native.status(tmp_path, manifest)[native.CRATE + "/"] == "stale"
+    with pytest.raises(RuntimeError, match="older than their source: fastpath/"):
+        native.check(root=tmp_path, manifest=manifest)
 
 
 def test_a_build_without_manifest_counts_as_stale(tmp_path: Path) -> None:
@@ -68,4 +89,11 @@ def test_the_loaded_module_is_the_one_status_names(source: str) -> None:
 
 def test_sources_lists_the_modules_for_the_makefile(capsys: pytest.CaptureFixture[str]) -> None:
     assert native.main(["sources"]) == 0
-    assert capsys.readouterr().out.split() == list(native.MODULES)
+    assert capsys.readouterr().out.split() == [*native.MODULES, *native.crate_sources()]
+    assert "fastpath/src/intent.rs" in native.crate_sources()  # a changed Rust source rebuilds too
+
+
+def test_the_rust_intake_loaded_is_the_one_status_names() -> None:
+    from auction.intake import Intake  # noqa: PLC0415
+
+    assert Intake().hot_path == ("compiled" if native.status()[native.CRATE + "/"] == "compiled" else "reference")

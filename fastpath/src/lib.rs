@@ -1,0 +1,100 @@
+//! `auction._fastpath`: the worker's compiled intake (auction/intake.py). Raw intent bytes in,
+//! `AuctionRequest`s and the few intent fields the records repeat out, with no parsed dict in
+//! between; `None` where the Python path must read the event (src/intent.rs says when).
+
+mod intent;
+
+use intent::{read, Intent, Rules};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyString, PyTuple};
+use std::collections::HashSet;
+
+#[pyclass(frozen)]
+struct Intake {
+    rules: Rules,
+    request_type: Py<PyAny>,
+}
+
+#[pymethods]
+impl Intake {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        categories: HashSet<String>,
+        age_brackets: Vec<String>,
+        short_max: usize,
+        int_max: i64,
+        max_slots: i64,
+        keywords_max: usize,
+        keyword_max: usize,
+        record_max_bytes: usize,
+        request_type: Py<PyAny>,
+    ) -> Self {
+        let rules = Rules { categories, age_brackets, short_max, int_max, max_slots, keywords_max, keyword_max, record_max_bytes };
+        Intake { rules, request_type }
+    }
+
+    /// For each value: `(request, fields)` or `None` (take the Python path). `fields` holds what
+    /// the records copy from the intent: event_id, user_id, session_id, placement, ts and
+    /// intent.category.
+    fn requests<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>, now_ms: i64) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        let request_type = self.request_type.bind(py);
+        for value in values.iter() {
+            let read_one = match value.downcast::<PyBytes>() {
+                Ok(bytes) => read(bytes.as_bytes(), &self.rules),
+                Err(_) => None, // a null value (tombstone) or not bytes: Python names it
+            };
+            match read_one {
+                Some(intent) => out.append(request_and_fields(py, request_type, &intent, now_ms)?)?,
+                None => out.append(py.None())?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn request_and_fields<'py>(py: Python<'py>, request_type: &Bound<'py, PyAny>, intent: &Intent, now_ms: i64)
+    -> PyResult<Bound<'py, PyTuple>> {
+    let event_id = PyString::new(py, intent.event_id);
+    let user_id = PyString::new(py, intent.user_id);
+    let placement = PyString::intern(py, intent.placement);
+    let category = PyString::intern(py, intent.category);
+    let keywords = PyFrozenSet::new(py, intent.keywords.iter().map(|keyword| PyString::new(py, keyword)))?;
+    let labels = PyFrozenSet::new(py, intent.safety_labels.iter().map(|label| PyString::new(py, label)))?;
+    let args = PyTuple::new(py, [
+        event_id.clone().into_any(),
+        user_id.clone().into_any(),
+        placement.clone().into_any(),
+        intent.slots.into_pyobject(py)?.into_any(),
+        intent.floor_cpm_micros.into_pyobject(py)?.into_any(),
+        category.clone().into_any(),
+        keywords.into_any(),
+        PyString::new(py, &intent.locale).into_any(),
+        PyString::new(py, &intent.country).into_any(),
+        PyString::new(py, &intent.device).into_any(),
+        labels.into_any(),
+        pyo3::types::PyBool::new(py, intent.consent_ads).to_owned().into_any(),
+        pyo3::types::PyBool::new(py, intent.personalization).to_owned().into_any(),
+        PyString::intern(py, intent.age_bracket).into_any(),
+        now_ms.into_pyobject(py)?.into_any(),
+    ])?;
+    let request = request_type.call1(args)?;
+    let body = PyDict::new(py);
+    body.set_item(intern!(py, "category"), category)?;
+    let fields = PyDict::new(py);
+    fields.set_item(intern!(py, "event_id"), event_id)?;
+    fields.set_item(intern!(py, "user_id"), user_id)?;
+    fields.set_item(intern!(py, "session_id"), PyString::new(py, intent.session_id))?;
+    fields.set_item(intern!(py, "placement"), placement)?;
+    fields.set_item(intern!(py, "ts"), intent.ts)?;
+    fields.set_item(intern!(py, "intent"), body)?;
+    PyTuple::new(py, [request, fields.into_any()])
+}
+
+#[pymodule]
+fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Intake>()?;
+    Ok(())
+}

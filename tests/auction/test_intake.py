@@ -1,0 +1,177 @@
+"""The compiled intake (Rust, fastpath/) against its Python reference (auction/intake.py).
+
+Whatever bytes it is given, the compiled intake either leaves the value to the reference
+(`None`) or gives what the reference gives: the same `AuctionRequest`, field by field, and the
+intent fields the records repeat. It may only accept what `schemas.codec.decode` accepts. And it
+does read the intents the worker meets (the bench's, the factories'), so these tests cannot pass
+by leaving everything to the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from auction.intake import Intake, reference
+from auction.keywords import normalize_keyword
+from auction.model import AuctionRequest
+from loadtests import workload
+from schemas.codec import RecordError
+from tests.auction.factories import NOW_MS, intent
+
+INTAKE = Intake()
+pytestmark = pytest.mark.skipif(INTAKE.compiled is None, reason="the Rust intake is not built (`make native` with cargo)")
+FIELDS = [field.name for field in dataclasses.fields(AuctionRequest)]
+
+
+def as_values(request: AuctionRequest) -> dict[str, Any]:
+    return {name: getattr(request, name) for name in FIELDS}
+
+
+def projected(decoded: dict[str, Any]) -> dict[str, Any]:
+    """The intent fields `records_of` and the worker read, as the reference's decoded intent has them."""
+    fields = {key: decoded[key] for key in ("event_id", "user_id", "session_id", "placement", "ts")}
+    fields["intent"] = {"category": decoded["intent"]["category"]}
+    return fields
+
+
+def agree(raw: bytes | None) -> bool:
+    """Asserts the two agree on `raw`; True when the compiled intake read it itself."""
+    compiled = INTAKE.read([raw], NOW_MS)[0]
+    try:
+        request, decoded = reference(raw, NOW_MS)
+    except RecordError:
+        assert compiled is None, raw
+        return False
+    if compiled is None:
+        return False
+    got_request, fields = compiled
+    assert type(got_request) is AuctionRequest
+    assert as_values(got_request) == as_values(request), raw
+    assert fields == projected(decoded), raw
+    return True
+
+
+def test_it_reads_the_intents_the_worker_meets() -> None:
+    raws = [orjson.dumps(event) for event in workload.intents(2_000)]
+    assert all(agree(raw) for raw in raws)
+    assert agree(orjson.dumps(intent()))
+    assert agree(json.dumps(intent(), indent=2).encode())  # whitespace anywhere JSON allows it
+
+
+def test_defaults_are_filled_as_the_reference_fills_them() -> None:
+    event = intent()
+    for key in ("slots", "schema_version", "age_bracket", "floor_cpm_micros", "safety"):
+        event.pop(key, None)
+    event["consent"] = {"ads": True}
+    assert agree(orjson.dumps(event))
+    request = INTAKE.read([orjson.dumps(event)], NOW_MS)[0]
+    assert request is not None
+    assert (request[0].slots, request[0].reserve_cpm_micros, request[0].age_bracket) == (1, 0, "unknown")
+    assert request[0].personalization is True and request[0].safety_labels == frozenset()
+
+
+@pytest.mark.parametrize("raw", [
+    None,  # a tombstone: the reference names it
+    b"",
+    b"[1, 2]",
+    b'{"event_id": "e"}',
+    orjson.dumps([intent()]),
+    orjson.dumps(intent())[:-1],
+    orjson.dumps({**intent(), "slots": 9}),
+    orjson.dumps({**intent(), "ts": -1}),
+    orjson.dumps({**intent(), "ts": 1.5}),
+    orjson.dumps({**intent(), "ts": 2**53}),
+    orjson.dumps({**intent(), "slots": True}),
+    orjson.dumps({**intent(), "intent": [["IAB19-6"], ["laptop"], 0.9]}),  # an array where an object goes
+    orjson.dumps({**intent(), "consent": [True, True]}),
+    orjson.dumps({**intent(), "safety": None}),
+    orjson.dumps({**intent(), "safety": {"labels": None}}),
+    orjson.dumps({**intent(), "age_bracket": None}),
+    orjson.dumps({**intent(), "intent": {"category": "IAB999", "keywords": [], "confidence": 1}}),
+    orjson.dumps({**intent(), "intent": {"category": "IAB1", "keywords": [], "confidence": 1.0000000000000002}}),
+    orjson.dumps({**intent(), "intent": {"category": "IAB1", "keywords": ["x" * 65], "confidence": 1}}),
+    b'{"a":1e999,' + orjson.dumps(intent())[1:],  # orjson refuses an infinite number anywhere
+    b'{"schema_version":1,' + orjson.dumps(intent())[1:],  # a repeated key: orjson keeps the last
+    orjson.dumps({**intent(), "user_id": "x" * 129}),
+    orjson.dumps({**intent(), "locale": ""}),
+    b"\xef\xbb\xbf" + orjson.dumps(intent()),
+    orjson.dumps(intent()).replace(b'"s-1"', b'"s-\xff"'),  # not UTF-8
+])
+def test_what_the_compiled_intake_must_not_accept_it_leaves_to_the_reference(raw: bytes | None) -> None:
+    assert INTAKE.read([raw], NOW_MS)[0] is None or agree(raw)
+    agree(raw)
+
+
+@pytest.mark.parametrize("event", [
+    {**intent(), "extra": 1},  # fields the schema does not name: Python tolerates them
+    {**intent(), "device": "Móvil"},  # lowercasing beyond ASCII
+    intent(keywords=["ＬＡＰＴＯＰ"]),  # NFKC
+    intent(keywords=['say "hi"']),  # an escape in the JSON
+])
+def test_the_reference_reads_what_the_compiled_intake_leaves(event: dict[str, Any]) -> None:
+    raw = orjson.dumps(event)
+    assert INTAKE.read([raw], NOW_MS) == [None]
+    reference(raw, NOW_MS)  # valid: the worker auctions it all the same
+
+
+ASCII_WORDS = st.text(alphabet=st.sampled_from("abcdeisuyzhxAIESY \t\x0b\x0c\x1c-"), max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ASCII_WORDS, max_size=5))
+def test_keywords_are_normalised_as_python_normalises_them(raw_keywords: list[str]) -> None:
+    # plurals (batteries, classes, bus, glass), case, Python's whitespace (\x0b, \x1c...), blanks
+    event = intent(keywords=raw_keywords or ["laptop"])
+    read = INTAKE.read([json.dumps(event, ensure_ascii=False).encode()], NOW_MS)[0]
+    if any("\x1c" <= char <= "\x1f" or char in "\x0b\x0c\t" for keyword in raw_keywords for char in keyword):
+        return  # control characters travel escaped in JSON: the reference reads those
+    assert read is not None
+    assert read[0].keywords == frozenset(filter(None, map(normalize_keyword, raw_keywords or ["laptop"])))
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**60), max_value=2**60),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=140))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                      max_leaves=6)
+# Values a field might well hold (so that many generated intents stay valid) beside any JSON value.
+PLAUSIBLE = st.one_of(st.integers(0, 6), st.booleans(), st.sampled_from(["IAB1", "IAB19-6", "IAB25", "13_17", "unknown"]),
+                      st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=12),
+                      st.lists(st.text(alphabet="abcs ", max_size=8), max_size=3), st.floats(0, 1))
+ASCII_KEYWORD = st.text(alphabet="abcdeisy -ABS", max_size=12)
+KEYWORDS = st.lists(st.one_of(ASCII_KEYWORD, ASCII_KEYWORD, ASCII_KEYWORD, st.text(max_size=6)), max_size=4)
+KEYS = st.sampled_from(["schema_version", "event_id", "ts", "user_id", "session_id", "placement", "slots",
+                        "floor_cpm_micros", "intent", "locale", "country", "device", "safety", "consent",
+                        "age_bracket", "other"])
+INNER = st.sampled_from([("intent", "category"), ("intent", "keywords"), ("intent", "confidence"),
+                         ("intent", "other"), ("consent", "ads"), ("consent", "personalization"),
+                         ("safety", "labels")])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_on_any_intent_the_two_agree(data: st.DataObject) -> None:
+    event = intent(keywords=data.draw(KEYWORDS))
+    for _ in range(data.draw(st.integers(0, 3))):
+        key = data.draw(KEYS)
+        if data.draw(st.booleans()):
+            event.pop(key, None)
+        else:
+            event[key] = data.draw(st.one_of(PLAUSIBLE, VALUES))
+    for _ in range(data.draw(st.integers(0, 2))):
+        outer, inner = data.draw(INNER)
+        if isinstance(event.get(outer), dict):
+            event[outer][inner] = data.draw(st.one_of(PLAUSIBLE, VALUES))
+    try:
+        raw = orjson.dumps(event)
+    except TypeError:  # a surrogate hypothesis drew: orjson writes no such JSON
+        return
+    agree(raw)
+    agree(json.dumps(event, ensure_ascii=False, separators=(", ", ": ")).encode())
