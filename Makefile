@@ -18,7 +18,7 @@ $(BIN)/vickrey: pyproject.toml
 	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[dev]'
 	@touch $(BIN)/vickrey
 
-# What core/native.py compiles: the mypyc modules (its MODULES list) and the Rust intake's crate (stdlib only, no venv needed).
+# What core/native.py compiles: the mypyc modules (its MODULES list) and the Rust crate of fastpath/ (stdlib only, no venv needed).
 NATIVE_SOURCES := $(shell $(PY) core/native.py sources)
 
 build/native-manifest.json: $(BIN)/vickrey core/native.py $(NATIVE_SOURCES)
@@ -26,7 +26,7 @@ build/native-manifest.json: $(BIN)/vickrey core/native.py $(NATIVE_SOURCES)
 
 venv: $(BIN)/vickrey build/native-manifest.json ## create .venv, install Vickrey with its dev tools, compile the hot path
 
-native: $(BIN)/vickrey ## compile the hot path again (mypyc, and the Rust intake with cargo when installed; core/native.py)
+native: $(BIN)/vickrey ## compile the hot path again (mypyc, and fastpath/ (Rust) with cargo when installed; core/native.py)
 	$(BIN)/python -m core.native build -q
 
 clean-native: ## remove the compiled modules: the same source then runs interpreted

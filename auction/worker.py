@@ -1,7 +1,7 @@
 """`vickrey auction`: chat.intents → auctions → ad.decisions + ad.impressions, exactly once.
 
 `AuctionRole.process` is the per-event work, on the shared exactly-once loop (core/loop.py):
-the intake (auction/intake.py: raw intents to auction requests, compiled; bad records to the DLQ)
+the intake (auction/fastpath.py: raw intents to auction requests, compiled; bad records to the DLQ)
 → one engine pass → one Redis round trip per chunk (reserve.lua:
 budgets, caps, idempotency) → re-run only the auctions Redis refused → the records to publish.
 The loop publishes them in one Kafka transaction with the consumed offsets. A crash anywhere
@@ -34,20 +34,16 @@ from auction.budgets import Answer, Claim, Reservation
 from auction.budgets_split import reserver_for
 from auction.controls import AppliedListener, ControlsRole
 from auction.engine import AuctionEngine
+from auction.fastpath import INPUT, Intake, Writer, hot_path, read_intent
 from auction.index import CampaignIndex
-from auction.intake import INPUT, Intake, reference
 from auction.live import LiveState
 from auction.model import AuctionRequest, AuctionResult, NoFillReason
 from auction.pacing import SpendView
 from auction.people import PeopleCache
 from auction.records import (
-    WINNERS,
     decode_compact,
-    encode_compact,
-    encode_outcome,
     is_compact,
     outcome_of,
-    records_of,
     split_outcome,
 )
 from auction.worker_metrics import Tally, WorkerMetrics
@@ -106,6 +102,7 @@ class AuctionRole:
         self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=settings.price_increment_micros)
         self.live = LiveState(settings, redis, self.engine)
         self.intake = Intake()
+        self.writer = Writer()
         self.reserver = reserver_for(redis, settings.keys, settings.event_ttl_s)
         self.people = people
         self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions")}
@@ -184,7 +181,7 @@ class AuctionRole:
             tally.events_in += 1
             if found is None:
                 try:
-                    found = reference(record.value, now_ms)
+                    found = read_intent(record.value, now_ms)
                 except RecordError as error:
                     tally.invalid += 1
                     outputs.append(self.loop.dlq(record, error, now_ms))
@@ -204,7 +201,7 @@ class AuctionRole:
         """Records for this result, encoded once to be published; Redis keeps the compact outcome
         they were built from, to build the same bytes again on a replay."""
         outcome = outcome_of(item.request.event_id, result, now_ms, self.live.creatives, personalized=False)
-        self._set_records(item, outcome)
+        compact = self._set_records(item, outcome)
         reservations = []
         for winner in result.winners:
             campaign = winner.campaign
@@ -217,18 +214,16 @@ class AuctionRole:
             event_id=item.request.event_id,
             source=f"{item.record.partition}:{item.record.offset}",
             user_id=item.request.user_id,
-            outcome=encode_compact(outcome),
+            outcome=compact,
             reservations=reservations,
         )
 
-    @staticmethod
-    def _set_records(item: Pending, outcome: list[Any]) -> None:
-        """The records of `outcome` for this intent, encoded: the first attempt's and a replay's alike."""
-        keywords = sorted(item.request.keywords) if outcome[WINNERS] else None
-        decision, impressions = records_of(item.intent, outcome, keywords)
-        item.encoded = encode_outcome(decision, impressions)
-        item.impression_ids = [impression["impression_id"] for impression in impressions]
-        item.no_fill_reason = decision["no_fill_reason"]
+    def _set_records(self, item: Pending, outcome: list[Any]) -> bytes:
+        """The records of `outcome` for this intent, encoded: the first attempt's and a replay's
+        alike (written compiled where the writer is built). Returns the compact outcome's bytes."""
+        item.encoded, item.impression_ids, item.no_fill_reason, compact = self.writer.write(
+            item.intent, outcome, item.request.keywords)
+        return compact
 
     def _read_answers(
         self,
@@ -355,10 +350,10 @@ class AuctionWorker:
         if interpreted:
             log.warning("hot path runs interpreted (about half the speed); `make native` compiles it",
                         extra={"modules": interpreted})
-        intake = self.role.intake.hot_path
+        intake = hot_path(self.role.intake, self.role.writer)
         if intake != "compiled":
-            log.warning("the intake runs its Python reference (slower); `make native` with a Rust toolchain "
-                        "builds the compiled one")
+            log.warning("the intake and the record writer run their Python reference (slower); `make native` "
+                        "with a Rust toolchain builds the compiled ones")
         log.info("auction worker starting", extra={"event_loop": type(asyncio.get_running_loop()).__module__,
                                                    "hot_path": "interpreted" if interpreted else "compiled",
                                                    "intake": intake})

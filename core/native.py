@@ -1,12 +1,12 @@
 """The compiled hot path: the pure modules the worker runs once per event, built with mypyc,
-and the worker's intake in Rust (fastpath/, `auction._fastpath`; auction/intake.py).
+and the worker's intake and record writer in Rust (fastpath/, `auction._fastpath`; auction/fastpath.py).
 
 `make native` (part of `make venv`; `python -m core.native build`) compiles them in place: a
 `<module>.cpython-311-*.so` beside each `.py`, which Python then imports instead of the source.
 The source is the only definition (mypy-strict typed code that mypyc turns into C); where
 nothing was built the same source runs interpreted, about half as fast. The Rust crate is built
-with cargo when a Rust toolchain is installed; without one the intake runs its Python reference
-(the same results, slower) and `status` says `absent`.
+with cargo when a Rust toolchain is installed; without one those two steps run their Python
+references (the same results, slower) and `status` says `absent`.
 
 A compiled module whose source changed after the build is *stale*: Python would still load the
 old machine code and silently run what the file no longer says. The build records a hash of
@@ -51,7 +51,7 @@ MODULES = (
     "core/partition.py",
     "core/kafka.py",
 )
-# The Rust crate of the intake, and the extension module it becomes.
+# The Rust crate of the compiled steps, and the extension module it becomes.
 CRATE = "fastpath"
 CRATE_MODULE = "auction/_fastpath"
 CARGO_TARGET = ROOT / "build" / "cargo"
@@ -103,7 +103,7 @@ def status(root: Path = ROOT, manifest: Path = MANIFEST) -> dict[str, str]:
         else:
             out[source] = "stale"
     if not _built(CRATE_MODULE, root):
-        out[CRATE + "/"] = "absent"  # the intake's Python reference runs
+        out[CRATE + "/"] = "absent"  # the Python references of its steps run
     else:
         out[CRATE + "/"] = "compiled" if hashes.get(CRATE + "/") == _crate_digest(root) else "stale"
     return out
@@ -119,11 +119,11 @@ def check(require: bool = False, root: Path = ROOT, manifest: Path = MANIFEST) -
             f"compiled modules are older than their source: {', '.join(old)}; run `make native` "
             "(or `make clean-native` to run them interpreted)"
         )
-    # Without `require`, an absent Rust intake is not refused: its Python reference runs instead.
+    # Without `require`, absent Rust steps are not refused: their Python references run instead.
     missing = [source for source, state in states.items() if state in ("interpreted", "absent")]
     if require and missing:
         raise RuntimeError(f"not compiled: {', '.join(missing)}; run `make native` (needs gcc, the Python "
-                           "headers and, for the intake, a Rust toolchain)")
+                           "headers and, for fastpath/, a Rust toolchain)")
     return states
 
 
@@ -173,15 +173,15 @@ def build(quiet: bool = False) -> None:
 
 
 def _build_crate(quiet: bool) -> bool:
-    """Build the Rust intake with cargo (release, into build/cargo) and put the extension module
+    """Build the Rust steps (fastpath/) with cargo (release, into build/cargo) and put the extension module
     beside the package's sources. False, with a word, when no Rust toolchain is installed."""
     cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
     if not Path(cargo).exists():
-        print("no Rust toolchain (cargo): the intake runs its Python reference; "
+        print("no Rust toolchain (cargo): the intake and the record writer run their Python reference; "
               "https://rustup.rs installs one, then `make native`", flush=True)
         return False
     started = time.monotonic()
-    print(f"building the Rust intake ({CRATE}/) with cargo (about a minute the first time) ...", flush=True)
+    print(f"building the Rust steps ({CRATE}/) with cargo (about a minute the first time) ...", flush=True)
     command = [cargo, "build", "--release", "--manifest-path", str(ROOT / CRATE / "Cargo.toml")]
     environment = {**os.environ, "CARGO_TARGET_DIR": str(CARGO_TARGET), "PYO3_PYTHON": sys.executable}
     BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)

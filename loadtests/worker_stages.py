@@ -3,7 +3,7 @@
 The auction role's own steps, in process on the bench's workload (1,000 active campaigns, the
 worker's batch size), against the real Redis and without Kafka: the intake (decoding and
 validating each intent and making its auction request, as the worker does: compiled where the
-Rust intake is built, `intake_path` says which), the engine, the records (built, encoded, and the Redis claim),
+Rust intake is built, `fastpath` says which), the engine, the records (built and encoded: compiled where the Rust writer is built; and the Redis claim),
 the reservation call (the client's side, and Redis's own CPU from `INFO cpu`), and turning the
 answers into the records to publish. The worker's garbage-collection policy and its event loop
 (uvloop) are in force. What Kafka costs the same process is the transactional loop's figure in the
@@ -31,7 +31,7 @@ from aiokafka import ConsumerRecord
 from redis.asyncio import Redis
 
 from auction.batching import BATCH_MAX, run_on_worker_loop
-from auction.intake import INPUT
+from auction.fastpath import INPUT, hot_path
 from auction.people import PeopleCache
 from auction.worker import (
     FULL_GC_NEVER,
@@ -153,7 +153,7 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
         median = {step: round(statistics.median(r[step] for r in per_round), 1) for step in STEPS}
         process = sum(us for step, us in median.items() if step != "redis_server")
         return {"us_per_event": median, "process_us_per_event": round(process, 1), "events_per_round": events,
-                "intake_path": role.intake.hot_path,
+                "fastpath": hot_path(role.intake, role.writer),
                 "rounds": [{step: round(us, 1) for step, us in r.items()} for r in per_round],
                 # Redis bytes per event: outcomes kept until the batch commits, and AOF written
                 "kept_bytes_per_event": _median_of(bytes_per_round, "kept_bytes"),

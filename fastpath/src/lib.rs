@@ -1,13 +1,36 @@
-//! `auction._fastpath`: the worker's compiled intake (auction/intake.py). Raw intent bytes in,
-//! `AuctionRequest`s and the few intent fields the records repeat out, with no parsed dict in
-//! between; `None` where the Python path must read the event (src/intent.rs says when).
+//! `auction._fastpath`: the compiled steps of the worker's per-event path (auction/fastpath.py).
+//! `Intake`: raw intent bytes in, `AuctionRequest`s and the few intent fields the records repeat
+//! out, with no parsed dict in between. `Writer`: an auction's compact outcome in, its records'
+//! bytes out, with no dict per record. Each answers `None` where the Python reference must do
+//! the work (src/intent.rs and src/records.rs say when).
 
 mod intent;
+mod json;
+mod records;
 
 use intent::{read, Intent, Rules};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyString, PyTuple};
+
+#[pyclass(frozen)]
+struct Writer {
+    label: Vec<u8>,
+}
+
+#[pymethods]
+impl Writer {
+    #[new]
+    fn new(label: &str) -> Self {
+        Writer { label: label.as_bytes().to_vec() }
+    }
+
+    /// `(encoded, impression_ids, no_fill_reason, compact)` of one auction, or `None`.
+    fn write<'py>(&self, py: Python<'py>, fields: &Bound<'py, PyDict>, outcome: &Bound<'py, PyList>,
+                  keywords: &Bound<'py, PyFrozenSet>) -> Option<Bound<'py, PyTuple>> {
+        records::write(py, &self.label, fields, outcome, keywords)
+    }
+}
 use std::collections::HashSet;
 
 #[pyclass(frozen)]
@@ -96,5 +119,6 @@ fn request_and_fields<'py>(py: Python<'py>, request_type: &Bound<'py, PyAny>, in
 #[pymodule]
 fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Intake>()?;
+    module.add_class::<Writer>()?;
     Ok(())
 }

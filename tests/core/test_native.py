@@ -45,7 +45,7 @@ def test_status_tells_compiled_stale_and_interpreted(tmp_path: Path) -> None:
 def test_check_can_require_everything_compiled(tmp_path: Path) -> None:
     manifest = _fake_tree(tmp_path)
     states = native.check(root=tmp_path, manifest=manifest)
-    assert set(states.values()) == {"interpreted", "absent"}  # no Rust intake: its reference runs
+    assert set(states.values()) == {"interpreted", "absent"}  # no Rust steps: their references run
     assert states[native.CRATE + "/"] == "absent"
     with pytest.raises(RuntimeError, match=f"not compiled: {native.MODULES[0]}, {native.MODULES[1]}.*fastpath/"):
         native.check(require=True, root=tmp_path, manifest=manifest)
@@ -58,7 +58,7 @@ def _fake_crate(root: Path) -> None:
     (root / native.CRATE_MODULE).with_name("_fastpath" + native.SUFFIXES[0]).write_bytes(b"\x7fELF")
 
 
-def test_the_rust_intake_is_stale_once_any_of_its_sources_changed(tmp_path: Path) -> None:
+def test_the_rust_steps_are_stale_once_any_of_its_sources_changed(tmp_path: Path) -> None:
     manifest = _fake_tree(tmp_path)
     _fake_crate(tmp_path)
     manifest.parent.mkdir(parents=True)
@@ -93,7 +93,8 @@ def test_sources_lists_the_modules_for_the_makefile(capsys: pytest.CaptureFixtur
     assert "fastpath/src/intent.rs" in native.crate_sources()  # a changed Rust source rebuilds too
 
 
-def test_the_rust_intake_loaded_is_the_one_status_names() -> None:
-    from auction.intake import Intake  # noqa: PLC0415
+def test_the_rust_steps_loaded_are_the_ones_status_names() -> None:
+    from auction.fastpath import Intake, Writer, hot_path  # noqa: PLC0415
 
-    assert Intake().hot_path == ("compiled" if native.status()[native.CRATE + "/"] == "compiled" else "reference")
+    built = native.status()[native.CRATE + "/"] == "compiled"
+    assert hot_path(Intake(), Writer()) == ("compiled" if built else "reference")

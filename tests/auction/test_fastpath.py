@@ -1,10 +1,14 @@
-"""The compiled intake (Rust, fastpath/) against its Python reference (auction/intake.py).
+"""The compiled steps (Rust, fastpath/) against their Python references (auction/fastpath.py).
 
-Whatever bytes it is given, the compiled intake either leaves the value to the reference
-(`None`) or gives what the reference gives: the same `AuctionRequest`, field by field, and the
-intent fields the records repeat. It may only accept what `schemas.codec.decode` accepts. And it
-does read the intents the worker meets (the bench's, the factories'), so these tests cannot pass
-by leaving everything to the reference.
+The intake: whatever bytes it is given, the compiled intake either leaves the value to the
+reference (`None`) or gives what the reference gives: the same `AuctionRequest`, field by field,
+and the intent fields the records repeat. It may only accept what `schemas.codec.decode` accepts.
+
+The writer: for any outcome, the compiled writer gives the reference's bytes (records_of and
+orjson), or leaves the outcome to it; an outcome the reference cannot encode, it never writes.
+
+Both do the work on what the worker meets (the bench's intents and outcomes, the factories'), so
+these tests cannot pass by leaving everything to the reference.
 """
 
 from __future__ import annotations
@@ -18,15 +22,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auction.intake import Intake, reference
+from auction.engine import AuctionEngine
+from auction.fastpath import Intake, Writer, read_intent, write_records
 from auction.keywords import normalize_keyword
 from auction.model import AuctionRequest
+from auction.records import WINNERS, decode_compact, outcome_of
 from loadtests import workload
+from loadtests.engine_bench import build_index, validated
 from schemas.codec import RecordError
 from tests.auction.factories import NOW_MS, intent
 
 INTAKE = Intake()
-pytestmark = pytest.mark.skipif(INTAKE.compiled is None, reason="the Rust intake is not built (`make native` with cargo)")
+WRITER = Writer()
+pytestmark = pytest.mark.skipif(INTAKE.compiled is None or WRITER.compiled is None,
+                                reason="fastpath/ (Rust) is not built: `make native` with cargo")
 FIELDS = [field.name for field in dataclasses.fields(AuctionRequest)]
 
 
@@ -45,7 +54,7 @@ def agree(raw: bytes | None) -> bool:
     """Asserts the two agree on `raw`; True when the compiled intake read it itself."""
     compiled = INTAKE.read([raw], NOW_MS)[0]
     try:
-        request, decoded = reference(raw, NOW_MS)
+        request, decoded = read_intent(raw, NOW_MS)
     except RecordError:
         assert compiled is None, raw
         return False
@@ -118,7 +127,7 @@ def test_what_the_compiled_intake_must_not_accept_it_leaves_to_the_reference(raw
 def test_the_reference_reads_what_the_compiled_intake_leaves(event: dict[str, Any]) -> None:
     raw = orjson.dumps(event)
     assert INTAKE.read([raw], NOW_MS) == [None]
-    reference(raw, NOW_MS)  # valid: the worker auctions it all the same
+    read_intent(raw, NOW_MS)  # valid: the worker auctions it all the same
 
 
 ASCII_WORDS = st.text(alphabet=st.sampled_from("abcdeisuyzhxAIESY \t\x0b\x0c\x1c-"), max_size=20)
@@ -175,3 +184,69 @@ def test_on_any_intent_the_two_agree(data: st.DataObject) -> None:
         return
     agree(raw)
     agree(json.dumps(event, ensure_ascii=False, separators=(", ", ": ")).encode())
+
+
+# -- the writer ----------------------------------------------------------------------------------
+
+def written(fields: dict[str, Any], outcome: list[Any], keywords: frozenset[str]) -> bool:
+    """Asserts the compiled writer gives the reference's bytes or leaves the outcome (and leaves
+    every outcome the reference cannot encode); True when it wrote it itself."""
+    assert WRITER.compiled is not None
+    compiled = WRITER.compiled.write(fields, outcome, keywords)
+    try:
+        reference = write_records(fields, outcome, keywords)
+    except (TypeError, KeyError, orjson.JSONEncodeError):
+        assert compiled is None
+        return False
+    if compiled is None:
+        return False
+    assert compiled == reference
+    return True
+
+
+def test_the_writer_writes_what_the_worker_publishes_and_replays() -> None:
+    records = validated(workload.campaigns(n=2_000))
+    engine = AuctionEngine(build_index(records))
+    creatives = {record["campaign_id"]: record["creatives"] for record in records}
+    filled = 0
+    for event in workload.intents(1_000):
+        raw = orjson.dumps(event)
+        request, decoded = read_intent(raw, NOW_MS)
+        compiled = INTAKE.read([raw], NOW_MS)[0]
+        assert compiled is not None
+        outcome = outcome_of(request.event_id, engine.run(request), NOW_MS, creatives, personalized=False)
+        assert written(compiled[1], outcome, request.keywords)
+        first = WRITER.write(compiled[1], outcome, request.keywords)
+        assert first == write_records(decoded, outcome, request.keywords)  # the intake's few fields suffice
+        assert WRITER.write(compiled[1], decode_compact(first[3]), request.keywords) == first  # a replay
+        filled += bool(outcome[WINNERS])
+    assert filled > 500  # most auctions of the workload fill: the winners' records were written
+
+
+TEXTS = st.one_of(st.text(max_size=12), st.text(alphabet='"\\\n\t\x00\x1f\x7f\u2028é😀ab', max_size=8),
+                  st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010), max_size=3))
+INTS = st.one_of(st.integers(-(2**20), 2**20), st.integers(-(2**70), 2**70))
+FLOATS = st.one_of(st.floats(0, 1), st.floats(), st.sampled_from([1e-5, 1e-6, 1e16, 1e15, 5e-324, -0.0, 0.021]))
+CREATIVES = st.fixed_dictionaries({"creative_id": TEXTS}, optional={"title": TEXTS, "url": st.one_of(TEXTS, INTS, st.none())})
+WINNER = st.tuples(st.integers(1, 5), TEXTS, TEXTS, st.one_of(CREATIVES, st.just({})), st.sampled_from(["cpm", "cpc"]),
+                   INTS, INTS, INTS, INTS, st.one_of(st.none(), INTS), FLOATS,
+                   st.one_of(st.lists(TEXTS, max_size=3), st.lists(TEXTS, max_size=3).map(tuple)),
+                   st.one_of(st.none(), TEXTS)).map(list)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({"event_id": TEXTS, "user_id": TEXTS, "session_id": TEXTS, "placement": TEXTS,
+                              "ts": INTS, "intent": st.fixed_dictionaries({"category": st.one_of(st.none(), TEXTS)})}),
+       st.tuples(INTS, st.one_of(st.none(), TEXTS), INTS, st.booleans(), st.lists(WINNER, max_size=3)).map(list),
+       st.frozensets(TEXTS, max_size=4))
+def test_on_any_outcome_the_writer_gives_the_references_bytes(fields: dict[str, Any], outcome: list[Any],
+                                                              keywords: frozenset[str]) -> None:
+    written(fields, outcome, keywords)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_floats_are_written_as_orjson_writes_them(pctr: float) -> None:
+    fields = {"event_id": "e", "user_id": "u", "session_id": "s", "placement": "p", "ts": 1, "intent": {"category": "IAB1"}}
+    winner = [1, "c", "a", {"creative_id": "k"}, "cpc", 1, 1, 0, 1, None, pctr, ("x",), "IAB1"]
+    assert written(fields, [1, None, 0, False, [winner]], frozenset({"x"}))

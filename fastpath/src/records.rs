@@ -1,0 +1,199 @@
+//! An auction's records written straight to bytes: what `auction/records.py` `records_of` builds
+//! from the intent's fields and the compact outcome, and `encode_outcome` / `encode_compact` then
+//! encode with orjson, byte for byte (tests/auction/test_fastpath.py holds them equal). Any value
+//! of a shape the reference would not give (`None` out) leaves the event to the reference.
+
+use crate::json::{push_int, push_items, push_str, push_value};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyString, PyTuple};
+
+/// The compact outcome's layout (auction/records.py).
+const TS_DECIDED: usize = 0;
+const NO_FILL_REASON: usize = 1;
+const RESERVE_CPM: usize = 2;
+const PERSONALIZED: usize = 3;
+const WINNERS: usize = 4;
+
+fn json_of(value: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(32);
+    push_value(&mut out, value)?;
+    Some(out)
+}
+
+fn item<'py>(list: &Bound<'py, PyList>, index: usize) -> Option<Bound<'py, PyAny>> {
+    list.get_item(index).ok()
+}
+
+/// `(encoded, impression_ids, no_fill_reason, compact)`: the decision's bytes then each
+/// impression's, the impressions' ids, the decision's no-fill reason, and the compact outcome's
+/// bytes. `keywords`: the request's normalised keywords (the impressions carry them sorted).
+pub fn write<'py>(
+    py: Python<'py>,
+    label: &[u8],
+    fields: &Bound<'py, PyDict>,
+    outcome: &Bound<'py, PyList>,
+    keywords: &Bound<'py, PyFrozenSet>,
+) -> Option<Bound<'py, PyTuple>> {
+    let field = |key: &Bound<'py, PyString>| fields.get_item(key).ok().flatten();
+    let event_id_obj = field(intern!(py, "event_id"))?;
+    let event_id = event_id_obj.downcast::<PyString>().ok()?.to_str().ok()?;
+    let event = json_of(&event_id_obj)?;
+    let user = json_of(&field(intern!(py, "user_id"))?)?;
+    let session = json_of(&field(intern!(py, "session_id"))?)?;
+    let placement = json_of(&field(intern!(py, "placement"))?)?;
+    let ts_event = json_of(&field(intern!(py, "ts"))?)?;
+    let body = field(intern!(py, "intent"))?;
+    let category = json_of(&body.downcast::<PyDict>().ok()?.get_item(intern!(py, "category")).ok()??)?;
+
+    if outcome.len() != WINNERS + 1 {
+        return None;
+    }
+    let ts_decided = json_of(&item(outcome, TS_DECIDED)?)?;
+    let reserve = json_of(&item(outcome, RESERVE_CPM)?)?;
+    let personalized = json_of(&item(outcome, PERSONALIZED)?)?;
+    let winners_obj = item(outcome, WINNERS)?;
+    let winners = winners_obj.downcast::<PyList>().ok()?;
+
+    // The impressions carry the request's keywords, sorted (code point order is UTF-8 byte order).
+    let mut intent_keywords = Vec::new();
+    if !winners.is_empty() {
+        let mut sorted: Vec<Bound<'py, PyString>> = Vec::with_capacity(keywords.len());
+        for keyword in keywords.iter() {
+            sorted.push(keyword.downcast_into::<PyString>().ok()?);
+        }
+        let mut texts = Vec::with_capacity(sorted.len());
+        for keyword in &sorted {
+            texts.push(keyword.to_str().ok()?);
+        }
+        texts.sort_unstable();
+        intent_keywords.push(b'[');
+        for (index, text) in texts.iter().enumerate() {
+            if index > 0 {
+                intent_keywords.push(b',');
+            }
+            push_str(&mut intent_keywords, text);
+        }
+        intent_keywords.push(b']');
+    }
+
+    let mut decision = Vec::with_capacity(512 + 512 * winners.len());
+    decision.extend_from_slice(b"{\"schema_version\":1,\"event_id\":");
+    decision.extend_from_slice(&event);
+    decision.extend_from_slice(b",\"session_id\":");
+    decision.extend_from_slice(&session);
+    decision.extend_from_slice(b",\"user_id\":");
+    decision.extend_from_slice(&user);
+    decision.extend_from_slice(b",\"placement\":");
+    decision.extend_from_slice(&placement);
+    decision.extend_from_slice(b",\"ts_event\":");
+    decision.extend_from_slice(&ts_event);
+    decision.extend_from_slice(b",\"ts_decided\":");
+    decision.extend_from_slice(&ts_decided);
+    decision.extend_from_slice(b",\"ads\":[");
+
+    let encoded = PyList::empty(py);
+    let impression_ids = PyList::empty(py);
+    let mut impressions: Vec<Vec<u8>> = Vec::with_capacity(winners.len());
+    for (index, winner_obj) in winners.iter().enumerate() {
+        let winner = winner_obj.downcast::<PyList>().ok()?;
+        if winner.len() != 13 {
+            return None;
+        }
+        let slot_obj = item(winner, 0)?;
+        let slot: i64 = slot_obj.extract().ok()?;
+        let mut impression_id_text = String::with_capacity(event_id.len() + 3);
+        impression_id_text.push_str(event_id);
+        impression_id_text.push(':');
+        impression_id_text.push_str(itoa::Buffer::new().format(slot));
+        let mut impression_id = Vec::with_capacity(impression_id_text.len() + 2);
+        push_str(&mut impression_id, &impression_id_text);
+        let campaign = json_of(&item(winner, 1)?)?;
+        let advertiser = json_of(&item(winner, 2)?)?;
+        let creative_obj = item(winner, 3)?;
+        let creative = creative_obj.downcast::<PyDict>().ok()?;
+        let matched = json_of(&item(winner, 11)?)?; // a tuple or a list: a JSON array either way
+
+        if index > 0 {
+            decision.push(b',');
+        }
+        decision.extend_from_slice(b"{\"slot\":");
+        push_int(&mut decision, slot);
+        decision.extend_from_slice(b",\"impression_id\":");
+        decision.extend_from_slice(&impression_id);
+        decision.extend_from_slice(b",\"campaign_id\":");
+        decision.extend_from_slice(&campaign);
+        decision.extend_from_slice(b",\"advertiser_id\":");
+        decision.extend_from_slice(&advertiser);
+        decision.extend_from_slice(b",\"creative\":");
+        push_value(&mut decision, &creative_obj)?;
+        decision.extend_from_slice(b",\"label\":");
+        push_str(&mut decision, std::str::from_utf8(label).ok()?);
+        decision.extend_from_slice(b",\"why\":{\"matched_keywords\":");
+        decision.extend_from_slice(&matched);
+        decision.extend_from_slice(b",\"category\":");
+        push_value(&mut decision, &item(winner, 12)?)?;
+        decision.extend_from_slice(b",\"personalized\":");
+        decision.extend_from_slice(&personalized);
+        decision.extend_from_slice(b"}}");
+
+        let mut impression = Vec::with_capacity(640);
+        impression.extend_from_slice(b"{\"schema_version\":1,\"impression_id\":");
+        impression.extend_from_slice(&impression_id);
+        impression.extend_from_slice(b",\"event_id\":");
+        impression.extend_from_slice(&event);
+        impression.extend_from_slice(b",\"ts\":");
+        impression.extend_from_slice(&ts_decided);
+        impression.extend_from_slice(b",\"user_id\":");
+        impression.extend_from_slice(&user);
+        impression.extend_from_slice(b",\"session_id\":");
+        impression.extend_from_slice(&session);
+        impression.extend_from_slice(b",\"placement\":");
+        impression.extend_from_slice(&placement);
+        impression.extend_from_slice(b",\"slot\":");
+        push_int(&mut impression, slot);
+        impression.extend_from_slice(b",\"campaign_id\":");
+        impression.extend_from_slice(&campaign);
+        impression.extend_from_slice(b",\"advertiser_id\":");
+        impression.extend_from_slice(&advertiser);
+        impression.extend_from_slice(b",\"creative_id\":");
+        push_value(&mut impression, &creative.get_item(intern!(py, "creative_id")).ok()??)?;
+        for (key, position) in [
+            (&b",\"bid_type\":"[..], 4),
+            (b",\"bid_micros\":", 5),
+            (b",\"price_micros\":", 6),
+            (b",\"charge_micros\":", 7),
+            (b",\"ecpm_micros\":", 8),
+            (b",\"runner_up_ecpm_micros\":", 9),
+        ] {
+            impression.extend_from_slice(key);
+            push_value(&mut impression, &item(winner, position)?)?;
+        }
+        impression.extend_from_slice(b",\"reserve_cpm_micros\":");
+        impression.extend_from_slice(&reserve);
+        impression.extend_from_slice(b",\"pctr\":");
+        push_value(&mut impression, &item(winner, 10)?)?;
+        impression.extend_from_slice(b",\"category\":");
+        impression.extend_from_slice(&category);
+        impression.extend_from_slice(b",\"matched_keywords\":");
+        impression.extend_from_slice(&matched);
+        impression.extend_from_slice(b",\"intent_keywords\":");
+        impression.extend_from_slice(&intent_keywords);
+        impression.push(b'}');
+        impressions.push(impression);
+        impression_ids.append(PyString::new(py, &impression_id_text)).ok()?;
+    }
+    let no_fill_reason = if winners.is_empty() { item(outcome, NO_FILL_REASON)? } else { py.None().into_bound(py) };
+    decision.extend_from_slice(b"],\"no_fill_reason\":");
+    push_value(&mut decision, &no_fill_reason)?;
+    decision.push(b'}');
+
+    let mut compact = Vec::with_capacity(256 + 256 * winners.len());
+    push_items(&mut compact, outcome.iter())?;
+
+    encoded.append(PyBytes::new(py, &decision)).ok()?;
+    for impression in &impressions {
+        encoded.append(PyBytes::new(py, impression)).ok()?;
+    }
+    PyTuple::new(py, [encoded.into_any(), impression_ids.into_any(), no_fill_reason, PyBytes::new(py, &compact).into_any()]).ok()
+}
