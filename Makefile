@@ -72,4 +72,4 @@ loadtest: venv up ## Locust headless against the running stack (DURATION=20s)
 	$(BIN)/python -m loadtests.run --duration $(DURATION)
 
 clean: clean-native ## remove the virtualenv, caches and compiled modules (keeps .local/ Kafka jars and data)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build/native build/native-manifest.json
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build/native build/native-manifest.json build/cargo

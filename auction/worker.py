@@ -201,7 +201,7 @@ class AuctionRole:
         """Records for this result, encoded once to be published; Redis keeps the compact outcome
         they were built from, to build the same bytes again on a replay."""
         outcome = outcome_of(item.request.event_id, result, now_ms, self.live.creatives, personalized=False)
-        compact = self._set_records(item, outcome)
+        compact = self._set_records(self.writer, item, outcome)
         reservations = []
         for winner in result.winners:
             campaign = winner.campaign
@@ -218,10 +218,11 @@ class AuctionRole:
             reservations=reservations,
         )
 
-    def _set_records(self, item: Pending, outcome: list[Any]) -> bytes:
+    @staticmethod
+    def _set_records(writer: Writer, item: Pending, outcome: list[Any]) -> bytes:
         """The records of `outcome` for this intent, encoded: the first attempt's and a replay's
         alike (written compiled where the writer is built). Returns the compact outcome's bytes."""
-        item.encoded, item.impression_ids, item.no_fill_reason, compact = self.writer.write(
+        item.encoded, item.impression_ids, item.no_fill_reason, compact = writer.write(
             item.intent, outcome, item.request.keywords)
         return compact
 
@@ -273,7 +274,7 @@ class AuctionRole:
             # Publish what the first attempt published, whatever changed since: its records built
             # again from the outcome it kept (or, kept whole by an earlier version, as they are).
             if is_compact(answer.outcome):
-                self._set_records(item, decode_compact(answer.outcome))
+                self._set_records(self.writer, item, decode_compact(answer.outcome))
             else:
                 item.encoded = split_outcome(answer.outcome)
                 item.impression_ids = [orjson.loads(raw)["impression_id"] for raw in item.encoded[1:]]

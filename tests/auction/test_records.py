@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auction.engine import AuctionEngine
+from auction.fastpath import INPUT, Writer
 from auction.model import AuctionRequest, AuctionResult, Campaign
 from auction.people import PeopleCache
 from auction.records import (
@@ -30,7 +31,7 @@ from auction.records import (
     records_of,
     split_outcome,
 )
-from auction.worker import INPUT, AuctionRole, Pending
+from auction.worker import AuctionRole, Pending
 from auction.worker_metrics import WorkerMetrics
 from core.metrics import Metrics
 from core.redis_client import redis_from_url
@@ -272,6 +273,8 @@ def test_pending_is_what_the_worker_fills() -> None:
     result, published, kept = first_attempt(engine, event, {"c1": campaign_record("c1")["creatives"]}, NOW_MS)
     item = Pending(ConsumerRecord(INPUT, 0, 0, 0, 0, None, orjson.dumps(event), None, 0, 0, []), event,
                    AuctionRequest.from_intent(event, NOW_MS))
-    AuctionRole._set_records(item, decode_compact(kept))  # noqa: SLF001
-    assert item.encoded == published and item.impression_ids == ["e-1:1"] and item.no_fill_reason is None
+    for writer in (Writer(), Writer(compiled=False)):  # compiled (where built) and the reference alike
+        item.encoded = []
+        assert AuctionRole._set_records(writer, item, decode_compact(kept)) == kept  # noqa: SLF001
+        assert item.encoded == published and item.impression_ids == ["e-1:1"] and item.no_fill_reason is None
     assert result.winners
