@@ -53,10 +53,17 @@ test: venv up ## the whole test suite against real Kafka and Redis
 test-unit: venv ## tests that need no services
 	$(BIN)/pytest -q tests -m "not integration"
 
-lint: venv ## ruff, mypy (strict on every package) and the import layers (import-linter)
+CARGO := $(shell command -v cargo || ls $(HOME)/.cargo/bin/cargo 2>/dev/null)
+
+lint: venv ## ruff, mypy (strict on every package), the import layers (import-linter); rustfmt and clippy on fastpath/ when installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy core schemas auction autopilot streams vickrey loadtests
 	$(BIN)/lint-imports
+	@if [ -n "$(CARGO)" ] && $(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1; then \
+	  $(CARGO) fmt --manifest-path fastpath/Cargo.toml --check && \
+	  CARGO_TARGET_DIR=build/cargo PYO3_PYTHON=$(CURDIR)/$(BIN)/python $(CARGO) clippy --quiet --release --locked \
+	    --manifest-path fastpath/Cargo.toml -- -D warnings && echo "fastpath/: rustfmt and clippy clean"; \
+	else echo "fastpath/: rustfmt or clippy not installed, not checked"; fi
 
 demo: venv ## the whole story on a generated chat stream; stops what it started (KEEP=1 keeps it running)
 	@was_up=0; bash ops/up.sh --status >/dev/null 2>&1 && was_up=1; \

@@ -6,7 +6,7 @@
 //! escaped strings, fields the schema does not name (Python tolerates them; skipping them here
 //! could accept a value orjson refuses, such as `1e999`), non-ASCII keywords and device, locale
 //! or country (NFKC and case folding stay Python's). So it may refuse anything, but may only accept what the Python path accepts,
-//! with the same values (tests/auction/test_intake.py checks both on generated cases).
+//! with the same values (tests/auction/test_fastpath.py checks both on generated cases).
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -111,7 +111,11 @@ fn object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
 }
 
 fn text_ok(value: &str, rules: &Rules) -> bool {
-    let chars = if value.is_ascii() { value.len() } else { value.chars().count() };
+    let chars = if value.is_ascii() {
+        value.len()
+    } else {
+        value.chars().count()
+    };
     0 < chars && chars <= rules.short_max
 }
 
@@ -149,7 +153,10 @@ pub fn normalize_ascii(raw: &str) -> Option<String> {
     }
     let lower = raw.to_ascii_lowercase();
     let mut out = String::with_capacity(lower.len());
-    for word in lower.split(|c: char| is_python_space(c as u8)).filter(|word| !word.is_empty()) {
+    for word in lower
+        .split(|c: char| is_python_space(c as u8))
+        .filter(|word| !word.is_empty())
+    {
         if !out.is_empty() {
             out.push(' ');
         }

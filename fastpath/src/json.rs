@@ -59,9 +59,18 @@ pub fn push_float(out: &mut Vec<u8>, value: f64) -> Option<()> {
     Some(())
 }
 
+/// Nesting deeper than this is left to Python (orjson refuses past 255 levels; a value that
+/// contains itself must not overflow the stack here).
+const DEPTH_MAX: usize = 64;
+
 /// Any value the records hold: str, int, float, bool, None, list, tuple, dict with str keys.
-/// `None` for anything else (or an int beyond 64 bits), which the caller leaves to Python.
+/// `None` for anything else (or an int beyond 64 bits, or nesting past DEPTH_MAX), which the
+/// caller leaves to Python.
 pub fn push_value(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> Option<()> {
+    push_nested(out, value, 0)
+}
+
+fn push_nested(out: &mut Vec<u8>, value: &Bound<'_, PyAny>, depth: usize) -> Option<()> {
     if let Ok(text) = value.downcast::<PyString>() {
         push_str(out, text.to_str().ok()?);
     } else if value.is_none() {
@@ -75,10 +84,12 @@ pub fn push_value(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> Option<()> {
         }
     } else if let Ok(number) = value.downcast_exact::<PyFloat>() {
         push_float(out, number.value())?;
+    } else if depth >= DEPTH_MAX {
+        return None;
     } else if let Ok(items) = value.downcast_exact::<PyList>() {
-        push_items(out, items.iter())?;
+        push_sequence(out, items.iter(), depth + 1)?;
     } else if let Ok(items) = value.downcast_exact::<PyTuple>() {
-        push_items(out, items.iter())?;
+        push_sequence(out, items.iter(), depth + 1)?;
     } else if let Ok(map) = value.downcast_exact::<PyDict>() {
         out.push(b'{');
         for (index, (key, item)) in map.iter().enumerate() {
@@ -87,7 +98,7 @@ pub fn push_value(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> Option<()> {
             }
             push_str(out, key.downcast_exact::<PyString>().ok()?.to_str().ok()?);
             out.push(b':');
-            push_value(out, &item)?;
+            push_nested(out, &item, depth + 1)?;
         }
         out.push(b'}');
     } else {
@@ -96,13 +107,18 @@ pub fn push_value(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> Option<()> {
     Some(())
 }
 
+/// A list or tuple of values, as a JSON array.
 pub fn push_items<'py>(out: &mut Vec<u8>, items: impl Iterator<Item = Bound<'py, PyAny>>) -> Option<()> {
+    push_sequence(out, items, 1)
+}
+
+fn push_sequence<'py>(out: &mut Vec<u8>, items: impl Iterator<Item = Bound<'py, PyAny>>, depth: usize) -> Option<()> {
     out.push(b'[');
     for (index, item) in items.enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        push_value(out, &item)?;
+        push_nested(out, &item, depth)?;
     }
     out.push(b']');
     Some(())

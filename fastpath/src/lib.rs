@@ -22,12 +22,23 @@ struct Writer {
 impl Writer {
     #[new]
     fn new(label: &str) -> Self {
-        Writer { label: label.as_bytes().to_vec() }
+        Writer {
+            label: label.as_bytes().to_vec(),
+        }
     }
 
     /// `(encoded, impression_ids, no_fill_reason, compact)` of one auction, or `None`.
-    fn write<'py>(&self, py: Python<'py>, fields: &Bound<'py, PyDict>, outcome: &Bound<'py, PyList>,
-                  keywords: &Bound<'py, PyFrozenSet>) -> Option<Bound<'py, PyTuple>> {
+    /// Arguments of other types than the reference's (a dict, a list, a frozenset) give `None`.
+    fn write<'py>(
+        &self,
+        py: Python<'py>,
+        fields: &Bound<'py, PyAny>,
+        outcome: &Bound<'py, PyAny>,
+        keywords: &Bound<'py, PyAny>,
+    ) -> Option<Bound<'py, PyTuple>> {
+        let fields = fields.downcast_exact::<PyDict>().ok()?;
+        let outcome = outcome.downcast_exact::<PyList>().ok()?;
+        let keywords = keywords.downcast_exact::<PyFrozenSet>().ok()?;
         records::write(py, &self.label, fields, outcome, keywords)
     }
 }
@@ -54,7 +65,16 @@ impl Intake {
         record_max_bytes: usize,
         request_type: Py<PyAny>,
     ) -> Self {
-        let rules = Rules { categories, age_brackets, short_max, int_max, max_slots, keywords_max, keyword_max, record_max_bytes };
+        let rules = Rules {
+            categories,
+            age_brackets,
+            short_max,
+            int_max,
+            max_slots,
+            keywords_max,
+            keyword_max,
+            record_max_bytes,
+        };
         Intake { rules, request_type }
     }
 
@@ -78,31 +98,42 @@ impl Intake {
     }
 }
 
-fn request_and_fields<'py>(py: Python<'py>, request_type: &Bound<'py, PyAny>, intent: &Intent, now_ms: i64)
-    -> PyResult<Bound<'py, PyTuple>> {
+fn request_and_fields<'py>(
+    py: Python<'py>,
+    request_type: &Bound<'py, PyAny>,
+    intent: &Intent,
+    now_ms: i64,
+) -> PyResult<Bound<'py, PyTuple>> {
     let event_id = PyString::new(py, intent.event_id);
     let user_id = PyString::new(py, intent.user_id);
-    let placement = PyString::intern(py, intent.placement);
+    // Interned (shared, and kept for the process's life on newer Pythons): only the values the
+    // schema bounds (IAB categories, age brackets); a producer's free text is not.
+    let placement = PyString::new(py, intent.placement);
     let category = PyString::intern(py, intent.category);
     let keywords = PyFrozenSet::new(py, intent.keywords.iter().map(|keyword| PyString::new(py, keyword)))?;
     let labels = PyFrozenSet::new(py, intent.safety_labels.iter().map(|label| PyString::new(py, label)))?;
-    let args = PyTuple::new(py, [
-        event_id.clone().into_any(),
-        user_id.clone().into_any(),
-        placement.clone().into_any(),
-        intent.slots.into_pyobject(py)?.into_any(),
-        intent.floor_cpm_micros.into_pyobject(py)?.into_any(),
-        category.clone().into_any(),
-        keywords.into_any(),
-        PyString::new(py, &intent.locale).into_any(),
-        PyString::new(py, &intent.country).into_any(),
-        PyString::new(py, &intent.device).into_any(),
-        labels.into_any(),
-        pyo3::types::PyBool::new(py, intent.consent_ads).to_owned().into_any(),
-        pyo3::types::PyBool::new(py, intent.personalization).to_owned().into_any(),
-        PyString::intern(py, intent.age_bracket).into_any(),
-        now_ms.into_pyobject(py)?.into_any(),
-    ])?;
+    let args = PyTuple::new(
+        py,
+        [
+            event_id.clone().into_any(),
+            user_id.clone().into_any(),
+            placement.clone().into_any(),
+            intent.slots.into_pyobject(py)?.into_any(),
+            intent.floor_cpm_micros.into_pyobject(py)?.into_any(),
+            category.clone().into_any(),
+            keywords.into_any(),
+            PyString::new(py, &intent.locale).into_any(),
+            PyString::new(py, &intent.country).into_any(),
+            PyString::new(py, &intent.device).into_any(),
+            labels.into_any(),
+            pyo3::types::PyBool::new(py, intent.consent_ads).to_owned().into_any(),
+            pyo3::types::PyBool::new(py, intent.personalization)
+                .to_owned()
+                .into_any(),
+            PyString::intern(py, intent.age_bracket).into_any(),
+            now_ms.into_pyobject(py)?.into_any(),
+        ],
+    )?;
     let request = request_type.call1(args)?;
     let body = PyDict::new(py);
     body.set_item(intern!(py, "category"), category)?;

@@ -6,7 +6,7 @@
 use crate::json::{push_int, push_items, push_str, push_value};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyInt, PyList, PyString, PyTuple};
 
 /// The compact outcome's layout (auction/records.py).
 const TS_DECIDED: usize = 0;
@@ -44,7 +44,13 @@ pub fn write<'py>(
     let placement = json_of(&field(intern!(py, "placement"))?)?;
     let ts_event = json_of(&field(intern!(py, "ts"))?)?;
     let body = field(intern!(py, "intent"))?;
-    let category = json_of(&body.downcast::<PyDict>().ok()?.get_item(intern!(py, "category")).ok()??)?;
+    let category = json_of(
+        &body
+            .downcast::<PyDict>()
+            .ok()?
+            .get_item(intern!(py, "category"))
+            .ok()??,
+    )?;
 
     if outcome.len() != WINNERS + 1 {
         return None;
@@ -100,8 +106,7 @@ pub fn write<'py>(
         if winner.len() != 13 {
             return None;
         }
-        let slot_obj = item(winner, 0)?;
-        let slot: i64 = slot_obj.extract().ok()?;
+        let slot: i64 = item(winner, 0)?.downcast_exact::<PyInt>().ok()?.extract().ok()?; // not a bool
         let mut impression_id_text = String::with_capacity(event_id.len() + 3);
         impression_id_text.push_str(event_id);
         impression_id_text.push(':');
@@ -112,7 +117,12 @@ pub fn write<'py>(
         let advertiser = json_of(&item(winner, 2)?)?;
         let creative_obj = item(winner, 3)?;
         let creative = creative_obj.downcast::<PyDict>().ok()?;
-        let matched = json_of(&item(winner, 11)?)?; // a tuple or a list: a JSON array either way
+        // `list(winner[11])`: a tuple or a list, a JSON array either way; anything else to Python.
+        let matched_obj = item(winner, 11)?;
+        if !(matched_obj.is_exact_instance_of::<PyList>() || matched_obj.is_exact_instance_of::<PyTuple>()) {
+            return None;
+        }
+        let matched = json_of(&matched_obj)?;
 
         if index > 0 {
             decision.push(b',');
@@ -183,7 +193,11 @@ pub fn write<'py>(
         impressions.push(impression);
         impression_ids.append(PyString::new(py, &impression_id_text)).ok()?;
     }
-    let no_fill_reason = if winners.is_empty() { item(outcome, NO_FILL_REASON)? } else { py.None().into_bound(py) };
+    let no_fill_reason = if winners.is_empty() {
+        item(outcome, NO_FILL_REASON)?
+    } else {
+        py.None().into_bound(py)
+    };
     decision.extend_from_slice(b"],\"no_fill_reason\":");
     push_value(&mut decision, &no_fill_reason)?;
     decision.push(b'}');
@@ -195,5 +209,14 @@ pub fn write<'py>(
     for impression in &impressions {
         encoded.append(PyBytes::new(py, impression)).ok()?;
     }
-    PyTuple::new(py, [encoded.into_any(), impression_ids.into_any(), no_fill_reason, PyBytes::new(py, &compact).into_any()]).ok()
+    PyTuple::new(
+        py,
+        [
+            encoded.into_any(),
+            impression_ids.into_any(),
+            no_fill_reason,
+            PyBytes::new(py, &compact).into_any(),
+        ],
+    )
+    .ok()
 }

@@ -228,9 +228,9 @@ TEXTS = st.one_of(st.text(max_size=12), st.text(alphabet='"\\\n\t\x00\x1f\x7f\u2
 INTS = st.one_of(st.integers(-(2**20), 2**20), st.integers(-(2**70), 2**70))
 FLOATS = st.one_of(st.floats(0, 1), st.floats(), st.sampled_from([1e-5, 1e-6, 1e16, 1e15, 5e-324, -0.0, 0.021]))
 CREATIVES = st.fixed_dictionaries({"creative_id": TEXTS}, optional={"title": TEXTS, "url": st.one_of(TEXTS, INTS, st.none())})
-WINNER = st.tuples(st.integers(1, 5), TEXTS, TEXTS, st.one_of(CREATIVES, st.just({})), st.sampled_from(["cpm", "cpc"]),
+WINNER = st.tuples(st.one_of(st.integers(1, 5), st.booleans()), TEXTS, TEXTS, st.one_of(CREATIVES, st.just({})), st.sampled_from(["cpm", "cpc"]),
                    INTS, INTS, INTS, INTS, st.one_of(st.none(), INTS), FLOATS,
-                   st.one_of(st.lists(TEXTS, max_size=3), st.lists(TEXTS, max_size=3).map(tuple)),
+                   st.one_of(st.lists(TEXTS, max_size=3), st.lists(TEXTS, max_size=3).map(tuple), TEXTS, st.none()),
                    st.one_of(st.none(), TEXTS)).map(list)
 
 
@@ -250,3 +250,27 @@ def test_floats_are_written_as_orjson_writes_them(pctr: float) -> None:
     fields = {"event_id": "e", "user_id": "u", "session_id": "s", "placement": "p", "ts": 1, "intent": {"category": "IAB1"}}
     winner = [1, "c", "a", {"creative_id": "k"}, "cpc", 1, 1, 0, 1, None, pctr, ("x",), "IAB1"]
     assert written(fields, [1, None, 0, False, [winner]], frozenset({"x"}))
+
+
+def test_what_the_writer_must_not_write_it_leaves_to_the_reference() -> None:
+    fields = {"event_id": "e", "user_id": "u", "session_id": "s", "placement": "p", "ts": 1, "intent": {"category": "IAB1"}}
+
+    def outcome(**change: Any) -> list[Any]:
+        winner = [1, "c", "a", {"creative_id": "k"}, "cpc", 1, 1, 0, 1, None, 0.5, ("x",), "IAB1"]
+        for position, value in change.items():
+            winner[int(position.removeprefix("at"))] = value
+        return [1, None, 0, False, [winner]]
+
+    deep: list[Any] = []
+    for _ in range(300):  # deeper than orjson writes
+        deep = [deep]
+    looped: list[Any] = []
+    looped.append(looped)  # contains itself
+    assert WRITER.compiled is not None
+    for case in (outcome(at11="ab"), outcome(at11=None), outcome(at0=True), outcome(at3={"creative_id": "k", "x": deep}),
+                 outcome(at3={"creative_id": "k", "x": looped})):
+        assert WRITER.compiled.write(fields, case, frozenset({"x"})) is None
+        written(fields, case, frozenset({"x"}))
+    assert WRITER.compiled.write(fields, tuple(outcome()), frozenset({"x"})) is None  # type: ignore[arg-type]
+    assert WRITER.compiled.write(fields, outcome(), {"x"}) is None  # type: ignore[arg-type]
+    assert written(fields, outcome(at3={"creative_id": "k", "x": [[[1]]]}), frozenset({"x"}))  # shallow nesting is fine

@@ -98,3 +98,11 @@ def test_the_rust_steps_loaded_are_the_ones_status_names() -> None:
 
     built = native.status()[native.CRATE + "/"] == "compiled"
     assert hot_path(Intake(), Writer()) == ("compiled" if built else "reference")
+
+
+def test_a_build_without_a_rust_toolchain_succeeds_with_the_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "build", lambda quiet: None)
+    monkeypatch.setattr(native, "status", lambda: {native.MODULES[0]: "compiled", native.CRATE + "/": "absent"})
+    assert native.main(["build", "-q"]) == 0
+    monkeypatch.setattr(native, "status", lambda: {native.MODULES[0]: "compiled", native.CRATE + "/": "stale"})
+    assert native.main(["build", "-q"]) == 1
