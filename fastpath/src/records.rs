@@ -7,6 +7,7 @@ use crate::json::{push_int, push_items, push_str, push_value};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyInt, PyList, PyString, PyTuple};
+use std::ops::Range;
 
 /// The compact outcome's layout (auction/records.py).
 const TS_DECIDED: usize = 0;
@@ -19,6 +20,14 @@ fn json_of(value: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(32);
     push_value(&mut out, value)?;
     Some(out)
+}
+
+/// Each key (with the punctuation before it) and then its value's JSON, in order.
+fn push_fields(out: &mut Vec<u8>, fields: &[(&[u8], &[u8])]) {
+    for (key, value) in fields {
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+    }
 }
 
 fn item<'py>(list: &Bound<'py, PyList>, index: usize) -> Option<Bound<'py, PyAny>> {
@@ -84,22 +93,27 @@ pub fn write<'py>(
     }
 
     let mut decision = Vec::with_capacity(512 + 512 * winners.len());
-    decision.extend_from_slice(b"{\"schema_version\":1,\"event_id\":");
-    decision.extend_from_slice(&event);
-    decision.extend_from_slice(b",\"session_id\":");
-    decision.extend_from_slice(&session);
-    decision.extend_from_slice(b",\"user_id\":");
-    decision.extend_from_slice(&user);
-    decision.extend_from_slice(b",\"placement\":");
-    decision.extend_from_slice(&placement);
-    decision.extend_from_slice(b",\"ts_event\":");
-    decision.extend_from_slice(&ts_event);
-    decision.extend_from_slice(b",\"ts_decided\":");
-    decision.extend_from_slice(&ts_decided);
-    decision.extend_from_slice(b",\"ads\":[");
+    push_fields(
+        &mut decision,
+        &[
+            (b"{\"schema_version\":1,\"event_id\":", &event),
+            (b",\"session_id\":", &session),
+            (b",\"user_id\":", &user),
+            (b",\"placement\":", &placement),
+            (b",\"ts_event\":", &ts_event),
+            (b",\"ts_decided\":", &ts_decided),
+            (b",\"ads\":[", b""),
+        ],
+    );
+    let label = {
+        let mut quoted = Vec::with_capacity(label.len() + 2);
+        push_str(&mut quoted, std::str::from_utf8(label).ok()?);
+        quoted
+    };
 
     let encoded = PyList::empty(py);
     let impression_ids = PyList::empty(py);
+    let mut scratch: Vec<u8> = Vec::with_capacity(512);
     let mut impressions: Vec<Vec<u8>> = Vec::with_capacity(winners.len());
     for (index, winner_obj) in winners.iter().enumerate() {
         let winner = winner_obj.downcast::<PyList>().ok()?;
@@ -107,89 +121,88 @@ pub fn write<'py>(
             return None;
         }
         let slot: i64 = item(winner, 0)?.downcast_exact::<PyInt>().ok()?.extract().ok()?; // not a bool
+        let mut slot_json = Vec::with_capacity(2);
+        push_int(&mut slot_json, slot);
         let mut impression_id_text = String::with_capacity(event_id.len() + 3);
         impression_id_text.push_str(event_id);
         impression_id_text.push(':');
         impression_id_text.push_str(itoa::Buffer::new().format(slot));
         let mut impression_id = Vec::with_capacity(impression_id_text.len() + 2);
         push_str(&mut impression_id, &impression_id_text);
-        let campaign = json_of(&item(winner, 1)?)?;
-        let advertiser = json_of(&item(winner, 2)?)?;
+        // This winner's values, written once into `scratch` (no allocation per value), then copied
+        // where the decision and the impression put them.
+        scratch.clear();
+        let mut put = |value: &Bound<'py, PyAny>| -> Option<Range<usize>> {
+            let start = scratch.len();
+            push_value(&mut scratch, value)?;
+            Some(start..scratch.len())
+        };
+        let campaign = put(&item(winner, 1)?)?;
+        let advertiser = put(&item(winner, 2)?)?;
         let creative_obj = item(winner, 3)?;
-        let creative = creative_obj.downcast::<PyDict>().ok()?;
+        let creative = put(&creative_obj)?;
+        let creative_id = put(&creative_obj
+            .downcast::<PyDict>()
+            .ok()?
+            .get_item(intern!(py, "creative_id"))
+            .ok()??)?;
         // `list(winner[11])`: a tuple or a list, a JSON array either way; anything else to Python.
         let matched_obj = item(winner, 11)?;
         if !(matched_obj.is_exact_instance_of::<PyList>() || matched_obj.is_exact_instance_of::<PyTuple>()) {
             return None;
         }
-        let matched = json_of(&matched_obj)?;
-
-        if index > 0 {
-            decision.push(b',');
+        let matched = put(&matched_obj)?;
+        let mut numbers: [Range<usize>; 7] = Default::default(); // bid_type, bid, price, charge, ecpm, runner-up ecpm, pctr
+        for (at, span) in numbers.iter_mut().enumerate() {
+            *span = put(&item(winner, 4 + at)?)?;
         }
-        decision.extend_from_slice(b"{\"slot\":");
-        push_int(&mut decision, slot);
-        decision.extend_from_slice(b",\"impression_id\":");
-        decision.extend_from_slice(&impression_id);
-        decision.extend_from_slice(b",\"campaign_id\":");
-        decision.extend_from_slice(&campaign);
-        decision.extend_from_slice(b",\"advertiser_id\":");
-        decision.extend_from_slice(&advertiser);
-        decision.extend_from_slice(b",\"creative\":");
-        push_value(&mut decision, &creative_obj)?;
-        decision.extend_from_slice(b",\"label\":");
-        push_str(&mut decision, std::str::from_utf8(label).ok()?);
-        decision.extend_from_slice(b",\"why\":{\"matched_keywords\":");
-        decision.extend_from_slice(&matched);
-        decision.extend_from_slice(b",\"category\":");
-        push_value(&mut decision, &item(winner, 12)?)?;
-        decision.extend_from_slice(b",\"personalized\":");
-        decision.extend_from_slice(&personalized);
-        decision.extend_from_slice(b"}}");
+        let why_category = put(&item(winner, 12)?)?;
+        let value = |span: &Range<usize>| &scratch[span.clone()];
+        let [bid_type, bid, price, charge, ecpm, runner_up, pctr] = numbers.each_ref().map(value);
 
+        push_fields(
+            &mut decision,
+            &[
+                (if index > 0 { b",{\"slot\":" } else { b"{\"slot\":" }, &slot_json),
+                (b",\"impression_id\":", &impression_id),
+                (b",\"campaign_id\":", value(&campaign)),
+                (b",\"advertiser_id\":", value(&advertiser)),
+                (b",\"creative\":", value(&creative)),
+                (b",\"label\":", &label),
+                (b",\"why\":{\"matched_keywords\":", value(&matched)),
+                (b",\"category\":", value(&why_category)),
+                (b",\"personalized\":", &personalized),
+                (b"}}", b""),
+            ],
+        );
         let mut impression = Vec::with_capacity(640);
-        impression.extend_from_slice(b"{\"schema_version\":1,\"impression_id\":");
-        impression.extend_from_slice(&impression_id);
-        impression.extend_from_slice(b",\"event_id\":");
-        impression.extend_from_slice(&event);
-        impression.extend_from_slice(b",\"ts\":");
-        impression.extend_from_slice(&ts_decided);
-        impression.extend_from_slice(b",\"user_id\":");
-        impression.extend_from_slice(&user);
-        impression.extend_from_slice(b",\"session_id\":");
-        impression.extend_from_slice(&session);
-        impression.extend_from_slice(b",\"placement\":");
-        impression.extend_from_slice(&placement);
-        impression.extend_from_slice(b",\"slot\":");
-        push_int(&mut impression, slot);
-        impression.extend_from_slice(b",\"campaign_id\":");
-        impression.extend_from_slice(&campaign);
-        impression.extend_from_slice(b",\"advertiser_id\":");
-        impression.extend_from_slice(&advertiser);
-        impression.extend_from_slice(b",\"creative_id\":");
-        push_value(&mut impression, &creative.get_item(intern!(py, "creative_id")).ok()??)?;
-        for (key, position) in [
-            (&b",\"bid_type\":"[..], 4),
-            (b",\"bid_micros\":", 5),
-            (b",\"price_micros\":", 6),
-            (b",\"charge_micros\":", 7),
-            (b",\"ecpm_micros\":", 8),
-            (b",\"runner_up_ecpm_micros\":", 9),
-        ] {
-            impression.extend_from_slice(key);
-            push_value(&mut impression, &item(winner, position)?)?;
-        }
-        impression.extend_from_slice(b",\"reserve_cpm_micros\":");
-        impression.extend_from_slice(&reserve);
-        impression.extend_from_slice(b",\"pctr\":");
-        push_value(&mut impression, &item(winner, 10)?)?;
-        impression.extend_from_slice(b",\"category\":");
-        impression.extend_from_slice(&category);
-        impression.extend_from_slice(b",\"matched_keywords\":");
-        impression.extend_from_slice(&matched);
-        impression.extend_from_slice(b",\"intent_keywords\":");
-        impression.extend_from_slice(&intent_keywords);
-        impression.push(b'}');
+        push_fields(
+            &mut impression,
+            &[
+                (b"{\"schema_version\":1,\"impression_id\":", &impression_id),
+                (b",\"event_id\":", &event),
+                (b",\"ts\":", &ts_decided),
+                (b",\"user_id\":", &user),
+                (b",\"session_id\":", &session),
+                (b",\"placement\":", &placement),
+                (b",\"slot\":", &slot_json),
+                (b",\"campaign_id\":", value(&campaign)),
+                (b",\"advertiser_id\":", value(&advertiser)),
+                (b",\"creative_id\":", value(&creative_id)),
+                (b",\"bid_type\":", bid_type),
+                (b",\"bid_micros\":", bid),
+                (b",\"price_micros\":", price),
+                (b",\"charge_micros\":", charge),
+                (b",\"ecpm_micros\":", ecpm),
+                (b",\"runner_up_ecpm_micros\":", runner_up),
+                (b",\"reserve_cpm_micros\":", &reserve),
+                (b",\"pctr\":", pctr),
+                (b",\"category\":", &category),
+                (b",\"matched_keywords\":", value(&matched)),
+                (b",\"intent_keywords\":", &intent_keywords),
+                (b"}", b""),
+            ],
+        );
         impressions.push(impression);
         impression_ids.append(PyString::new(py, &impression_id_text)).ok()?;
     }
