@@ -108,8 +108,10 @@ async def test_vectors_live(settings: Settings, env: dict[str, str], topics: Set
     starting = [orjson.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines()
                 if '"msg":"auction worker starting"' in line]
     assert [line["event_loop"] for line in starting] == ["uvloop"]
-    compiled = all(state == "compiled" for state in native.check().values())
+    states = native.check()
+    compiled = all(states[source] == "compiled" for source in native.MODULES)
     assert starting[0]["hot_path"] == ("compiled" if compiled else "interpreted")
+    assert starting[0]["intake"] == ("compiled" if states[native.CRATE + "/"] == "compiled" else "reference")
 
 
 def crash_campaigns() -> list[dict[str, Any]]:
