@@ -20,6 +20,14 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("epoll_wait", "waiting for I/O (event loop idle: Redis, Kafka round trips)"),
     ("epoll_pwait", "waiting for I/O (event loop idle: Redis, Kafka round trips)"),  # uvloop's (libuv)
     ("gc_collect", "garbage collector"),
+    # The compiled steps (fastpath/: Rust frames name their module path, e.g. _fastpath::records::write).
+    ("_fastpath::intent", "intake (compiled: raw intent to request)"),
+    ("_fastpath::Intake", "intake (compiled: raw intent to request)"),
+    ("_fastpath::request_and_fields", "intake (compiled: raw intent to request)"),
+    ("____read_intents", "intake (compiled: raw intent to request)"),
+    ("Intake.read (auction/fastpath.py", "intake (compiled: raw intent to request)"),  # and PyO3 frames it calls
+    ("_fastpath::", "output records (build/freeze)"),  # the writer: _fastpath::records, ::json, ::Writer
+    ("Writer.write (auction/fastpath.py", "output records (build/freeze)"),  # not asyncio's StreamWriter
     ("AuctionRequest___from_intent", "request parsing (AuctionRequest)"),
     ("CPyDef_engine___", "auction engine"),
     ("CPyDef_index___", "auction engine"),

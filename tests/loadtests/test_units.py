@@ -157,3 +157,20 @@ def test_table_shows_the_transactional_loop_beside_the_worker(tmp_path: Path) ->
     assert ("| transactional loop, 50% rate, round 1 | 5,000 | 5,000 | 12.0 | 20.0 | 30.0 | 0 | 1.5 | "
             "100.0 / 80.0 / 1.0 / 120.0 (loop) |") in block
     assert "worker p99 [80.0] ms, transactional loop p99 [30.0] ms, ratio per round [2.67]" in block
+
+
+def test_profile_summary_knows_the_compiled_steps(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    so = "auction/_fastpath.cpython-311-x86_64-linux-gnu.so"
+    raw.write_text(
+        f"process 1:main;Loop._process (core/loop.py:1);Writer.write (auction/fastpath.py:93);"
+        f"_fastpath::json::push_str::h1 ({so}) 40\n"
+        f"process 1:main;Loop._process (core/loop.py:1);Writer.write (auction/fastpath.py:93);"
+        f"pyo3::types::tuple::PyTuple::new::h2 ({so}) 10\n"
+        f"process 1:main;Loop._process (core/loop.py:1);Intake.read (auction/fastpath.py:83);"
+        f"serde_json::read::SliceRead::skip_to_escape::h3 ({so}) 30\n"
+        "process 1:main;send (aiokafka/conn.py:1);StreamWriter.write (asyncio/streams.py:343) 20\n"
+    )
+    text = summarise(raw)
+    assert "50.0%  output records" in text and "30.0%  intake (compiled" in text
+    assert "20.0%  Kafka client (other)" in text  # asyncio's StreamWriter.write is not the record writer
