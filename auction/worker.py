@@ -186,6 +186,9 @@ class AuctionRole:
                     tally.invalid += 1
                     outputs.append(self.loop.dlq(record, error, now_ms))
                     continue
+                tally.intake_reference += 1
+            else:
+                tally.intake_compiled += 1
             pending.append(Pending(record, found[1], found[0]))
 
     def _auction(self, item: Pending, now_ms: int, rounds: int) -> AuctionResult:

@@ -22,6 +22,8 @@ class Tally:
     already_committed: int = 0
     invalid: int = 0
     duplicates: int = 0
+    intake_compiled: int = 0  # intents read by the compiled intake (fastpath/)
+    intake_reference: int = 0  # valid intents it left to the Python reference
     auctions: int = 0
     engine_seconds: float = 0.0
     no_fill: Counter[str] = field(default_factory=Counter)
@@ -35,6 +37,8 @@ class Tally:
         metrics.already_committed.inc(self.already_committed)
         metrics.rejected.labels("invalid").inc(self.invalid)
         metrics.rejected.labels("duplicate").inc(self.duplicates)
+        metrics.intake.labels("compiled").inc(self.intake_compiled)
+        metrics.intake.labels("reference").inc(self.intake_reference)
         metrics.auctions.inc(self.auctions)
         metrics.engine_seconds.inc(self.engine_seconds)
         for reason, count in self.no_fill.items():
@@ -54,6 +58,12 @@ class WorkerMetrics:
         self.no_fill = m.counter("vickrey_auction_no_fill_total", "Decisions without ads, by reason", ("reason",))
         self.rejected = m.counter(
             "vickrey_auction_rejected_total", "Intent records sent to the DLQ, by kind (invalid, duplicate)", ("kind",)
+        )
+        self.intake = m.counter(
+            "vickrey_auction_intake_total",
+            "Valid intent records read into auction requests, by path: compiled (fastpath/) or reference (Python: "
+            "escaped strings, fields the schema does not name, non-ASCII words, or no Rust build)",
+            ("path",),
         )
         self.replays = m.counter("vickrey_auction_replayed_total", "Events whose kept outcome was republished")
         self.already_committed = m.counter(

@@ -274,3 +274,46 @@ def test_what_the_writer_must_not_write_it_leaves_to_the_reference() -> None:
     assert WRITER.compiled.write(fields, tuple(outcome()), frozenset({"x"})) is None  # type: ignore[arg-type]
     assert WRITER.compiled.write(fields, outcome(), {"x"}) is None  # type: ignore[arg-type]
     assert written(fields, outcome(at3={"creative_id": "k", "x": [[[1]]]}), frozenset({"x"}))  # shallow nesting is fine
+
+
+# -- in the worker's role -------------------------------------------------------------------------
+
+class _Dlq:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def dlq(self, record: Any, error: Any, now_ms: int) -> Any:
+        self.errors.append(str(error))
+        return ("dlq", None, b"")
+
+
+@pytest.mark.integration
+async def test_the_worker_reads_each_intent_once_by_the_path_that_can_and_counts_the_paths(settings: Any) -> None:
+    from aiokafka import ConsumerRecord  # noqa: PLC0415
+
+    from auction.people import PeopleCache  # noqa: PLC0415
+    from auction.worker import AuctionRole, Pending  # noqa: PLC0415
+    from auction.worker_metrics import Tally, WorkerMetrics  # noqa: PLC0415
+    from core.metrics import Metrics  # noqa: PLC0415
+    from core.redis_client import redis_from_url  # noqa: PLC0415
+
+    values = [orjson.dumps(intent("plain")), orjson.dumps({**intent("extra"), "extra": 1}), b'{"event_id": 1}', None]
+    records = [ConsumerRecord("chat.intents", 0, n, 0, 0, None, value, None, 0, 0, []) for n, value in enumerate(values)]
+    metrics, client, loop = Metrics(), redis_from_url(settings.redis), _Dlq()
+    role = AuctionRole(settings, WorkerMetrics(metrics), client, PeopleCache())
+    try:
+        await role.start(loop)  # type: ignore[arg-type]
+        pending: list[Pending] = []
+        outputs: list[Any] = []
+        tally = Tally()
+        role._read_intents(records, NOW_MS, pending, outputs, tally)  # noqa: SLF001
+        tally.publish(role.metrics)
+    finally:
+        await role.close()
+        await client.aclose()
+    assert [item.request.event_id for item in pending] == ["plain", "extra"]
+    assert len(outputs) == 2 and loop.errors[1].endswith("no value (the Kafka record's value is null)")
+    assert "event_id" in loop.errors[0]  # the reference names the bad field
+    assert metrics.value("vickrey_auction_intake_total", path="compiled") == 1
+    assert metrics.value("vickrey_auction_intake_total", path="reference") == 1
+    assert metrics.value("vickrey_auction_rejected_total", kind="invalid") == 2

@@ -4,15 +4,19 @@ report, profile summary."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from auction.fastpath import Intake, Writer, hot_path
 from core.settings import Settings
 from loadtests import generator
 from loadtests.bench_report import END, START, markdown_block, table, update_markdown
+from loadtests.fastpath_ab import arm_environment
 from loadtests.plot import bench_plot, nice_ticks
 from loadtests.profile import summarise
 from loadtests.shapes import Profile, parse_duration
@@ -174,3 +178,14 @@ def test_profile_summary_knows_the_compiled_steps(tmp_path: Path) -> None:
     text = summarise(raw)
     assert "50.0%  output records" in text and "30.0%  intake (compiled" in text
     assert "20.0%  Kafka client (other)" in text  # asyncio's StreamWriter.write is not the record writer
+
+
+
+def test_the_fastpath_ab_reference_arm_turns_the_compiled_steps_off(tmp_path: Path) -> None:
+    """loadtests/fastpath_ab.py: a process started with the reference arm's environment runs the
+    Python references; the compiled arm's runs what is built here."""
+    code = "from auction.fastpath import Intake, Writer, hot_path; print(hot_path(Intake(), Writer()))"
+    ran = {arm: subprocess.run([sys.executable, "-c", code], env=arm_environment(arm, tmp_path), capture_output=True,
+                               text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+           for arm in ("reference", "compiled")}
+    assert ran == {"reference": "reference", "compiled": hot_path(Intake(), Writer())}
