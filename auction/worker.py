@@ -119,7 +119,12 @@ class AuctionRole:
         return {}  # no per-partition state: Redis keeps what a replay needs
 
     async def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        return None
+        """The loop calls this once the transaction in flight has landed. The outcomes kept for
+        committed batches go now, not at the next reservation: the next owner of these partitions
+        may read offsets from before that transaction (aiokafka cannot ask the broker to wait for
+        pending transactional offsets, KIP-447's require_stable), and must then be told
+        "committed", not handed the outcomes to publish a second time."""
+        await self.reserver.drop_committed()
 
     @property
     def loop(self) -> Loop:

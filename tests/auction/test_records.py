@@ -266,6 +266,41 @@ async def test_a_batch_replayed_by_the_worker_publishes_the_same_bytes(
     assert any(orjson.loads(value)["ads"] for topic, _, value in first if value and topic.endswith("ad.decisions"))
 
 
+@pytest.mark.integration
+async def test_a_committed_batch_read_again_by_the_next_owner_publishes_nothing(
+    settings: Settings, topics: Settings, redis_client: redis.Redis
+) -> None:
+    """A rebalance: the old owner's batch commits, then its partitions are revoked. The new owner
+    may read offsets from before that commit (aiokafka cannot wait for pending transactional
+    offsets), so it auctions the same records again: Redis must answer "committed" (publish
+    nothing, charge nothing), not hand back the outcomes to publish a second time."""
+    await apply(settings, [campaign_record("c1", keywords=["laptop"])])
+    client = redis_from_url(settings.redis)
+    old_metrics, new_metrics = Metrics(), Metrics()
+    old = AuctionRole(settings, WorkerMetrics(old_metrics), client, PeopleCache())
+    new = AuctionRole(settings, WorkerMetrics(new_metrics), client, PeopleCache())
+    try:
+        await old.start(_NoLoop())  # type: ignore[arg-type]
+        await new.start(_NoLoop())  # type: ignore[arg-type]
+        tp = TopicPartition(settings.topic(INPUT), 0)
+        batch = {tp: [ConsumerRecord(tp.topic, 0, n, 0, 0, None, orjson.dumps(intent(f"rb{n}")), None, 0, 0, [])
+                      for n in range(10)]}
+        step = await old.process(batch, 0)
+        assert step.outputs and step.on_commit is not None
+        step.on_commit()  # its transaction committed
+        spend = redis_client.get(settings.keys.spend_total("c1"))
+        await old.on_revoked([tp])  # the loop calls this once that transaction has landed
+        again = await new.process(batch, 0)
+    finally:
+        await old.close()
+        await new.close()
+        await client.aclose()
+    assert again.outputs == []
+    assert new_metrics.value("vickrey_auction_already_committed_total") == 10
+    assert new_metrics.value("vickrey_auction_replayed_total") == 0
+    assert redis_client.get(settings.keys.spend_total("c1")) == spend
+
+
 def test_pending_is_what_the_worker_fills() -> None:
     """The role fills a pending auction's records from the compact outcome alone."""
     engine = engine_for([Campaign.from_record(campaign_record("c1"))])
