@@ -198,7 +198,7 @@ def _build_crate(quiet: bool) -> bool:
                          + (f", its output is in {BUILD_LOG}" if quiet else ""))
     library = CARGO_TARGET / "release" / {"darwin": "lib_fastpath.dylib", "win32": "_fastpath.dll"}.get(
         sys.platform, "lib_fastpath.so")
-    target = (ROOT / CRATE_MODULE).with_name("_fastpath" + SUFFIXES[0])
+    target = ROOT / (CRATE_MODULE + SUFFIXES[0])
     shutil.copyfile(library, target)
     print(f"built {target.relative_to(ROOT)} in {time.monotonic() - started:.0f} s", flush=True)
     return True

@@ -55,7 +55,7 @@ def _fake_crate(root: Path) -> None:
     (root / native.CRATE / "src").mkdir(parents=True)
     (root / native.CRATE / "Cargo.toml").write_text("[package]\n")
     (root / native.CRATE / "src" / "lib.rs").write_text("// lib\n")
-    (root / native.CRATE_MODULE).with_name("_fastpath" + native.SUFFIXES[0]).write_bytes(b"\x7fELF")
+    (root / (native.CRATE_MODULE + native.SUFFIXES[0])).write_bytes(b"\x7fELF")
 
 
 def test_the_rust_steps_are_stale_once_any_of_its_sources_changed(tmp_path: Path) -> None:
