@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyString, PyTuple};
 
 #[pyclass(frozen)]
 struct Writer {
-    label: Vec<u8>,
+    label_json: Vec<u8>, // the ads' label, already a JSON string: quoted once, not per auction
 }
 
 #[pymethods]
@@ -23,7 +23,11 @@ impl Writer {
     #[new]
     fn new(label: &str) -> Self {
         Writer {
-            label: label.as_bytes().to_vec(),
+            label_json: {
+                let mut quoted = Vec::with_capacity(label.len() + 2);
+                json::push_str(&mut quoted, label);
+                quoted
+            },
         }
     }
 
@@ -39,7 +43,7 @@ impl Writer {
         let fields = fields.downcast_exact::<PyDict>().ok()?;
         let outcome = outcome.downcast_exact::<PyList>().ok()?;
         let keywords = keywords.downcast_exact::<PyFrozenSet>().ok()?;
-        records::write(py, &self.label, fields, outcome, keywords)
+        records::write(py, &self.label_json, fields, outcome, keywords)
     }
 }
 use std::collections::HashSet;

@@ -39,7 +39,7 @@ fn item<'py>(list: &Bound<'py, PyList>, index: usize) -> Option<Bound<'py, PyAny
 /// bytes. `keywords`: the request's normalised keywords (the impressions carry them sorted).
 pub fn write<'py>(
     py: Python<'py>,
-    label: &[u8],
+    label_json: &[u8],
     fields: &Bound<'py, PyDict>,
     outcome: &Bound<'py, PyList>,
     keywords: &Bound<'py, PyFrozenSet>,
@@ -105,11 +105,6 @@ pub fn write<'py>(
             (b",\"ads\":[", b""),
         ],
     );
-    let label = {
-        let mut quoted = Vec::with_capacity(label.len() + 2);
-        push_str(&mut quoted, std::str::from_utf8(label).ok()?);
-        quoted
-    };
 
     let encoded = PyList::empty(py);
     let impression_ids = PyList::empty(py);
@@ -168,7 +163,7 @@ pub fn write<'py>(
                 (b",\"campaign_id\":", value(&campaign)),
                 (b",\"advertiser_id\":", value(&advertiser)),
                 (b",\"creative\":", value(&creative)),
-                (b",\"label\":", &label),
+                (b",\"label\":", label_json),
                 (b",\"why\":{\"matched_keywords\":", value(&matched)),
                 (b",\"category\":", value(&why_category)),
                 (b",\"personalized\":", &personalized),
