@@ -9,6 +9,10 @@ The reference arm turns the compiled intake and writer off in every process the 
 through a `sitecustomize` module on PYTHONPATH: the worker has no setting for it (the compiled
 steps are what ships). Each arm's worker says which it ran in its start line (`"intake"`), in
 `reports/fastpath-ab/`.
+
+`--switch CODE` puts other code in the reference arm's `sitecustomize`, to A/B any change that one
+line of Python undoes in the worker (e.g. `import auction.worker as w; w.FIRST_CHUNK = 512`): the
+reference arm is then the worker with CODE run first, the compiled arm the worker as built.
 """
 
 from __future__ import annotations
@@ -35,19 +39,19 @@ STAGE = (
 )
 
 
-def arm_environment(arm: str, switch_dir: Path) -> dict[str, str]:
+def arm_environment(arm: str, switch_dir: Path, switch: str = SITECUSTOMIZE) -> dict[str, str]:
     """The environment of one arm's processes: the reference arm's PYTHONPATH leads with the switch."""
     environment = dict(os.environ)
     if arm == "reference":
-        (switch_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        (switch_dir / "sitecustomize.py").write_text(switch)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(switch_dir), environment.get("PYTHONPATH")]))
     return environment
 
 
-def one_run(arm: str, events: int, switch_dir: Path, reports: Path) -> dict[str, Any]:
-    reports.mkdir(parents=True, exist_ok=True)
+def one_run(arm: str, events: int, switch_dir: Path, reports: Path, switch: str = SITECUSTOMIZE) -> dict[str, Any]:
+    (reports / arm).mkdir(parents=True, exist_ok=True)
     done = subprocess.run([sys.executable, "-c", STAGE, str(events), str(reports / arm)], cwd=ROOT, text=True,
-                          env=arm_environment(arm, switch_dir), capture_output=True, check=False)
+                          env=arm_environment(arm, switch_dir, switch), capture_output=True, check=False)
     found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not found:
         raise SystemExit(f"the {arm} arm's run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -72,12 +76,14 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - minutes o
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4, help="rounds; each runs both arms, alternating (default 4)")
     parser.add_argument("--events", type=int, default=200_000, help="pre-filled intents per run (default 200000)")
+    parser.add_argument("--switch", default=SITECUSTOMIZE,
+                        help="Python run first in the reference arm's processes (default: the compiled steps off)")
     args = parser.parse_args(argv)
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as switch:
         for round_number in range(args.rounds):
             for arm in ARMS if round_number % 2 == 0 else ARMS[::-1]:
-                found = one_run(arm, args.events, Path(switch), ROOT / "reports" / "fastpath-ab")
+                found = one_run(arm, args.events, Path(switch), ROOT / "reports" / "fastpath-ab", args.switch)
                 runs[arm].append(found)
                 print(f"round {round_number + 1}/{args.rounds} {arm:9} worker {found['worker_events_per_s']:,} events/s, "
                       f"ratio {found['worker_ratio']}, process {found['cpu_us_per_event']['worker']['process']} µs/event",
