@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 from auction.index import CampaignIndex
 from auction.keywords import phrase_terms, sub_phrases
@@ -61,6 +62,18 @@ _NOBODY = UserState()  # read only: what the engine assumes of a person it knows
 _NONE_REFUSED: Mapping[str, NoFillReason] = MappingProxyType({})
 
 
+class Twin(Protocol):
+    """A compiled engine run beside this one (auction/twin.py): told every change of the index,
+    the spend view and the policy, it decides the auctions it can, exactly as `run_python` would."""
+
+    def attach(self, index: CampaignIndex, spend: SpendView) -> None: ...
+
+    def set_policy(self, policy: Policy) -> None: ...
+
+    def run(self, request: AuctionRequest, user: UserState | None,
+            refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None: ...
+
+
 class AuctionEngine:
     def __init__(
         self,
@@ -68,11 +81,25 @@ class AuctionEngine:
         spend: SpendView | None = None,
         policy: Policy | None = None,
         increment_micros: int = 10_000,
+        twin: Twin | None = None,
     ) -> None:
-        self.index = index
+        self.twin = twin
+        self._index = index
         self.spend = spend if spend is not None else SpendView()
         self.policy = policy if policy is not None else Policy()
         self.increment_micros = increment_micros
+        if twin is not None:
+            twin.attach(index, self.spend)
+
+    @property
+    def index(self) -> CampaignIndex:
+        return self._index
+
+    @index.setter
+    def index(self, index: CampaignIndex) -> None:
+        self._index = index
+        if self.twin is not None:
+            self.twin.attach(index, self.spend)
 
     @property
     def policy(self) -> Policy:
@@ -84,6 +111,8 @@ class AuctionEngine:
         # Campaigns of the default vertical skip the slow filter path unless the policy
         # restricts that vertical too.
         self._check_all = "general" in policy.restricted_verticals
+        if self.twin is not None:
+            self.twin.set_policy(policy)
 
     def gate(self, request: AuctionRequest) -> NoFillReason | None:
         """Rules checked before any auction (§4.1, §4b)."""
@@ -109,7 +138,21 @@ class AuctionEngine:
         refused: Mapping[str, NoFillReason] | None = None,
     ) -> AuctionResult:
         """One auction. `refused` holds campaigns the budget/cap reservation turned down for this
-        event, with the reason: they are out, and the slots go to the next candidates."""
+        event, with the reason: they are out, and the slots go to the next candidates. Decided by
+        the compiled twin when there is one and it can, else by `run_python`."""
+        if self.twin is not None:
+            result = self.twin.run(request, user, refused)
+            if result is not None:
+                return result
+        return self.run_python(request, user, refused)
+
+    def run_python(
+        self,
+        request: AuctionRequest,
+        user: UserState | None = None,
+        refused: Mapping[str, NoFillReason] | None = None,
+    ) -> AuctionResult:
+        """`run` in Python: the reference the compiled twin is held to."""
         ancestors = lineage(request.category)
         blocked = self._gate(request, ancestors)
         if blocked is not None:

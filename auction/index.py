@@ -16,6 +16,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable
 from fractions import Fraction
 from types import TracebackType
+from typing import Any
 
 from auction.model import Campaign
 
@@ -46,6 +47,8 @@ class CampaignIndex:
         self.by_phrase: dict[str, list[Campaign]] = {}
         self.by_category: dict[str, list[Campaign]] = {}
         self.untargeted: list[Campaign] = []
+        # The compiled engine's copy of this index (auction/twin.py), told every change.
+        self.mirror: Any = None
 
     def __len__(self) -> int:
         return len(self.campaigns)
@@ -101,6 +104,8 @@ class CampaignIndex:
     def upsert(self, campaign: Campaign) -> None:
         """Add, change or (when paused) withdraw one campaign."""
         self.remove(campaign.campaign_id)
+        if self.mirror is not None:
+            self.mirror.upsert(campaign)
         if not campaign.active:
             return
         self.campaigns[campaign.campaign_id] = campaign
@@ -111,6 +116,8 @@ class CampaignIndex:
         old = self.campaigns.pop(campaign_id, None)
         if old is None:
             return False
+        if self.mirror is not None:
+            self.mirror.remove(campaign_id)
         for postings in self._lists_of(old, create=False):
             position = bisect_left(postings, -old.rank_key, key=_order)
             while position < len(postings) and postings[position] is not old:

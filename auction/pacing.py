@@ -8,6 +8,7 @@ refused reservation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from auction.model import Campaign, tie_hash
 from core.clock import DAY_MS
@@ -43,6 +44,8 @@ class SpendView:
     today_micros: dict[str, int] = field(default_factory=dict)
     total_micros: dict[str, int] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
+    # The compiled engine's copy of this view (auction/twin.py), told every change.
+    mirror: Any = field(default=None, repr=False, compare=False)
 
     def roll_to(self, day: str) -> None:
         """A new UTC day: daily spend starts again (totals stay)."""
@@ -50,6 +53,8 @@ class SpendView:
             self.day = day
             self.today_micros.clear()
             self.blocked.clear()
+            if self.mirror is not None:
+                self.mirror.spend_clear()
 
     def record(self, campaign: Campaign, today_micros: int, total_micros: int) -> None:
         campaign_id = campaign.campaign_id
@@ -57,14 +62,19 @@ class SpendView:
         self.total_micros[campaign_id] = total_micros
         # Blocked once less than one win's worth is left; the Redis script stays the authority.
         remaining = min(campaign.daily_budget_micros - today_micros, campaign.total_budget_micros - total_micros)
-        if remaining < max(1, campaign.min_charge_micros):
+        blocked = remaining < max(1, campaign.min_charge_micros)
+        if blocked:
             self.blocked.add(campaign_id)
         else:
             self.blocked.discard(campaign_id)
+        if self.mirror is not None:
+            self.mirror.spend_set(campaign_id, today_micros, blocked)
 
     def mark_exhausted(self, campaign_id: str) -> None:
         """Redis refused a reservation for budget: keep the campaign out until spend changes."""
         self.blocked.add(campaign_id)
+        if self.mirror is not None:
+            self.mirror.spend_block(campaign_id)
 
     def has_budget(self, campaign: Campaign) -> bool:
         return campaign.campaign_id not in self.blocked

@@ -46,6 +46,7 @@ from auction.records import (
     outcome_of,
     split_outcome,
 )
+from auction.twin import engine_twin
 from auction.worker_metrics import Tally, WorkerMetrics
 from core import logs, native
 from core.clock import utc_day
@@ -99,7 +100,8 @@ class AuctionRole:
         self.options = loop_options(batch_max, linger_ms)
         self.metrics = metrics
         self.clock = clock
-        self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=settings.price_increment_micros)
+        increment = settings.price_increment_micros
+        self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=increment, twin=engine_twin(increment))
         self.live = LiveState(settings, redis, self.engine)
         self.intake = Intake()
         self.writer = Writer()

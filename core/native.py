@@ -40,6 +40,7 @@ MODULES = (
     "auction/pacing.py",
     "auction/index.py",
     "auction/engine.py",
+    "auction/twin.py",
     "auction/records.py",
     "auction/budgets.py",
     "auction/people.py",

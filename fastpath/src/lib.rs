@@ -1,9 +1,12 @@
 //! `auction._fastpath`: the compiled steps of the worker's per-event path (auction/fastpath.py).
 //! `Intake`: raw intent bytes in, `AuctionRequest`s and the few intent fields the records repeat
 //! out, with no parsed dict in between. `Writer`: an auction's compact outcome in, its records'
-//! bytes out, with no dict per record. Each answers `None` where the Python reference must do
-//! the work (src/intent.rs and src/records.rs say when).
+//! bytes out, with no dict per record. `Engine` (src/engine_py.rs): the auction engine over its own
+//! copy of the campaign index. Each answers `None` where the Python reference must do the work
+//! (src/intent.rs, src/records.rs and src/engine.rs say when).
 
+mod engine;
+mod engine_py;
 mod intent;
 mod json;
 mod records;
@@ -155,5 +158,6 @@ fn request_and_fields<'py>(
 fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Intake>()?;
     module.add_class::<Writer>()?;
+    module.add_class::<engine_py::PyEngine>()?;
     Ok(())
 }

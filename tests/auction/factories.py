@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from auction.engine import AuctionEngine
+from auction.engine import AuctionEngine, Policy, UserState
 from auction.index import CampaignIndex
-from auction.model import AuctionRequest, Campaign
+from auction.model import AuctionRequest, AuctionResult, Campaign, NoFillReason
+from auction.pacing import SpendView
+from auction.twin import EngineTwin, engine_twin
 from tests.conftest import ROOT
 
 NOW_MS = 1_790_000_000_000  # a fixed clock: 2026-09-21 UTC
@@ -78,8 +81,42 @@ def request(event_id: str = "e-1", **extra: Any) -> AuctionRequest:
     return AuctionRequest.from_intent(intent(event_id, **extra), NOW_MS)
 
 
+class StrictTwin:
+    """The compiled twin, required to decide: a test of the compiled engine cannot pass by
+    leaving its auctions to the Python engine."""
+
+    def __init__(self, twin: EngineTwin) -> None:
+        self.twin = twin
+
+    def attach(self, index: CampaignIndex, spend: SpendView) -> None:
+        self.twin.attach(index, spend)
+
+    def set_policy(self, policy: Policy) -> None:
+        self.twin.set_policy(policy)
+
+    def run(self, request: AuctionRequest, user: UserState | None,
+            refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None:
+        result = self.twin.run(request, user, refused)
+        assert result is not None, f"the compiled engine left {request.event_id!r} to the Python engine"
+        return result
+
+
+# Which engine `make_engine` builds: "python", or "compiled" (the Python engine with its compiled
+# twin deciding every auction). tests/auction/conftest.py's `both_engines` runs a test with each.
+ENGINE_KIND = "python"
+
+
+def make_engine(index: CampaignIndex, spend: SpendView | None = None, increment_micros: int = 10_000) -> AuctionEngine:
+    twin = None
+    if ENGINE_KIND == "compiled":
+        found = engine_twin(increment_micros)
+        assert found is not None, "the compiled engine is not built (make native)"
+        twin = StrictTwin(found)
+    return AuctionEngine(index, spend, increment_micros=increment_micros, twin=twin)
+
+
 def engine_for(campaigns: list[Campaign], increment_micros: int = 10_000) -> AuctionEngine:
-    return AuctionEngine(CampaignIndex.build(campaigns), increment_micros=increment_micros)
+    return make_engine(CampaignIndex.build(campaigns), increment_micros=increment_micros)
 
 
 def vector_campaigns(case: dict[str, Any], keyword: str = "laptop") -> list[Campaign]:

@@ -11,7 +11,10 @@ from auction.index import CampaignIndex
 from auction.keywords import normalize_keyword
 from auction.model import AuctionRequest, blended_pctr
 from auction.pacing import SpendView
-from tests.auction.factories import NOW_MS, campaign, engine_for, intent, request
+from tests.auction.factories import NOW_MS, campaign, engine_for, intent, make_engine, request
+
+# Each test runs with the Python engine and with its compiled twin (tests/auction/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_engines")
 
 
 def winners(engine: AuctionEngine, req: AuctionRequest, **kwargs: object) -> list[str]:
@@ -115,7 +118,7 @@ def test_no_fill_reasons_name_the_last_filter() -> None:
     spend = SpendView(day="20260921")
     broke = campaign("c2", budget={"daily_micros": 1000, "total_micros": 5000})
     spend.record(broke, 1000, 1000)
-    assert AuctionEngine(CampaignIndex.build([broke]), spend).run(request()).no_fill_reason == "budget"
+    assert make_engine(CampaignIndex.build([broke]), spend).run(request()).no_fill_reason == "budget"
 
     capped = campaign("c3")
     engine = engine_for([capped])
@@ -132,7 +135,7 @@ def test_pacing_reason() -> None:
     paced = campaign("p", pacing="even", budget={"daily_micros": 1_000_000, "total_micros": 10**9})
     spend = SpendView(day="20260921")
     spend.record(paced, 999_000, 999_000)  # far ahead of a day that is ~half over
-    assert AuctionEngine(CampaignIndex.build([paced]), spend).run(request()).no_fill_reason == "pacing"
+    assert make_engine(CampaignIndex.build([paced]), spend).run(request()).no_fill_reason == "pacing"
 
 
 def test_hidden_advertiser_gives_the_slot_to_the_runner_up_at_its_price() -> None:
@@ -150,7 +153,7 @@ def test_hidden_advertiser_gives_the_slot_to_the_runner_up_at_its_price() -> Non
 
 def test_index_updates_one_campaign_at_a_time() -> None:
     index = CampaignIndex.build([campaign("a", amount_micros=1_000_000), campaign("b", amount_micros=2_000_000)])
-    engine = AuctionEngine(index)
+    engine = make_engine(index)
     assert winners(engine, request()) == ["b"]
     index.upsert(campaign("a", amount_micros=3_000_000))  # raise a's bid
     assert winners(engine, request()) == ["a"]
@@ -165,7 +168,7 @@ def test_index_updates_one_campaign_at_a_time() -> None:
 
 def test_learned_pctr_reorders() -> None:
     index = CampaignIndex.build([campaign("cpc", bid_type="cpc", amount_micros=1_000_000, pctr=0.01), campaign("cpm", amount_micros=9_000_000)])
-    engine = AuctionEngine(index)
+    engine = make_engine(index)
     assert winners(engine, request()) == ["cpc"]  # eCPM 1,000,000 x 0.01 x 1000 = 10,000,000 > 9,000,000
     prior = Fraction(1, 100)
     assert blended_pctr(prior, 0, 0) == prior

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from auction.engine import AuctionEngine
+import pytest
+
 from auction.index import CampaignIndex
 from auction.model import AuctionRequest
 from auction.pacing import DAY_MS, PACING_TOLERANCE_BP, SpendView
-from tests.auction.factories import campaign, intent
+from tests.auction.factories import campaign, intent, make_engine
+
+# Each test runs with the Python engine and with its compiled twin (tests/auction/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_engines")
 
 MIDNIGHT = 1_795_737_600_000  # 2026-11-27 00:00 UTC
 
@@ -16,7 +20,7 @@ def simulate(pacing: str, events: int = 17_280) -> list[tuple[int, int]]:
     daily = 2_000_000
     paced = campaign("p", amount_micros=5_000_000, pacing=pacing, budget={"daily_micros": daily, "total_micros": daily * 10})
     spend = SpendView(day="20261127")
-    engine = AuctionEngine(CampaignIndex.build([paced]), spend)
+    engine = make_engine(CampaignIndex.build([paced]), spend)
     spent = 0
     trace = []
     for i in range(events):

@@ -4,12 +4,16 @@ an autopilot campaign is reached through any of its keywords or categories."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from auction.engine import AuctionEngine
 from auction.keywords import PHRASE_WORDS_MAX, phrase_terms, sub_phrases
 from tests.auction.factories import campaign, engine_for, request
+
+# Each test runs with the Python engine and with its compiled twin (tests/auction/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_engines")
 
 
 def winners(engine: AuctionEngine, keywords: list[str], category: str = "IAB19-6", slots: int = 1) -> list[str]:

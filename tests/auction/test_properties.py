@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,9 @@ from auction.engine import AuctionEngine, UserState
 from auction.model import RANK_SCALE, AuctionResult, Campaign
 from auction.pricing import best_per_advertiser, price_slots, rank
 from tests.auction.factories import campaign, engine_for, request
+
+# Each test runs with the Python engine and with its compiled twin (tests/auction/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_engines")
 
 
 @dataclass(frozen=True)

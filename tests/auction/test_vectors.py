@@ -8,6 +8,9 @@ import pytest
 
 from tests.auction.factories import engine_for, load_vectors, request, vector_campaigns
 
+# Each test runs with the Python engine and with its compiled twin (tests/auction/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_engines")
+
 CASES = load_vectors()
 
 

@@ -1,0 +1,84 @@
+"""The engine's compiled twin: the auction engine in Rust (fastpath/src/engine.rs), run beside the
+Python engine (`AuctionEngine(..., twin=engine_twin(...))`).
+
+It holds its own copy of the campaign index, the spend view and the policy. The Python objects
+tell it every change (`CampaignIndex.mirror`, `SpendView.mirror`, the engine's `index` and `policy`
+setters), so the copy is always theirs. It decides an auction the way `AuctionEngine.run_python`
+does, and answers None where it cannot (a number past 128 bits, a campaign it could not copy):
+the Python engine then decides. tests/auction run the engine's tests through both engines and hold
+them equal on generated campaigns and requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from auction.engine import MINOR_BRACKETS, UNSAFE_CATEGORIES, Policy, UserState
+from auction.fastpath import _native
+from auction.index import CampaignIndex
+from auction.model import AuctionRequest, AuctionResult, NoFillReason, Winner
+from auction.pacing import SpendView
+from schemas.iab import IAB_CATEGORIES, lineage
+
+
+class EngineTwin:
+    def __init__(self, native: Any) -> None:
+        self.native = native
+        self._index = CampaignIndex()
+
+    def attach(self, index: CampaignIndex, spend: SpendView) -> None:
+        """Copy this index and spend view, and be told their changes from now on."""
+        native = self.native
+        if self._index is not index:
+            self._index.mirror = None
+        self._index = index
+        index.mirror = native
+        native.build(list(index.campaigns.values()))
+        spend.mirror = native
+        native.spend_clear()
+        for campaign_id, today_micros in spend.today_micros.items():
+            native.spend_set(campaign_id, today_micros, campaign_id in spend.blocked)
+        for campaign_id in spend.blocked:
+            native.spend_block(campaign_id)
+
+    def set_policy(self, policy: Policy) -> None:
+        self.native.set_policy(set(policy.blocked_safety_labels), set(policy.sensitive_categories),
+                               set(policy.restricted_verticals))
+
+    def held(self) -> tuple[int, int]:
+        """(campaigns the copy holds, campaigns it could not copy: while any, Python decides)."""
+        held: tuple[int, int] = self.native.sizes()
+        return held
+
+    def run(self, request: AuctionRequest, user: UserState | None,
+            refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None:
+        hidden = capped = None
+        if user is not None:
+            hidden, capped = user.hidden_advertisers, user.capped_campaigns
+        answer = self.native.run(
+            request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
+            request.keywords, request.locale, request.country, request.device, request.safety_labels,
+            request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,
+            dict(refused) if refused else None,
+        )
+        if answer is None:
+            return None
+        reason, found = answer
+        if found is None:
+            return AuctionResult(request.event_id, (), reason, request.reserve_cpm_micros)
+        campaigns = self._index.campaigns
+        winners = tuple(
+            Winner(slot, campaigns[campaign_id], price, charge, ecpm, runner_up, matched, category)
+            for slot, campaign_id, price, charge, ecpm, runner_up, matched, category in found
+        )
+        return AuctionResult(request.event_id, winners, None, request.reserve_cpm_micros)
+
+
+def engine_twin(increment_micros: int) -> EngineTwin | None:
+    """A compiled twin for an engine with this price increment, or None when fastpath/ is not built."""
+    native = _native()
+    if native is None or not hasattr(native, "Engine"):
+        return None
+    table = {code: list(lineage(code)) for code in IAB_CATEGORIES}
+    return EngineTwin(native.Engine(set(UNSAFE_CATEGORIES), set(MINOR_BRACKETS), table, increment_micros))

@@ -1,0 +1,328 @@
+//! `auction._fastpath.Engine`: src/engine.rs for Python (auction/engine_compiled.py drives it).
+//! It holds a copy of the campaign index, the spend view and the policy, which the Python side
+//! keeps in step with its own, and runs auctions on `AuctionRequest` fields.
+
+use crate::engine::{stage_of, Campaign, Engine as Core, Filters, FxHashSet, Outcome, Person, Policy, Request};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFrozenSet, PyList, PyString, PyTuple};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// A non-negative integer as a Python int: through a machine word when it fits (PyO3 converts a
+/// u128 through a byte array, several times slower), which is always for money in micros.
+fn int<'py>(py: Python<'py>, value: u128) -> PyResult<Bound<'py, PyAny>> {
+    match u64::try_from(value) {
+        Ok(small) => Ok(small.into_pyobject(py)?.into_any()),
+        Err(_) => Ok(value.into_pyobject(py)?.into_any()),
+    }
+}
+
+#[pyclass(name = "Engine")]
+pub struct PyEngine {
+    core: Core,
+    lineage: HashMap<String, Vec<String>>,
+    /// Campaigns whose numbers this copy cannot hold (past 128 bits): while any is held, every
+    /// auction is left to Python.
+    unsupported: HashSet<String>,
+}
+
+fn strings(value: &Bound<'_, PyAny>) -> PyResult<Option<FxHashSet<String>>> {
+    if value.is_none() {
+        Ok(None)
+    } else {
+        Ok(Some(value.extract()?))
+    }
+}
+
+fn campaign_of<'py>(campaign: &Bound<'py, PyAny>) -> PyResult<Campaign> {
+    let py = campaign.py();
+    let get = |name: &Bound<'py, PyString>| campaign.getattr(name);
+    let filters = get(intern!(py, "filters"))?;
+    let filters = if filters.is_none() {
+        None
+    } else {
+        let field = |name: &Bound<'py, PyString>| filters.getattr(name);
+        Some(Arc::new(Filters {
+            negative_keywords: strings(&field(intern!(py, "negative_keywords"))?)?,
+            locales: strings(&field(intern!(py, "locales"))?)?,
+            countries: strings(&field(intern!(py, "countries"))?)?,
+            devices: strings(&field(intern!(py, "devices"))?)?,
+            placements: strings(&field(intern!(py, "placements"))?)?,
+            excluded_safety_labels: strings(&field(intern!(py, "excluded_safety_labels"))?)?,
+            start_ms: field(intern!(py, "start_ms"))?.extract()?,
+            end_ms: field(intern!(py, "end_ms"))?.extract()?,
+            vertical: field(intern!(py, "vertical"))?.extract()?,
+        }))
+    };
+    let bid_type: String = get(intern!(py, "bid_type"))?.extract()?;
+    Ok(Campaign {
+        campaign_id: get(intern!(py, "campaign_id"))?.extract()?,
+        advertiser_id: get(intern!(py, "advertiser_id"))?.extract()?,
+        advertiser_no: 0,
+        cpc: bid_type == "cpc",
+        bid_micros: get(intern!(py, "bid_micros"))?.extract()?,
+        pctr_num: get(intern!(py, "pctr_num"))?.extract()?,
+        pctr_den: get(intern!(py, "pctr_den"))?.extract()?,
+        rank_key: get(intern!(py, "rank_key"))?.extract()?,
+        keywords: get(intern!(py, "keywords"))?.extract()?,
+        phrases: get(intern!(py, "phrases"))?.extract()?,
+        categories: strings(&get(intern!(py, "categories"))?)?.map(Arc::new),
+        any_of: get(intern!(py, "any_of"))?.extract()?,
+        has_filters: get(intern!(py, "has_filters"))?.extract()?,
+        filters,
+        daily_budget_micros: get(intern!(py, "daily_budget_micros"))?.extract()?,
+        even_pacing: get(intern!(py, "even_pacing"))?.extract()?,
+        active: get(intern!(py, "active"))?.extract()?,
+    })
+}
+
+impl PyEngine {
+    /// This copy of a Python campaign, or None when it cannot hold it exactly.
+    fn copy_of(campaign: &Bound<'_, PyAny>) -> PyResult<Result<Campaign, String>> {
+        match campaign_of(campaign) {
+            Ok(copy) if copy.rank_key_is_consistent() => Ok(Ok(copy)),
+            Ok(copy) => Ok(Err(copy.campaign_id)),
+            Err(_) => Ok(Err(campaign
+                .getattr(intern!(campaign.py(), "campaign_id"))?
+                .extract()?)),
+        }
+    }
+
+    /// `lineage`: the code and its parent, as the taxonomy holds them (or, for a code it does
+    /// not hold, by the code's shape, as `_lineage` does).
+    fn ancestors(&self, category: Option<&str>) -> std::borrow::Cow<'_, [String]> {
+        match category {
+            None | Some("") => std::borrow::Cow::Owned(Vec::new()),
+            Some(code) => match self.lineage.get(code) {
+                Some(found) => std::borrow::Cow::Borrowed(found.as_slice()),
+                None => std::borrow::Cow::Owned(match code.split_once('-') {
+                    Some((parent, _)) => vec![code.to_string(), parent.to_string()],
+                    None => vec![code.to_string()],
+                }),
+            },
+        }
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    fn new(
+        unsafe_categories: FxHashSet<String>,
+        minor_brackets: FxHashSet<String>,
+        lineage: HashMap<String, Vec<String>>,
+        increment_micros: u128,
+    ) -> Self {
+        let mut core = Core::default();
+        (core.unsafe_categories, core.minor_brackets, core.increment_micros) =
+            (unsafe_categories, minor_brackets, increment_micros);
+        PyEngine {
+            core,
+            lineage,
+            unsupported: HashSet::new(),
+        }
+    }
+
+    fn set_policy(
+        &mut self,
+        blocked_safety_labels: FxHashSet<String>,
+        sensitive_categories: FxHashSet<String>,
+        restricted_verticals: FxHashSet<String>,
+    ) {
+        self.core.policy = Policy {
+            blocked_safety_labels,
+            sensitive_categories,
+            restricted_verticals,
+        };
+    }
+
+    /// The whole index again (`CampaignIndex.build`'s campaigns, in its order).
+    fn build(&mut self, campaigns: &Bound<'_, PyList>) -> PyResult<()> {
+        self.unsupported.clear();
+        let mut copies = Vec::with_capacity(campaigns.len());
+        for campaign in campaigns.iter() {
+            match Self::copy_of(&campaign)? {
+                Ok(copy) => copies.push(copy),
+                Err(campaign_id) => {
+                    self.unsupported.insert(campaign_id);
+                }
+            }
+        }
+        self.core.build(copies);
+        Ok(())
+    }
+
+    fn upsert(&mut self, campaign: &Bound<'_, PyAny>) -> PyResult<()> {
+        match Self::copy_of(campaign)? {
+            Ok(copy) => {
+                self.unsupported.remove(&copy.campaign_id);
+                self.core.upsert(copy);
+            }
+            Err(campaign_id) => {
+                self.core.remove(&campaign_id);
+                self.unsupported.insert(campaign_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, campaign_id: &str) {
+        self.unsupported.remove(campaign_id);
+        self.core.remove(campaign_id);
+    }
+
+    /// Campaigns held, and how many of the Python index's it could not hold.
+    fn sizes(&self) -> (usize, usize) {
+        (self.core.len(), self.unsupported.len())
+    }
+
+    fn spend_clear(&mut self) {
+        self.core.spend_clear();
+    }
+
+    fn spend_set(&mut self, campaign_id: String, today_micros: i128, blocked: bool) {
+        self.core.spend_set(campaign_id, today_micros, blocked);
+    }
+
+    fn spend_block(&mut self, campaign_id: String) {
+        self.core.spend_block(campaign_id);
+    }
+
+    /// One auction on an `AuctionRequest`'s fields: `(no_fill_reason, None)`, `(None, winners)`
+    /// with each winner `(slot, campaign_id, price_micros, charge_micros, ecpm_micros,
+    /// runner_up_ecpm_micros, matched_keywords, matched_category)`, or `None`: the Python engine
+    /// decides this one (a number past 128 bits, a campaign this copy could not hold).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (event_id, placement, slots, reserve_cpm_micros, category, keywords, locale, country, device,
+                        safety_labels, consent_ads, age_bracket, now_ms, hidden=None, capped=None, refused=None))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        event_id: &str,
+        placement: &str,
+        slots: usize,
+        reserve_cpm_micros: u64,
+        category: Option<&str>,
+        keywords: &Bound<'py, PyFrozenSet>,
+        locale: &str,
+        country: &str,
+        device: &str,
+        safety_labels: &Bound<'py, PyFrozenSet>,
+        consent_ads: bool,
+        age_bracket: &str,
+        now_ms: i64,
+        hidden: Option<&Bound<'py, PyFrozenSet>>,
+        capped: Option<&Bound<'py, PyFrozenSet>>,
+        refused: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if !self.unsupported.is_empty() {
+            return Ok(None);
+        }
+        let keyword_strings: Vec<Bound<'py, PyString>> = keywords
+            .iter()
+            .map(|keyword| keyword.downcast_into::<PyString>())
+            .collect::<Result<_, _>>()?;
+        let label_strings: Vec<Bound<'py, PyString>> = safety_labels
+            .iter()
+            .map(|label| label.downcast_into::<PyString>())
+            .collect::<Result<_, _>>()?;
+        let set_of = |set: Option<&Bound<'py, PyFrozenSet>>| -> PyResult<Vec<Bound<'py, PyString>>> {
+            match set {
+                None => Ok(Vec::new()),
+                Some(set) => Ok(set
+                    .iter()
+                    .map(|item| item.downcast_into::<PyString>())
+                    .collect::<Result<_, _>>()?),
+            }
+        };
+        let hidden_strings = set_of(hidden)?;
+        let capped_strings = set_of(capped)?;
+        let mut refused_pairs: Vec<(Bound<'py, PyString>, i8)> = Vec::new();
+        if let Some(refused) = refused {
+            for (campaign_id, reason) in refused.iter() {
+                let reason: String = reason.extract()?;
+                let Some(stage) = stage_of(&reason) else {
+                    return Ok(None);
+                };
+                refused_pairs.push((campaign_id.downcast_into::<PyString>()?, stage));
+            }
+        }
+        let ancestors = self.ancestors(category);
+        let request = Request {
+            event_id,
+            placement,
+            slots,
+            reserve_cpm_micros: reserve_cpm_micros as u128,
+            ancestors: &ancestors,
+            keywords: keyword_strings
+                .iter()
+                .map(|keyword| keyword.to_str())
+                .collect::<Result<_, _>>()?,
+            locale,
+            country,
+            device,
+            safety_labels: label_strings
+                .iter()
+                .map(|label| label.to_str())
+                .collect::<Result<_, _>>()?,
+            consent_ads,
+            age_bracket,
+            now_ms,
+        };
+        let mut person = Person::default();
+        for advertiser in &hidden_strings {
+            if let Some(number) = self.core.advertiser_no(advertiser.to_str()?) {
+                person.hidden_advertisers.insert(number);
+            }
+        }
+        for campaign_id in &capped_strings {
+            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
+                person.capped_campaigns.insert(slot);
+            }
+        }
+        for (campaign_id, stage) in &refused_pairs {
+            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
+                person.refused.insert(slot, *stage);
+            }
+        }
+        let Some(outcome) = self.core.run(&request, &person) else {
+            return Ok(None);
+        };
+        let answer = match outcome {
+            Outcome::NoFill(reason) => {
+                PyTuple::new(py, [PyString::intern(py, reason).into_any(), py.None().into_bound(py)])?
+            }
+            Outcome::Winners(winners) => {
+                let list = PyList::empty(py);
+                for winner in winners {
+                    let campaign = self.core.campaign(winner.campaign);
+                    let matched = PyTuple::new(py, winner.matched_keywords.iter().map(|k| PyString::new(py, k)))?;
+                    let category = match &winner.matched_category {
+                        Some(code) => PyString::intern(py, code).into_any(),
+                        None => py.None().into_bound(py),
+                    };
+                    let runner_up = match winner.runner_up_ecpm_micros {
+                        Some(value) => int(py, value)?,
+                        None => py.None().into_bound(py),
+                    };
+                    list.append(PyTuple::new(
+                        py,
+                        [
+                            winner.slot.into_pyobject(py)?.into_any(),
+                            PyString::new(py, &campaign.campaign_id).into_any(),
+                            int(py, winner.price_micros)?,
+                            int(py, winner.charge_micros)?,
+                            int(py, winner.ecpm_micros)?,
+                            runner_up,
+                            matched.into_any(),
+                            category,
+                        ],
+                    )?)?;
+                }
+                PyTuple::new(py, [py.None().into_bound(py), list.into_any()])?
+            }
+        };
+        Ok(Some(answer))
+    }
+}
