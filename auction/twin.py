@@ -26,6 +26,9 @@ class EngineTwin:
     def __init__(self, native: Any) -> None:
         self.native = native
         self._index = CampaignIndex()
+        # Auctions decided here, and left to the Python engine (the worker's metric reads both).
+        self.decided = 0
+        self.left = 0
 
     def attach(self, index: CampaignIndex, spend: SpendView) -> None:
         """Copy this index and spend view, and be told their changes from now on."""
@@ -63,7 +66,9 @@ class EngineTwin:
             dict(refused) if refused else None,
         )
         if answer is None:
+            self.left += 1
             return None
+        self.decided += 1
         reason, found = answer
         if found is None:
             return AuctionResult(request.event_id, (), reason, request.reserve_cpm_micros)

@@ -101,7 +101,8 @@ class AuctionRole:
         self.metrics = metrics
         self.clock = clock
         increment = settings.price_increment_micros
-        self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=increment, twin=engine_twin(increment))
+        self.twin = engine_twin(increment)  # None without a Rust build: the Python engine decides
+        self.engine = AuctionEngine(CampaignIndex(), SpendView(), increment_micros=increment, twin=self.twin)
         self.live = LiveState(settings, redis, self.engine)
         self.intake = Intake()
         self.writer = Writer()
@@ -152,6 +153,8 @@ class AuctionRole:
         engine_seconds = 0.0
         auctions = 0
         rounds = 0
+        twin = self.twin
+        decided, left = (twin.decided, twin.left) if twin is not None else (0, 0)
         reserve = self.reserver.reserve
         while pending:
             rounds += 1
@@ -175,6 +178,10 @@ class AuctionRole:
             pending = again
         tally.engine_seconds = engine_seconds
         tally.auctions = auctions
+        if twin is None:
+            tally.engine_python = auctions
+        else:
+            tally.engine_compiled, tally.engine_python = twin.decided - decided, twin.left - left
         tally.publish(self.metrics)
         reserver = self.reserver
         return Step(outputs, on_commit=lambda: reserver.committed(blob_ids))
@@ -363,11 +370,12 @@ class AuctionWorker:
                         extra={"modules": interpreted})
         intake = hot_path(self.role.intake, self.role.writer)
         if intake != "compiled":
-            log.warning("the intake and the record writer run their Python reference (slower); `make native` "
-                        "with a Rust toolchain builds the compiled ones")
+            log.warning("the intake, the engine and the record writer run their Python reference (slower); "
+                        "`make native` with a Rust toolchain builds the compiled ones")
         log.info("auction worker starting", extra={"event_loop": type(asyncio.get_running_loop()).__module__,
                                                    "hot_path": "interpreted" if interpreted else "compiled",
-                                                   "intake": intake})
+                                                   "intake": intake,
+                                                   "engine": "python" if self.role.twin is None else "compiled"})
         self._runner = await serve(self.metrics, self.settings.metrics_port, lambda: self.loop.ready)
         live = self.role.live
         self._tasks = [
@@ -400,6 +408,8 @@ class AuctionWorker:
             "decisions": value("vickrey_auction_decisions_total"),
             "replayed": value("vickrey_auction_replayed_total"),
             "already_committed": value("vickrey_auction_already_committed_total"),
+            "engine_compiled": value("vickrey_auction_engine_path_total", path="compiled"),
+            "engine_python": value("vickrey_auction_engine_path_total", path="python"),
         })
 
     async def _full_collections(self) -> None:

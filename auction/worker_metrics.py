@@ -24,6 +24,8 @@ class Tally:
     duplicates: int = 0
     intake_compiled: int = 0  # intents read by the compiled intake (fastpath/)
     intake_reference: int = 0  # valid intents it left to the Python reference
+    engine_compiled: int = 0  # auctions the compiled engine decided (auction/twin.py)
+    engine_python: int = 0  # auctions it left to the Python engine, or all when there is no twin
     auctions: int = 0
     engine_seconds: float = 0.0
     no_fill: Counter[str] = field(default_factory=Counter)
@@ -39,6 +41,8 @@ class Tally:
         metrics.rejected.labels("duplicate").inc(self.duplicates)
         metrics.intake.labels("compiled").inc(self.intake_compiled)
         metrics.intake.labels("reference").inc(self.intake_reference)
+        metrics.engine_path.labels("compiled").inc(self.engine_compiled)
+        metrics.engine_path.labels("python").inc(self.engine_python)
         metrics.auctions.inc(self.auctions)
         metrics.engine_seconds.inc(self.engine_seconds)
         for reason, count in self.no_fill.items():
@@ -72,6 +76,12 @@ class WorkerMetrics:
         )
         self.refusals = m.counter("vickrey_auction_refusals_total", "Reservations Redis refused, by reason", ("reason",))
         self.auctions = m.counter("vickrey_auction_engine_runs_total", "Auctions run by the engine (refused ones again)")
+        self.engine_path = m.counter(
+            "vickrey_auction_engine_path_total",
+            "Auctions run, by engine: compiled (fastpath/, auction/twin.py) or python (a number past 128 bits, a "
+            "campaign the compiled copy could not hold, or no Rust build)",
+            ("path",),
+        )
         self.engine_seconds = m.counter("vickrey_auction_engine_seconds_total", "Time in the engine")
         self.full_gc = m.histogram(
             "vickrey_auction_full_gc_seconds", "Full garbage collections, run between batches", FULL_GC_SECONDS

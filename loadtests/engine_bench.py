@@ -5,7 +5,9 @@ Workload: loadtests.workload (the engine issue's: Zipf keywords, 10 per campaign
 
 - auctions/s: `AuctionEngine.run` over pre-normalised `AuctionRequest`s, fresh ones each run (from
   `AuctionRequest.from_intent`, done before the clock starts), one thread, one core; the median
-  of several timed runs after a warm-up. Budgets and caps are in force the way the engine sees
+  of several timed runs after a warm-up. The engine the worker runs: with its compiled twin
+  (auction/twin.py) where `fastpath/` is built (`engine` says which), and the Python engine alone
+  beside it (`engine_python_auctions_per_s`), run for run. Budgets and caps are in force the way the engine sees
   them: the in-memory spend view (campaigns without budget left are skipped) and the per-user
   state; the Redis round trip that reserves them belongs to the worker and is not timed here.
 - index build: `Campaign.from_record` for every validated record plus `CampaignIndex.build`
@@ -13,6 +15,9 @@ Workload: loadtests.workload (the engine issue's: Zipf keywords, 10 per campaign
 - bytes per campaign: tracemalloc, memory still held once the index is built and the input
   records are freed (campaign objects, their strings, sets and the posting lists) / campaigns;
   and by part (`index_bytes_parts`): every object reachable from the index, counted once.
+- the compiled twin's copy of the index, which the worker builds after it (`index_twin_*`): its
+  build from the Python index, timed, and what it adds to the process's resident memory per
+  campaign (Rust allocations are not seen by tracemalloc).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import orjson
 from auction.engine import AuctionEngine
 from auction.index import BulkLoad, CampaignIndex
 from auction.model import AuctionRequest, Campaign
+from auction.twin import engine_twin
 from loadtests import workload
 from schemas.campaign import validate_campaign
 
@@ -60,32 +66,66 @@ def engine_auctions_per_s(
     campaigns: int = 10_000, auctions: int = 20_000, runs: int = 5, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     records = validated(workload.campaigns(n=campaigns))
-    engine = AuctionEngine(build_index(records))
+    index = build_index(records)
+    twin = engine_twin(10_000)
+    python = AuctionEngine(index)
+    engine = AuctionEngine(index, twin=twin) if twin is not None else python
     now_ms = int(time.time() * 1000)
     intents = workload.intents(auctions)
-    run = engine.run
     for request in fresh_requests(intents[:2000], now_ms):  # warm-up
-        run(request)
-    rates = []
-    filled = 0
+        engine.run(request)
+        python.run(request)
+    rates: dict[str, list[float]] = {"engine": [], "python": []}
     for i in range(runs):
-        # Fresh requests each run, as the worker's are. A request once kept the terms the engine
-        # worked out for phrase match, and runs over requests that already held them measured
-        # ~10 % more auctions/s than the worker got; nothing may be carried over like that.
-        requests = fresh_requests(intents, now_ms)
-        gc.collect()
-        started = time.perf_counter()
-        for request in requests:
-            run(request)
-        rates.append(len(requests) / (time.perf_counter() - started))
+        for name, run in (("engine", engine.run), ("python", python.run)):
+            # Fresh requests each run, as the worker's are. A request once kept the terms the engine
+            # worked out for phrase match, and runs over requests that already held them measured
+            # ~10 % more auctions/s than the worker got; nothing may be carried over like that.
+            requests = fresh_requests(intents, now_ms)
+            gc.collect()
+            started = time.perf_counter()
+            for request in requests:
+                run(request)
+            rates[name].append(len(requests) / (time.perf_counter() - started))
         if progress:
-            progress(f"engine run {i + 1}/{runs}: {rates[-1]:,.0f} auctions/s")
-    filled = sum(1 for request in requests if run(request).winners)
+            progress(f"engine run {i + 1}/{runs}: {rates['engine'][-1]:,.0f} auctions/s "
+                     f"({'compiled' if twin is not None else 'python'}), the Python engine {rates['python'][-1]:,.0f}")
+    filled = sum(1 for request in requests if engine.run(request).winners)
     return {
-        "engine_auctions_per_s": round(statistics.median(rates)),
-        "engine_runs": [round(r) for r in rates],
+        "engine_auctions_per_s": round(statistics.median(rates["engine"])),
+        "engine": "compiled" if twin is not None else "python",
+        "engine_runs": [round(r) for r in rates["engine"]],
+        "engine_python_auctions_per_s": round(statistics.median(rates["python"])),
+        "engine_python_runs": [round(r) for r in rates["python"]],
         "engine_fill_rate": round(filled / len(requests), 4),
     }
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def twin_build(index: CampaignIndex, runs: int = 3) -> dict[str, Any]:
+    """The compiled twin's copy of `index`: build seconds (median) and resident bytes per campaign
+    it adds (the first build, in a process that has not held one)."""
+    times = []
+    added = 0
+    for n in range(runs):
+        twin = engine_twin(10_000)
+        if twin is None:
+            return {"index_twin": "absent"}
+        gc.collect()
+        before = _resident_bytes()
+        started = time.perf_counter()
+        AuctionEngine(index, twin=twin)  # attaching the index builds the copy
+        times.append(time.perf_counter() - started)
+        if n == 0:
+            added = _resident_bytes() - before
+        index.mirror = None
+        del twin
+    return {"index_twin_build_s_100k": round(statistics.median(times), 3),
+            "index_twin_bytes_per_campaign": round(added / max(1, len(index)))}
 
 
 def index_build(campaigns: int = 100_000, runs: int = 3, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -119,12 +159,16 @@ def index_build(campaigns: int = 100_000, runs: int = 3, progress: Callable[[str
         tracemalloc.stop()
     per_campaign = held / len(index)
     parts = index_parts(index)
+    if progress:
+        progress("the compiled twin's copy of the index")
+    twin = twin_build(index)
     del index
     return {
         "index_build_s_100k": round(statistics.median(times), 3),
         "index_build_runs_s": [round(t, 3) for t in times],
         "index_bytes_per_campaign": round(per_campaign),
         "index_bytes_parts": parts,
+        **twin,
     }
 
 

@@ -112,6 +112,12 @@ async def test_vectors_live(settings: Settings, env: dict[str, str], topics: Set
     compiled = all(states[source] == "compiled" for source in native.MODULES)
     assert starting[0]["hot_path"] == ("compiled" if compiled else "interpreted")
     assert starting[0]["intake"] == ("compiled" if states[native.CRATE + "/"] == "compiled" else "reference")
+    # ... and which engine decided: every auction the compiled one, when it is built.
+    assert starting[0]["engine"] == ("compiled" if states[native.CRATE + "/"] == "compiled" else "python")
+    stopped = [orjson.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines()
+               if '"msg":"auction worker stopped"' in line]
+    by_engine = (stopped[0]["engine_compiled"], stopped[0]["engine_python"])
+    assert by_engine == ((len(cases), 0) if starting[0]["engine"] == "compiled" else (0, len(cases)))
 
 
 def crash_campaigns() -> list[dict[str, Any]]:

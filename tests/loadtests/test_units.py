@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from auction.fastpath import Intake, Writer, hot_path
+from auction.fastpath import Intake, Writer, _native, hot_path
 from core.settings import Settings
-from loadtests import generator
+from loadtests import engine_bench, generator, workload
 from loadtests.bench_report import END, START, markdown_block, table, update_markdown
 from loadtests.fastpath_ab import arm_environment
 from loadtests.plot import bench_plot, nice_ticks
@@ -189,3 +189,17 @@ def test_the_fastpath_ab_reference_arm_turns_the_compiled_steps_off(tmp_path: Pa
                                text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout.strip()
            for arm in ("reference", "compiled")}
     assert ran == {"reference": "reference", "compiled": hot_path(Intake(), Writer())}
+
+
+def test_the_engine_bench_measures_the_engine_the_worker_runs() -> None:
+    """`details.engine`: the engine with its compiled twin where fastpath/ is built (the worker's),
+    the Python engine beside it, and the twin's copy of the index."""
+    found = engine_bench.engine_auctions_per_s(campaigns=300, auctions=300, runs=1)
+    built = _native() is not None
+    assert found["engine"] == ("compiled" if built else "python")
+    assert found["engine_auctions_per_s"] > 0 and found["engine_python_auctions_per_s"] > 0
+    twin = engine_bench.twin_build(engine_bench.build_index(engine_bench.validated(workload.campaigns(n=300))), runs=1)
+    if built:
+        assert twin["index_twin_build_s_100k"] > 0 and twin["index_twin_bytes_per_campaign"] >= 0
+    else:
+        assert twin == {"index_twin": "absent"}
