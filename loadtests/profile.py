@@ -26,6 +26,9 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("_fastpath::request_and_fields", "intake (compiled: raw intent to request)"),
     ("____read_intents", "intake (compiled: raw intent to request)"),
     ("Intake.read (auction/fastpath.py", "intake (compiled: raw intent to request)"),  # and PyO3 frames it calls
+    ("_fastpath::engine", "auction engine"),  # the compiled twin: _fastpath::engine::Engine::run, ::engine_py
+    ("CPyDef_twin___", "auction engine"),
+    ("auction/twin.py", "auction engine"),
     ("_fastpath::", "output records (build/freeze)"),  # the writer: _fastpath::records, ::json, ::Writer
     ("Writer.write (auction/fastpath.py", "output records (build/freeze)"),  # not asyncio's StreamWriter
     ("AuctionRequest___from_intent", "request parsing (AuctionRequest)"),

@@ -174,10 +174,15 @@ def test_profile_summary_knows_the_compiled_steps(tmp_path: Path) -> None:
         f"process 1:main;Loop._process (core/loop.py:1);Intake.read (auction/fastpath.py:83);"
         f"serde_json::read::SliceRead::skip_to_escape::h3 ({so}) 30\n"
         "process 1:main;send (aiokafka/conn.py:1);StreamWriter.write (asyncio/streams.py:343) 20\n"
+        f"process 1:main;AuctionRole._auction (auction/worker.py:1);EngineTwin.run (auction/twin.py:60);"
+        f"_fastpath::engine::Engine::run::h4 ({so}) 25\n"
+        f"process 1:main;AuctionRole._auction (auction/worker.py:1);EngineTwin.run (auction/twin.py:60);"
+        f"pyo3::instance::Bound::getattr::h5 ({so}) 5\n"
     )
     text = summarise(raw)
-    assert "50.0%  output records" in text and "30.0%  intake (compiled" in text
-    assert "20.0%  Kafka client (other)" in text  # asyncio's StreamWriter.write is not the record writer
+    assert "38.5%  output records" in text and "23.1%  intake (compiled" in text
+    assert "15.4%  Kafka client (other)" in text  # asyncio's StreamWriter.write is not the record writer
+    assert "23.1%  auction engine" in text  # the compiled twin, and PyO3 frames it calls
 
 
 
