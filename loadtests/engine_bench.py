@@ -16,8 +16,8 @@ Workload: loadtests.workload (the engine issue's: Zipf keywords, 10 per campaign
   records are freed (campaign objects, their strings, sets and the posting lists) / campaigns;
   and by part (`index_bytes_parts`): every object reachable from the index, counted once.
 - the compiled twin's copy of the index, which the worker builds after it (`index_twin_*`): its
-  build from the Python index, timed, and what it adds to the process's resident memory per
-  campaign (Rust allocations are not seen by tracemalloc).
+  build from the Python index, timed, and the bytes its Rust code holds per campaign (counted by
+  the module's allocator: tracemalloc does not see Rust allocations).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from auction.engine import AuctionEngine
+from auction.fastpath import _native
 from auction.index import BulkLoad, CampaignIndex
 from auction.model import AuctionRequest, Campaign
 from auction.twin import engine_twin
@@ -101,31 +102,26 @@ def engine_auctions_per_s(
     }
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
-
-
 def twin_build(index: CampaignIndex, runs: int = 3) -> dict[str, Any]:
-    """The compiled twin's copy of `index`: build seconds (median) and resident bytes per campaign
-    it adds (the first build, in a process that has not held one)."""
+    """The compiled twin's copy of `index`: build seconds (median), and the bytes its Rust code
+    holds for it per campaign (counted by the module's allocator: tracemalloc does not see them)."""
+    native = _native()
     times = []
-    added = 0
-    for n in range(runs):
+    held = 0
+    for _ in range(runs):
         twin = engine_twin(10_000)
-        if twin is None:
+        if native is None or twin is None:
             return {"index_twin": "absent"}
         gc.collect()
-        before = _resident_bytes()
+        before = native.held_bytes()
         started = time.perf_counter()
         AuctionEngine(index, twin=twin)  # attaching the index builds the copy
         times.append(time.perf_counter() - started)
-        if n == 0:
-            added = _resident_bytes() - before
+        held = native.held_bytes() - before
         index.mirror = None
         del twin
     return {"index_twin_build_s_100k": round(statistics.median(times), 3),
-            "index_twin_bytes_per_campaign": round(added / max(1, len(index)))}
+            "index_twin_bytes_per_campaign": round(held / max(1, len(index)))}
 
 
 def index_build(campaigns: int = 100_000, runs: int = 3, progress: Callable[[str], None] | None = None) -> dict[str, Any]:

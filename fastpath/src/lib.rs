@@ -49,7 +49,9 @@ impl Writer {
         records::write(py, &self.label_json, fields, outcome, keywords)
     }
 }
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[pyclass(frozen)]
 struct Intake {
@@ -154,8 +156,57 @@ fn request_and_fields<'py>(
     PyTuple::new(py, [request, fields.into_any()])
 }
 
+/// The system allocator, counting the bytes this module holds: the bench reports what the
+/// engine's copy of the index costs (Rust allocations are not seen by tracemalloc). A relaxed
+/// atomic add per allocation.
+struct Counting;
+
+static HELD_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let pointer = System.alloc(layout);
+        if !pointer.is_null() {
+            HELD_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        pointer
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let pointer = System.alloc_zeroed(layout);
+        if !pointer.is_null() {
+            HELD_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        pointer
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        System.dealloc(pointer, layout);
+        HELD_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let moved = System.realloc(pointer, layout, new_size);
+        if !moved.is_null() {
+            HELD_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            HELD_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        moved
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes the module's Rust code holds now.
+#[pyfunction]
+fn held_bytes() -> usize {
+    HELD_BYTES.load(Ordering::Relaxed)
+}
+
 #[pymodule]
 fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(held_bytes, module)?)?;
     module.add_class::<Intake>()?;
     module.add_class::<Writer>()?;
     module.add_class::<engine_py::PyEngine>()?;
