@@ -115,23 +115,29 @@ pub struct Filters {
     pub vertical: String,
 }
 
+/// A keyword, phrase or advertiser id, held once however many campaigns name it (`Engine::term`):
+/// a campaign's keywords are pointers to shared strings, not ten strings of its own.
+pub type Term = Arc<str>;
+
 /// What the engine reads of a campaign (auction/model.py `Campaign`).
 pub struct Campaign {
-    pub campaign_id: String,
-    pub advertiser_id: String,
+    pub campaign_id: Term,
+    pub advertiser_id: Term,
     pub advertiser_no: u32, // the engine's number for advertiser_id (set when it is held)
     pub cpc: bool,
-    pub bid_micros: u128,
-    pub pctr_num: u128,
-    pub pctr_den: u128,
+    // Held in 64 bits (a campaign whose numbers do not fit is not copied: Python decides while
+    // it is in the index), worked in 128.
+    pub bid_micros: u64,
+    pub pctr_num: u64,
+    pub pctr_den: u64,
     pub rank_key: u128,
-    pub keywords: Vec<String>,
-    pub phrases: Vec<String>,
+    pub keywords: Box<[u32]>, // term numbers (`Engine::term`)
+    pub phrases: Box<[u32]>,
     pub categories: Option<Arc<FxHashSet<String>>>,
     pub any_of: bool,
     pub has_filters: bool,
     pub filters: Option<Arc<Filters>>,
-    pub daily_budget_micros: i128,
+    pub daily_budget_micros: i64,
     pub even_pacing: bool,
     pub active: bool,
 }
@@ -141,11 +147,13 @@ impl Campaign {
     fn ecpm(&self) -> Option<(u128, u128)> {
         if self.cpc {
             Some((
-                self.bid_micros.checked_mul(self.pctr_num)?.checked_mul(1000)?,
-                self.pctr_den,
+                u128::from(self.bid_micros)
+                    .checked_mul(u128::from(self.pctr_num))?
+                    .checked_mul(1000)?,
+                u128::from(self.pctr_den),
             ))
         } else {
-            Some((self.bid_micros, 1))
+            Some((u128::from(self.bid_micros), 1))
         }
     }
 
@@ -221,11 +229,13 @@ pub enum Outcome {
 pub struct Engine {
     pub campaigns: Vec<Option<Campaign>>,
     free: Vec<u32>,
-    slot_of: FxHashMap<String, u32>,
-    advertiser_numbers: FxHashMap<String, u32>,
-    by_keyword: FxHashMap<String, Vec<u32>>,
-    by_phrase: FxHashMap<String, Vec<u32>>,
-    by_category: FxHashMap<String, Vec<u32>>,
+    slot_of: FxHashMap<Term, u32>,
+    advertiser_numbers: FxHashMap<Term, u32>,
+    terms: FxHashMap<Term, u32>,
+    term_list: Vec<Term>,
+    by_keyword: FxHashMap<Term, Vec<u32>>,
+    by_phrase: FxHashMap<Term, Vec<u32>>,
+    by_category: FxHashMap<Term, Vec<u32>>,
     untargeted: Vec<u32>,
     pub policy: Policy,
     pub unsafe_categories: FxHashSet<String>,
@@ -287,17 +297,36 @@ impl Engine {
         self.blocked.insert(campaign_id);
     }
 
-    fn families(campaign: &Campaign) -> Vec<(Family, Vec<String>)> {
+    /// The one shared copy of this string (kept for the engine's life: the vocabulary of
+    /// keywords and advertisers, not of requests).
+    pub fn term(&mut self, text: &str) -> u32 {
+        if let Some(found) = self.terms.get(text) {
+            return *found;
+        }
+        let term: Term = Arc::from(text);
+        let number = self.term_list.len() as u32;
+        self.term_list.push(term.clone());
+        self.terms.insert(term, number);
+        number
+    }
+
+    /// The text of a term number.
+    pub fn text(&self, number: u32) -> &Term {
+        &self.term_list[number as usize]
+    }
+
+    fn families(&self, campaign: &Campaign) -> Vec<(Family, Vec<Term>)> {
+        let texts = |numbers: &[u32]| numbers.iter().map(|number| self.text(*number).clone()).collect();
         let mut families = Vec::new();
         if !campaign.keywords.is_empty() {
-            families.push((Family::Keyword, campaign.keywords.clone()));
+            families.push((Family::Keyword, texts(&campaign.keywords)));
         }
         if !campaign.phrases.is_empty() {
-            families.push((Family::Phrase, campaign.phrases.clone()));
+            families.push((Family::Phrase, texts(&campaign.phrases)));
         }
         if let Some(categories) = &campaign.categories {
             if !categories.is_empty() && (campaign.any_of || families.is_empty()) {
-                let mut codes: Vec<String> = categories.iter().cloned().collect();
+                let mut codes: Vec<Term> = categories.iter().map(|code| Term::from(code.as_str())).collect();
                 codes.sort();
                 families.push((Family::Category, codes));
             }
@@ -311,6 +340,8 @@ impl Engine {
         let minor_brackets = std::mem::take(&mut self.minor_brackets);
         let spend_today = std::mem::take(&mut self.spend_today);
         let blocked = std::mem::take(&mut self.blocked);
+        let terms = std::mem::take(&mut self.terms);
+        let term_list = std::mem::take(&mut self.term_list);
         self.slot_spend.clear();
         let increment_micros = self.increment_micros;
         *self = Engine {
@@ -320,6 +351,8 @@ impl Engine {
             increment_micros,
             spend_today,
             blocked,
+            terms,
+            term_list,
             ..Engine::default()
         };
     }
@@ -338,7 +371,7 @@ impl Engine {
             };
             list.insert(position, slot);
         };
-        let families = Self::families(held);
+        let families = self.families(held);
         if families.is_empty() {
             place(&mut self.untargeted);
         }
@@ -368,9 +401,15 @@ impl Engine {
         for table in [&mut self.by_keyword, &mut self.by_phrase, &mut self.by_category] {
             for list in table.values_mut() {
                 list.sort_by_key(key);
+                list.shrink_to_fit(); // exactly its size: appends left up to half spare
             }
+            table.shrink_to_fit();
         }
         self.untargeted.sort_by_key(key);
+        self.untargeted.shrink_to_fit();
+        self.campaigns.shrink_to_fit();
+        self.slot_spend.shrink_to_fit();
+        self.slot_of.shrink_to_fit();
     }
 
     /// The engine's number for an advertiser it holds a campaign of.
@@ -386,8 +425,8 @@ impl Engine {
             .or_insert(next);
         let campaign_id = campaign.campaign_id.clone();
         let spend = (
-            self.spend_today.get(&campaign_id).copied().unwrap_or(0),
-            self.blocked.contains(&campaign_id),
+            self.spend_today.get(&*campaign_id).copied().unwrap_or(0),
+            self.blocked.contains(&*campaign_id),
         );
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -421,7 +460,7 @@ impl Engine {
             return false;
         };
         let old = self.campaigns[slot as usize].take().expect("a held campaign");
-        let families = Self::families(&old);
+        let families = self.families(&old);
         if families.is_empty() {
             self.untargeted.retain(|other| *other != slot);
         }
@@ -542,7 +581,7 @@ impl Engine {
                 charge_micros: charge,
                 ecpm_micros: ceil_div(num, den),
                 runner_up_ecpm_micros: runner_up_ecpm,
-                matched_keywords: matched_keywords(winner, &request.keywords, terms.as_ref()),
+                matched_keywords: self.matched_keywords(winner, &request.keywords, terms.as_ref()),
                 matched_category: matched_category(winner, request.ancestors),
             });
         }
@@ -567,7 +606,7 @@ impl Engine {
             }
         }
         for code in request.ancestors {
-            self.add(&mut walk, self.by_category.get(code));
+            self.add(&mut walk, self.by_category.get(code.as_str()));
         }
         self.add(&mut walk, Some(&self.untargeted));
         walk
@@ -730,6 +769,11 @@ impl Engine {
         Some(ranked)
     }
 
+    /// The campaign keywords that matched the request (for `why`): exact ones, then phrases.
+    fn matched_keywords(&self, campaign: &Campaign, keywords: &[&str], terms: Option<&FxHashSet<&str>>) -> Vec<String> {
+        matched_keywords_of(&self.term_list, campaign, keywords, terms)
+    }
+
     fn best_per_advertiser(&self, ranked: Vec<u32>) -> Vec<u32> {
         let mut seen: FxHashSet<u32> = FxHashSet::default();
         ranked
@@ -748,8 +792,10 @@ impl Engine {
             }
         }
         let price = if winner.cpc {
-            let numerator = threshold_num.checked_mul(winner.pctr_den)?;
-            let denominator = threshold_den.checked_mul(winner.pctr_num)?.checked_mul(1000)?;
+            let numerator = threshold_num.checked_mul(u128::from(winner.pctr_den))?;
+            let denominator = threshold_den
+                .checked_mul(u128::from(winner.pctr_num))?
+                .checked_mul(1000)?;
             if denominator == 0 {
                 return None; // a zero rate: Python raises; leave it to Python
             }
@@ -757,7 +803,7 @@ impl Engine {
         } else {
             ceil_div(threshold_num, threshold_den)
         };
-        let price = price.checked_add(increment)?.min(winner.bid_micros);
+        let price = price.checked_add(increment)?.min(u128::from(winner.bid_micros));
         let charge = if winner.cpc { 0 } else { (price + 500) / 1000 };
         Some((price, charge))
     }
@@ -818,7 +864,7 @@ const CRC_TABLE: [u32; 256] = {
 
 /// `pacing_allows` (auction/pacing.py).
 fn pacing_allows(campaign: &Campaign, spend_today_micros: i128, now_ms: i64, event_id: &str) -> bool {
-    let daily = campaign.daily_budget_micros;
+    let daily = i128::from(campaign.daily_budget_micros);
     if !campaign.even_pacing || daily <= 0 {
         return true;
     }
@@ -871,20 +917,28 @@ fn sub_phrases<'a>(keywords: &[&'a str]) -> FxHashSet<&'a str> {
     terms
 }
 
-fn matched_keywords(campaign: &Campaign, keywords: &[&str], terms: Option<&FxHashSet<&str>>) -> Vec<String> {
+fn matched_keywords_of(
+    texts: &[Term],
+    campaign: &Campaign,
+    keywords: &[&str],
+    terms: Option<&FxHashSet<&str>>,
+) -> Vec<String> {
+    let text = |number: &u32| &texts[*number as usize];
     let mut matched: Vec<String> = campaign
         .keywords
         .iter()
-        .filter(|keyword| keywords.contains(&keyword.as_str()))
-        .cloned()
+        .map(text)
+        .filter(|keyword| keywords.contains(&&***keyword))
+        .map(|keyword| keyword.to_string())
         .collect();
     if let Some(terms) = terms {
         matched.extend(
             campaign
                 .phrases
                 .iter()
-                .filter(|phrase| terms.contains(phrase.as_str()))
-                .cloned(),
+                .map(text)
+                .filter(|phrase| terms.contains(&***phrase))
+                .map(|phrase| phrase.to_string()),
         );
     }
     matched

@@ -2,7 +2,9 @@
 //! It holds a copy of the campaign index, the spend view and the policy, which the Python side
 //! keeps in step with its own, and runs auctions on `AuctionRequest` fields.
 
-use crate::engine::{stage_of, Campaign, Engine as Core, Filters, FxHashSet, Outcome, Person, Policy, Request};
+use crate::engine::{
+    stage_of, Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term,
+};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFrozenSet, PyList, PyString, PyTuple};
@@ -35,15 +37,30 @@ fn strings(value: &Bound<'_, PyAny>) -> PyResult<Option<FxHashSet<String>>> {
     }
 }
 
-fn campaign_of<'py>(campaign: &Bound<'py, PyAny>) -> PyResult<Campaign> {
+fn terms(words: &Bound<'_, PyAny>, core: &mut Core) -> PyResult<Box<[u32]>> {
+    let words: Vec<String> = words.extract()?;
+    Ok(words.iter().map(|word| core.term(word)).collect())
+}
+
+/// Copies made once for the Python objects campaigns share (`shared_filters`, `_shared`), by the
+/// object's address: kept only for one call, while the campaigns passed in hold those objects.
+#[derive(Default)]
+struct Shared {
+    filters: FxHashMap<usize, Arc<Filters>>,
+    categories: FxHashMap<usize, Arc<FxHashSet<String>>>,
+}
+
+fn campaign_of<'py>(campaign: &Bound<'py, PyAny>, core: &mut Core, shared: &mut Shared) -> PyResult<Campaign> {
     let py = campaign.py();
     let get = |name: &Bound<'py, PyString>| campaign.getattr(name);
     let filters = get(intern!(py, "filters"))?;
     let filters = if filters.is_none() {
         None
+    } else if let Some(found) = shared.filters.get(&(filters.as_ptr() as usize)) {
+        Some(found.clone())
     } else {
         let field = |name: &Bound<'py, PyString>| filters.getattr(name);
-        Some(Arc::new(Filters {
+        let copy = Arc::new(Filters {
             negative_keywords: strings(&field(intern!(py, "negative_keywords"))?)?,
             locales: strings(&field(intern!(py, "locales"))?)?,
             countries: strings(&field(intern!(py, "countries"))?)?,
@@ -53,21 +70,36 @@ fn campaign_of<'py>(campaign: &Bound<'py, PyAny>) -> PyResult<Campaign> {
             start_ms: field(intern!(py, "start_ms"))?.extract()?,
             end_ms: field(intern!(py, "end_ms"))?.extract()?,
             vertical: field(intern!(py, "vertical"))?.extract()?,
-        }))
+        });
+        shared.filters.insert(filters.as_ptr() as usize, copy.clone());
+        Some(copy)
+    };
+    let categories = get(intern!(py, "categories"))?;
+    let categories = if categories.is_none() {
+        None
+    } else if let Some(found) = shared.categories.get(&(categories.as_ptr() as usize)) {
+        Some(found.clone())
+    } else {
+        let copy = Arc::new(categories.extract::<FxHashSet<String>>()?);
+        shared.categories.insert(categories.as_ptr() as usize, copy.clone());
+        Some(copy)
     };
     let bid_type: String = get(intern!(py, "bid_type"))?.extract()?;
     Ok(Campaign {
-        campaign_id: get(intern!(py, "campaign_id"))?.extract()?,
-        advertiser_id: get(intern!(py, "advertiser_id"))?.extract()?,
+        campaign_id: Term::from(get(intern!(py, "campaign_id"))?.extract::<String>()?),
+        advertiser_id: {
+            let number = core.term(&get(intern!(py, "advertiser_id"))?.extract::<String>()?);
+            core.text(number).clone()
+        },
         advertiser_no: 0,
         cpc: bid_type == "cpc",
         bid_micros: get(intern!(py, "bid_micros"))?.extract()?,
         pctr_num: get(intern!(py, "pctr_num"))?.extract()?,
         pctr_den: get(intern!(py, "pctr_den"))?.extract()?,
         rank_key: get(intern!(py, "rank_key"))?.extract()?,
-        keywords: get(intern!(py, "keywords"))?.extract()?,
-        phrases: get(intern!(py, "phrases"))?.extract()?,
-        categories: strings(&get(intern!(py, "categories"))?)?.map(Arc::new),
+        keywords: terms(&get(intern!(py, "keywords"))?, core)?,
+        phrases: terms(&get(intern!(py, "phrases"))?, core)?,
+        categories,
         any_of: get(intern!(py, "any_of"))?.extract()?,
         has_filters: get(intern!(py, "has_filters"))?.extract()?,
         filters,
@@ -79,10 +111,10 @@ fn campaign_of<'py>(campaign: &Bound<'py, PyAny>) -> PyResult<Campaign> {
 
 impl PyEngine {
     /// This copy of a Python campaign, or None when it cannot hold it exactly.
-    fn copy_of(campaign: &Bound<'_, PyAny>) -> PyResult<Result<Campaign, String>> {
-        match campaign_of(campaign) {
+    fn copy_of(&mut self, campaign: &Bound<'_, PyAny>, shared: &mut Shared) -> PyResult<Result<Campaign, String>> {
+        match campaign_of(campaign, &mut self.core, shared) {
             Ok(copy) if copy.rank_key_is_consistent() => Ok(Ok(copy)),
-            Ok(copy) => Ok(Err(copy.campaign_id)),
+            Ok(copy) => Ok(Err(copy.campaign_id.to_string())),
             Err(_) => Ok(Err(campaign
                 .getattr(intern!(campaign.py(), "campaign_id"))?
                 .extract()?)),
@@ -141,8 +173,9 @@ impl PyEngine {
     fn build(&mut self, campaigns: &Bound<'_, PyList>) -> PyResult<()> {
         self.unsupported.clear();
         let mut copies = Vec::with_capacity(campaigns.len());
+        let mut shared = Shared::default();
         for campaign in campaigns.iter() {
-            match Self::copy_of(&campaign)? {
+            match self.copy_of(&campaign, &mut shared)? {
                 Ok(copy) => copies.push(copy),
                 Err(campaign_id) => {
                     self.unsupported.insert(campaign_id);
@@ -154,9 +187,9 @@ impl PyEngine {
     }
 
     fn upsert(&mut self, campaign: &Bound<'_, PyAny>) -> PyResult<()> {
-        match Self::copy_of(campaign)? {
+        match self.copy_of(campaign, &mut Shared::default())? {
             Ok(copy) => {
-                self.unsupported.remove(&copy.campaign_id);
+                self.unsupported.remove(&*copy.campaign_id);
                 self.core.upsert(copy);
             }
             Err(campaign_id) => {
