@@ -123,10 +123,13 @@ impl PyEngine {
 
     /// `lineage`: the code and its parent, as the taxonomy holds them (or, for a code it does
     /// not hold, by the code's shape, as `_lineage` does).
-    fn ancestors(&self, category: Option<&str>) -> std::borrow::Cow<'_, [String]> {
+    fn ancestors<'a>(
+        lineage: &'a HashMap<String, Vec<String>>,
+        category: Option<&str>,
+    ) -> std::borrow::Cow<'a, [String]> {
         match category {
             None | Some("") => std::borrow::Cow::Owned(Vec::new()),
-            Some(code) => match self.lineage.get(code) {
+            Some(code) => match lineage.get(code) {
                 Some(found) => std::borrow::Cow::Borrowed(found.as_slice()),
                 None => std::borrow::Cow::Owned(match code.split_once('-') {
                     Some((parent, _)) => vec![code.to_string(), parent.to_string()],
@@ -230,7 +233,7 @@ impl PyEngine {
     #[pyo3(signature = (event_id, placement, slots, reserve_cpm_micros, category, keywords, locale, country, device,
                         safety_labels, consent_ads, age_bracket, now_ms, hidden=None, capped=None, refused=None))]
     fn run<'py>(
-        &self,
+        &mut self,
         py: Python<'py>,
         event_id: &str,
         placement: &str,
@@ -281,7 +284,7 @@ impl PyEngine {
                 refused_pairs.push((campaign_id.downcast_into::<PyString>()?, stage));
             }
         }
-        let ancestors = self.ancestors(category);
+        let ancestors = Self::ancestors(&self.lineage, category);
         let request = Request {
             event_id,
             placement,
