@@ -30,7 +30,7 @@ MINOR_BRACKETS = frozenset({"under_13", "13_17"})
 # Filter stages in the order a candidate meets them. A no-fill reports the furthest stage any
 # targeted candidate reached: "the reason that removed the last candidates".
 _PASS = -1
-_STAGES: tuple[NoFillReason, ...] = (
+STAGES: tuple[NoFillReason, ...] = (  # the compiled engine (auction/twin.py) is handed these names
     "no_candidates",
     "brand_safety",
     "user_hidden",
@@ -39,8 +39,8 @@ _STAGES: tuple[NoFillReason, ...] = (
     "pacing",
     "below_floor",
 )
-_TARGETING, _SAFETY, _HIDDEN, _CAP, _BUDGET, _PACING, _FLOOR = range(len(_STAGES))
-_STAGE_OF: dict[NoFillReason, int] = {reason: stage for stage, reason in enumerate(_STAGES)}
+_TARGETING, _SAFETY, _HIDDEN, _CAP, _BUDGET, _PACING, _FLOOR = range(len(STAGES))
+_STAGE_OF: dict[NoFillReason, int] = {reason: stage for stage, reason in enumerate(STAGES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +182,7 @@ class AuctionEngine:
 
         ranked = best_per_advertiser(rank(list(accepted.values()), request.event_id))
         if not ranked:
-            return AuctionResult(request.event_id, (), _STAGES[furthest], request.reserve_cpm_micros)
+            return AuctionResult(request.event_id, (), STAGES[furthest], request.reserve_cpm_micros)
         winners = []
         terms: frozenset[str] | None = None  # the request's phrase terms, once a winner has phrases
         for slot in price_slots(ranked, request.slots, request.reserve_cpm_micros, self.increment_micros):

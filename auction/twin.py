@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from auction.engine import MINOR_BRACKETS, UNSAFE_CATEGORIES, Policy, UserState
+from auction.engine import MINOR_BRACKETS, STAGES, UNSAFE_CATEGORIES, Policy, UserState
 from auction.fastpath import _native
 from auction.index import CampaignIndex
 from auction.model import AuctionRequest, AuctionResult, NoFillReason, Winner
@@ -86,4 +86,4 @@ def engine_twin(increment_micros: int) -> EngineTwin | None:
     if native is None or not hasattr(native, "Engine"):
         return None
     table = {code: list(lineage(code)) for code in IAB_CATEGORIES}
-    return EngineTwin(native.Engine(set(UNSAFE_CATEGORIES), set(MINOR_BRACKETS), table, increment_micros))
+    return EngineTwin(native.Engine(set(UNSAFE_CATEGORIES), set(MINOR_BRACKETS), table, increment_micros, list(STAGES)))

@@ -71,16 +71,9 @@ pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
 pub type FxHashSet<T> = HashSet<T, FxBuild>;
 
-/// Filter stages in the order a candidate meets them (`_STAGES` in auction/engine.py).
-pub const STAGES: [&str; 7] = [
-    "no_candidates",
-    "brand_safety",
-    "user_hidden",
-    "frequency_cap",
-    "budget",
-    "pacing",
-    "below_floor",
-];
+/// Filter stages in the order a candidate meets them: the positions of `STAGES` in
+/// auction/engine.py, which names them (handed over when the engine is made, and checked there).
+pub const STAGE_COUNT: usize = 7;
 const TARGETING: i8 = 0;
 const SAFETY: i8 = 1;
 const HIDDEN: i8 = 2;
@@ -95,13 +88,6 @@ const DAY_MS: i64 = 86_400_000;
 const PACING_TOLERANCE_BP: i128 = 200;
 const BASIS_POINTS: i128 = 10_000;
 const PHRASE_WORDS_MAX: usize = 6;
-
-pub fn stage_of(reason: &str) -> Option<i8> {
-    STAGES
-        .iter()
-        .position(|stage| *stage == reason)
-        .map(|position| position as i8)
-}
 
 pub struct Filters {
     pub negative_keywords: Option<FxHashSet<String>>,
@@ -222,7 +208,8 @@ pub struct Winner {
 
 pub enum Outcome {
     Winners(Vec<Winner>),
-    NoFill(&'static str),
+    Gated(&'static str), // a gate's reason (`_gate`)
+    NoFill(i8),          // the furthest stage a candidate reached
 }
 
 #[derive(Default)]
@@ -528,7 +515,7 @@ impl Engine {
 
     fn run_with(&self, request: &Request, person: &Person, scan: &mut Scan) -> Option<Outcome> {
         if let Some(reason) = self.gate(request) {
-            return Some(Outcome::NoFill(reason));
+            return Some(Outcome::Gated(reason));
         }
         let need = request.slots + 1;
         let mut furthest = TARGETING;
@@ -562,7 +549,7 @@ impl Engine {
         scan.advertisers = advertisers;
         let ranked = self.best_per_advertiser(self.rank(&scan.accepted, request.event_id)?);
         if ranked.is_empty() {
-            return Some(Outcome::NoFill(STAGES[furthest as usize]));
+            return Some(Outcome::NoFill(furthest));
         }
         let mut terms: Option<FxHashSet<&str>> = None;
         let mut winners = Vec::new();

@@ -3,7 +3,7 @@
 //! keeps in step with its own, and runs auctions on `AuctionRequest` fields.
 
 use crate::engine::{
-    stage_of, Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term,
+    Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term, STAGE_COUNT,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -27,6 +27,8 @@ pub struct PyEngine {
     /// Campaigns whose numbers this copy cannot hold (past 128 bits): while any is held, every
     /// auction is left to Python.
     unsupported: HashSet<String>,
+    /// The filter stages' names, in the engine's order (`STAGES` in auction/engine.py).
+    stages: Vec<String>,
 }
 
 fn strings(value: &Bound<'_, PyAny>) -> PyResult<Option<FxHashSet<String>>> {
@@ -148,15 +150,23 @@ impl PyEngine {
         minor_brackets: FxHashSet<String>,
         lineage: HashMap<String, Vec<String>>,
         increment_micros: u128,
-    ) -> Self {
+        stages: Vec<String>,
+    ) -> PyResult<Self> {
+        if stages.len() != STAGE_COUNT {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "stages: the engine has {STAGE_COUNT} filter stages, got {}",
+                stages.len()
+            )));
+        }
         let mut core = Core::default();
         (core.unsafe_categories, core.minor_brackets, core.increment_micros) =
             (unsafe_categories, minor_brackets, increment_micros);
-        PyEngine {
+        Ok(PyEngine {
             core,
             lineage,
             unsupported: HashSet::new(),
-        }
+            stages,
+        })
     }
 
     fn set_policy(
@@ -278,7 +288,7 @@ impl PyEngine {
         if let Some(refused) = refused {
             for (campaign_id, reason) in refused.iter() {
                 let reason: String = reason.extract()?;
-                let Some(stage) = stage_of(&reason) else {
+                let Some(stage) = self.stages.iter().position(|name| *name == reason).map(|at| at as i8) else {
                     return Ok(None);
                 };
                 refused_pairs.push((campaign_id.downcast_into::<PyString>()?, stage));
@@ -326,9 +336,16 @@ impl PyEngine {
             return Ok(None);
         };
         let answer = match outcome {
-            Outcome::NoFill(reason) => {
+            Outcome::Gated(reason) => {
                 PyTuple::new(py, [PyString::intern(py, reason).into_any(), py.None().into_bound(py)])?
             }
+            Outcome::NoFill(stage) => PyTuple::new(
+                py,
+                [
+                    PyString::intern(py, &self.stages[stage as usize]).into_any(),
+                    py.None().into_bound(py),
+                ],
+            )?,
             Outcome::Winners(winners) => {
                 let list = PyList::empty(py);
                 for winner in winners {
