@@ -70,6 +70,8 @@ class Twin(Protocol):
 
     def set_policy(self, policy: Policy) -> None: ...
 
+    def set_increment(self, increment_micros: int) -> None: ...
+
     def run(self, request: AuctionRequest, user: UserState | None,
             refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None: ...
 
@@ -85,11 +87,11 @@ class AuctionEngine:
     ) -> None:
         self.twin = twin
         self._index = index
-        self.spend = spend if spend is not None else SpendView()
+        self._spend = spend if spend is not None else SpendView()
         self.policy = policy if policy is not None else Policy()
         self.increment_micros = increment_micros
         if twin is not None:
-            twin.attach(index, self.spend)
+            twin.attach(index, self._spend)
 
     @property
     def index(self) -> CampaignIndex:
@@ -99,7 +101,27 @@ class AuctionEngine:
     def index(self, index: CampaignIndex) -> None:
         self._index = index
         if self.twin is not None:
-            self.twin.attach(index, self.spend)
+            self.twin.attach(index, self._spend)
+
+    @property
+    def spend(self) -> SpendView:
+        return self._spend
+
+    @spend.setter
+    def spend(self, spend: SpendView) -> None:
+        self._spend = spend
+        if self.twin is not None:
+            self.twin.attach(self._index, spend)
+
+    @property
+    def increment_micros(self) -> int:
+        return self._increment_micros
+
+    @increment_micros.setter
+    def increment_micros(self, increment_micros: int) -> None:
+        self._increment_micros = increment_micros
+        if self.twin is not None:
+            self.twin.set_increment(increment_micros)
 
     @property
     def policy(self) -> Policy:

@@ -81,7 +81,9 @@ class CampaignIndex:
     def build(cls, campaigns: Iterable[Campaign]) -> CampaignIndex:
         """Bulk build: append everywhere, then sort each list once (much faster than inserts)."""
         index = cls()
-        for campaign in campaigns:
+        # One campaign per id, the last one given (as a dict keeps it): a duplicate once stayed in
+        # the posting lists, out of reach of remove() and unknown to the compiled engine's copy.
+        for campaign in {campaign.campaign_id: campaign for campaign in campaigns}.values():
             if not campaign.active:
                 continue
             index.campaigns[campaign.campaign_id] = campaign

@@ -26,16 +26,24 @@ class EngineTwin:
     def __init__(self, native: Any) -> None:
         self.native = native
         self._index = CampaignIndex()
+        self._spend = SpendView()
         # Auctions decided here, and left to the Python engine (the worker's metric reads both).
         self.decided = 0
         self.left = 0
 
     def attach(self, index: CampaignIndex, spend: SpendView) -> None:
-        """Copy this index and spend view, and be told their changes from now on."""
+        """Copy this index and spend view, and be told their changes from now on. An index or
+        spend view tells one twin: another engine's twin may not take it over (it would stop
+        hearing of changes and answer from a stale copy)."""
         native = self.native
-        if self._index is not index:
+        for told in (index, spend):
+            if told.mirror is not None and told.mirror is not native:
+                raise ValueError(f"{type(told).__name__}: it already keeps another compiled engine in step")
+        if self._index is not index and self._index.mirror is native:
             self._index.mirror = None
-        self._index = index
+        if self._spend is not spend and self._spend.mirror is native:
+            self._spend.mirror = None
+        self._index, self._spend = index, spend
         index.mirror = native
         native.build(list(index.campaigns.values()))
         spend.mirror = native
@@ -48,6 +56,9 @@ class EngineTwin:
     def set_policy(self, policy: Policy) -> None:
         self.native.set_policy(set(policy.blocked_safety_labels), set(policy.sensitive_categories),
                                set(policy.restricted_verticals))
+
+    def set_increment(self, increment_micros: int) -> None:
+        self.native.set_increment(increment_micros)
 
     def held(self) -> tuple[int, int]:
         """(campaigns the copy holds, campaigns it could not copy: while any, Python decides)."""

@@ -322,6 +322,14 @@ impl Engine {
         families
     }
 
+    /// No campaigns and no terms: before a whole index is copied again (the terms of campaigns
+    /// gone since are let go).
+    pub fn clear_terms(&mut self) {
+        self.clear();
+        self.terms.clear();
+        self.term_list.clear();
+    }
+
     pub fn clear(&mut self) {
         let policy = std::mem::take(&mut self.policy);
         let unsafe_categories = std::mem::take(&mut self.unsafe_categories);

@@ -27,6 +27,8 @@ pub struct PyEngine {
     /// Campaigns whose numbers this copy cannot hold (past 128 bits): while any is held, every
     /// auction is left to Python.
     unsupported: HashSet<String>,
+    /// Campaigns whose spend today does not fit 64 bits: while any, every auction is left to Python.
+    odd_spend: HashSet<String>,
     /// The filter stages' names, in the engine's order (`STAGES` in auction/engine.py).
     stages: Vec<String>,
 }
@@ -42,6 +44,34 @@ fn strings(value: &Bound<'_, PyAny>) -> PyResult<Option<FxHashSet<String>>> {
 fn terms(words: &Bound<'_, PyAny>, core: &mut Core) -> PyResult<Box<[u32]>> {
     let words: Vec<String> = words.extract()?;
     Ok(words.iter().map(|word| core.term(word)).collect())
+}
+
+/// More slots than any request asks for (the schema allows a few): such a request is Python's.
+const MAX_SLOTS: u64 = 1_000;
+
+/// The strings of a frozenset (or an empty list for None); None when it is not a frozenset of str.
+fn strings_of<'py>(set: Option<&Bound<'py, PyAny>>) -> Option<Vec<Bound<'py, PyString>>> {
+    let Some(set) = set else { return Some(Vec::new()) };
+    let set = set.downcast::<PyFrozenSet>().ok()?;
+    set.iter().map(|item| item.downcast_into::<PyString>().ok()).collect()
+}
+
+/// Stands for a campaign whose id cannot be read: while held, Python decides every auction.
+const UNREADABLE: &str = "\u{0}unreadable";
+
+fn id_of(campaign: &Bound<'_, PyAny>) -> Option<String> {
+    campaign
+        .getattr(intern!(campaign.py(), "campaign_id"))
+        .ok()?
+        .extract()
+        .ok()
+}
+
+/// Whether a campaign the index would hold is active (an unreadable flag counts as active, so
+/// that Python decides).
+fn found_active(campaign: &Bound<'_, PyAny>) -> bool {
+    let active = campaign.getattr(intern!(campaign.py(), "active"));
+    active.and_then(|value| value.extract::<bool>()).unwrap_or(true)
 }
 
 /// Copies made once for the Python objects campaigns share (`shared_filters`, `_shared`), by the
@@ -113,13 +143,15 @@ fn campaign_of<'py>(campaign: &Bound<'py, PyAny>, core: &mut Core, shared: &mut 
 
 impl PyEngine {
     /// This copy of a Python campaign, or None when it cannot hold it exactly.
-    fn copy_of(&mut self, campaign: &Bound<'_, PyAny>, shared: &mut Shared) -> PyResult<Result<Campaign, String>> {
+    /// This copy of a Python campaign; else `Err(Some(id))` when it is active and cannot be held
+    /// exactly (so Python decides while it is in the index), `Err(None)` when it is paused.
+    fn copy_of(&mut self, campaign: &Bound<'_, PyAny>, shared: &mut Shared) -> Result<Campaign, Option<String>> {
         match campaign_of(campaign, &mut self.core, shared) {
-            Ok(copy) if copy.rank_key_is_consistent() => Ok(Ok(copy)),
-            Ok(copy) => Ok(Err(copy.campaign_id.to_string())),
-            Err(_) => Ok(Err(campaign
-                .getattr(intern!(campaign.py(), "campaign_id"))?
-                .extract()?)),
+            Ok(copy) if copy.rank_key_is_consistent() => Ok(copy),
+            Ok(copy) if !copy.active => Err(None),
+            Ok(copy) => Err(Some(copy.campaign_id.to_string())),
+            Err(_) if !found_active(campaign) => Err(None),
+            Err(_) => Err(Some(id_of(campaign).unwrap_or_else(|| UNREADABLE.to_string()))),
         }
     }
 
@@ -165,6 +197,7 @@ impl PyEngine {
             core,
             lineage,
             unsupported: HashSet::new(),
+            odd_spend: HashSet::new(),
             stages,
         })
     }
@@ -183,34 +216,42 @@ impl PyEngine {
     }
 
     /// The whole index again (`CampaignIndex.build`'s campaigns, in its order).
-    fn build(&mut self, campaigns: &Bound<'_, PyList>) -> PyResult<()> {
+    /// Never fails part way: a campaign it cannot copy is named in `unsupported` instead.
+    fn build(&mut self, campaigns: &Bound<'_, PyList>) {
         self.unsupported.clear();
+        self.core.clear_terms(); // every campaign's terms are numbered again
         let mut copies = Vec::with_capacity(campaigns.len());
         let mut shared = Shared::default();
         for campaign in campaigns.iter() {
-            match self.copy_of(&campaign, &mut shared)? {
+            match self.copy_of(&campaign, &mut shared) {
                 Ok(copy) => copies.push(copy),
-                Err(campaign_id) => {
+                Err(Some(campaign_id)) => {
                     self.unsupported.insert(campaign_id);
                 }
+                Err(None) => {} // paused: not in the index
             }
         }
         self.core.build(copies);
-        Ok(())
     }
 
-    fn upsert(&mut self, campaign: &Bound<'_, PyAny>) -> PyResult<()> {
-        match self.copy_of(campaign, &mut Shared::default())? {
+    fn upsert(&mut self, campaign: &Bound<'_, PyAny>) {
+        match self.copy_of(campaign, &mut Shared::default()) {
             Ok(copy) => {
                 self.unsupported.remove(&*copy.campaign_id);
                 self.core.upsert(copy);
             }
-            Err(campaign_id) => {
+            Err(found) => {
+                let campaign_id = found
+                    .or_else(|| id_of(campaign))
+                    .unwrap_or_else(|| UNREADABLE.to_string());
                 self.core.remove(&campaign_id);
-                self.unsupported.insert(campaign_id);
+                if found_active(campaign) {
+                    self.unsupported.insert(campaign_id);
+                } else {
+                    self.unsupported.remove(&campaign_id);
+                }
             }
         }
-        Ok(())
     }
 
     fn remove(&mut self, campaign_id: &str) {
@@ -223,12 +264,28 @@ impl PyEngine {
         (self.core.len(), self.unsupported.len())
     }
 
+    fn set_increment(&mut self, increment_micros: u128) {
+        self.core.increment_micros = increment_micros;
+    }
+
     fn spend_clear(&mut self) {
+        self.odd_spend.clear();
         self.core.spend_clear();
     }
 
-    fn spend_set(&mut self, campaign_id: String, today_micros: i128, blocked: bool) {
-        self.core.spend_set(campaign_id, today_micros, blocked);
+    /// `SpendView.record`. Spend past 64 bits (Redis's counters never get there) cannot be paced
+    /// exactly here: Python decides while the view holds such a figure.
+    fn spend_set(&mut self, campaign_id: String, today_micros: &Bound<'_, PyAny>, blocked: bool) {
+        match today_micros.extract::<i64>() {
+            Ok(today) => {
+                self.odd_spend.remove(&campaign_id);
+                self.core.spend_set(campaign_id, i128::from(today), blocked);
+            }
+            Err(_) => {
+                self.odd_spend.insert(campaign_id.clone());
+                self.core.spend_set(campaign_id, 0, blocked);
+            }
+        }
     }
 
     fn spend_block(&mut self, campaign_id: String) {
@@ -247,59 +304,64 @@ impl PyEngine {
         py: Python<'py>,
         event_id: &str,
         placement: &str,
-        slots: usize,
-        reserve_cpm_micros: u64,
+        slots: &Bound<'py, PyAny>,
+        reserve_cpm_micros: &Bound<'py, PyAny>,
         category: Option<&str>,
-        keywords: &Bound<'py, PyFrozenSet>,
+        keywords: &Bound<'py, PyAny>,
         locale: &str,
         country: &str,
         device: &str,
-        safety_labels: &Bound<'py, PyFrozenSet>,
+        safety_labels: &Bound<'py, PyAny>,
         consent_ads: bool,
         age_bracket: &str,
         now_ms: i64,
-        hidden: Option<&Bound<'py, PyFrozenSet>>,
-        capped: Option<&Bound<'py, PyFrozenSet>>,
-        refused: Option<&Bound<'py, PyDict>>,
+        hidden: Option<&Bound<'py, PyAny>>,
+        capped: Option<&Bound<'py, PyAny>>,
+        refused: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        if !self.unsupported.is_empty() {
+        if !self.unsupported.is_empty() || !self.odd_spend.is_empty() {
             return Ok(None);
         }
-        let keyword_strings: Vec<Bound<'py, PyString>> = keywords
-            .iter()
-            .map(|keyword| keyword.downcast_into::<PyString>())
-            .collect::<Result<_, _>>()?;
-        let label_strings: Vec<Bound<'py, PyString>> = safety_labels
-            .iter()
-            .map(|label| label.downcast_into::<PyString>())
-            .collect::<Result<_, _>>()?;
-        let set_of = |set: Option<&Bound<'py, PyFrozenSet>>| -> PyResult<Vec<Bound<'py, PyString>>> {
-            match set {
-                None => Ok(Vec::new()),
-                Some(set) => Ok(set
-                    .iter()
-                    .map(|item| item.downcast_into::<PyString>())
-                    .collect::<Result<_, _>>()?),
-            }
+        // Values of another type or range than the schema lets through are the Python engine's
+        // to decide (or to refuse): the compiled one answers None, never raises for them.
+        let (Ok(slots), Ok(reserve_cpm_micros)) = (slots.extract::<u64>(), reserve_cpm_micros.extract::<u64>()) else {
+            return Ok(None);
         };
-        let hidden_strings = set_of(hidden)?;
-        let capped_strings = set_of(capped)?;
+        if slots == 0 || slots > MAX_SLOTS {
+            return Ok(None);
+        }
+        let Some(keyword_strings) = strings_of(Some(keywords)) else {
+            return Ok(None);
+        };
+        let Some(label_strings) = strings_of(Some(safety_labels)) else {
+            return Ok(None);
+        };
+        let (Some(hidden_strings), Some(capped_strings)) = (strings_of(hidden), strings_of(capped)) else {
+            return Ok(None);
+        };
         let mut refused_pairs: Vec<(Bound<'py, PyString>, i8)> = Vec::new();
         if let Some(refused) = refused {
+            let Ok(refused) = refused.downcast::<PyDict>() else {
+                return Ok(None);
+            };
             for (campaign_id, reason) in refused.iter() {
-                let reason: String = reason.extract()?;
+                let (Ok(campaign_id), Ok(reason)) =
+                    (campaign_id.downcast_into::<PyString>(), reason.extract::<String>())
+                else {
+                    return Ok(None);
+                };
                 let Some(stage) = self.stages.iter().position(|name| *name == reason).map(|at| at as i8) else {
                     return Ok(None);
                 };
-                refused_pairs.push((campaign_id.downcast_into::<PyString>()?, stage));
+                refused_pairs.push((campaign_id, stage));
             }
         }
         let ancestors = Self::ancestors(&self.lineage, category);
         let request = Request {
             event_id,
             placement,
-            slots,
-            reserve_cpm_micros: reserve_cpm_micros as u128,
+            slots: slots as usize,
+            reserve_cpm_micros: u128::from(reserve_cpm_micros),
             ancestors: &ancestors,
             keywords: keyword_strings
                 .iter()

@@ -94,6 +94,9 @@ class StrictTwin:
     def set_policy(self, policy: Policy) -> None:
         self.twin.set_policy(policy)
 
+    def set_increment(self, increment_micros: int) -> None:
+        self.twin.set_increment(increment_micros)
+
     def run(self, request: AuctionRequest, user: UserState | None,
             refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None:
         result = self.twin.run(request, user, refused)
