@@ -81,12 +81,16 @@ class CampaignIndex:
     def build(cls, campaigns: Iterable[Campaign]) -> CampaignIndex:
         """Bulk build: append everywhere, then sort each list once (much faster than inserts)."""
         index = cls()
-        # One campaign per id, the last one given (as a dict keeps it): a duplicate once stayed in
-        # the posting lists, out of reach of remove() and unknown to the compiled engine's copy.
-        for campaign in {campaign.campaign_id: campaign for campaign in campaigns}.values():
+        held = index.campaigns
+        for campaign in campaigns:
+            # One campaign per id, the last one given: a duplicate once stayed in the posting
+            # lists, out of reach of remove() and unknown to the compiled engine's copy.
+            earlier = held.pop(campaign.campaign_id, None)
+            if earlier is not None:
+                index._unpost(earlier)
             if not campaign.active:
                 continue
-            index.campaigns[campaign.campaign_id] = campaign
+            held[campaign.campaign_id] = campaign
             families = index._families(campaign)
             if not families:
                 index.untargeted.append(campaign)
@@ -102,6 +106,12 @@ class CampaignIndex:
                 table[term] = postings[:]  # exactly its size: appends left up to 1/8 spare
         index.untargeted.sort(key=_order)
         return index
+
+    def _unpost(self, campaign: Campaign) -> None:
+        """Take a campaign out of the unsorted lists of a build (a duplicate id: rare)."""
+        for postings in self._lists_of(campaign, create=False):
+            postings.remove(campaign)
+        self._drop_empty(campaign)
 
     def upsert(self, campaign: Campaign) -> None:
         """Add, change or (when paused) withdraw one campaign."""
