@@ -11,7 +11,7 @@ steps are what ships). Each arm's worker says which it ran in its start line (`"
 `reports/fastpath-ab/`.
 
 `--switch CODE` puts other code in the reference arm's `sitecustomize`, to A/B any change that one
-line of Python undoes in the worker (e.g. `import auction.worker as w; w.FIRST_CHUNK = 512`): the
+line of Python undoes in the worker (e.g. `import auction.worker as w; w.RESERVE_CHUNK = 256`): the
 reference arm is then the worker with CODE run first, the compiled arm the worker as built.
 """
 
