@@ -90,8 +90,12 @@ class AuctionEngine:
         self._spend = spend if spend is not None else SpendView()
         self.policy = policy if policy is not None else Policy()
         self.increment_micros = increment_micros
-        if twin is not None:
-            twin.attach(index, self._spend)
+        self._attach_twin()
+
+    def _attach_twin(self) -> None:
+        """The twin copies the index and spend view this engine reads now, and follows them."""
+        if self.twin is not None:
+            self.twin.attach(self._index, self._spend)
 
     @property
     def index(self) -> CampaignIndex:
@@ -100,8 +104,7 @@ class AuctionEngine:
     @index.setter
     def index(self, index: CampaignIndex) -> None:
         self._index = index
-        if self.twin is not None:
-            self.twin.attach(index, self._spend)
+        self._attach_twin()
 
     @property
     def spend(self) -> SpendView:
@@ -110,8 +113,7 @@ class AuctionEngine:
     @spend.setter
     def spend(self, spend: SpendView) -> None:
         self._spend = spend
-        if self.twin is not None:
-            self.twin.attach(self._index, spend)
+        self._attach_twin()
 
     @property
     def increment_micros(self) -> int:

@@ -50,7 +50,7 @@ class EngineTwin:
         native.spend_clear()
         for campaign_id, today_micros in spend.today_micros.items():
             native.spend_set(campaign_id, today_micros, campaign_id in spend.blocked)
-        for campaign_id in spend.blocked:
+        for campaign_id in spend.blocked - spend.today_micros.keys():  # refused for budget, no spend seen
             native.spend_block(campaign_id)
 
     def set_policy(self, policy: Policy) -> None:

@@ -220,9 +220,8 @@ pub struct Engine {
     advertiser_numbers: FxHashMap<Term, u32>,
     terms: FxHashMap<Term, u32>,
     term_list: Vec<Term>,
-    by_keyword: FxHashMap<Term, Vec<u32>>,
-    by_phrase: FxHashMap<Term, Vec<u32>>,
-    by_category: FxHashMap<Term, Vec<u32>>,
+    /// Posting lists by term, one table per `Family` (exact keywords, phrases, categories).
+    tables: [FxHashMap<Term, Vec<u32>>; 3],
     untargeted: Vec<u32>,
     pub policy: Policy,
     pub unsafe_categories: FxHashSet<String>,
@@ -235,6 +234,7 @@ pub struct Engine {
     scratch: Scan,
 }
 
+#[derive(Clone, Copy)]
 enum Family {
     Keyword,
     Phrase,
@@ -372,11 +372,7 @@ impl Engine {
             place(&mut self.untargeted);
         }
         for (family, terms) in families {
-            let table = match family {
-                Family::Keyword => &mut self.by_keyword,
-                Family::Phrase => &mut self.by_phrase,
-                Family::Category => &mut self.by_category,
-            };
+            let table = &mut self.tables[family as usize];
             for term in terms {
                 place(table.entry(term).or_default());
             }
@@ -394,7 +390,7 @@ impl Engine {
         }
         let campaigns = &self.campaigns;
         let key = |slot: &u32| std::cmp::Reverse(campaigns[*slot as usize].as_ref().map_or(0, |c| c.rank_key));
-        for table in [&mut self.by_keyword, &mut self.by_phrase, &mut self.by_category] {
+        for table in &mut self.tables {
             for list in table.values_mut() {
                 list.sort_by_key(key);
                 list.shrink_to_fit(); // exactly its size: appends left up to half spare
@@ -461,11 +457,7 @@ impl Engine {
             self.untargeted.retain(|other| *other != slot);
         }
         for (family, terms) in &families {
-            let table = match family {
-                Family::Keyword => &mut self.by_keyword,
-                Family::Phrase => &mut self.by_phrase,
-                Family::Category => &mut self.by_category,
-            };
+            let table = &mut self.tables[*family as usize];
             for term in terms {
                 if let Some(list) = table.get_mut(term) {
                     list.retain(|other| *other != slot);
@@ -594,21 +586,22 @@ impl Engine {
     fn lists_for<'a>(&'a self, request: &Request) -> Vec<&'a [u32]> {
         let mut walk: Vec<&'a [u32]> = Vec::new();
         for keyword in &request.keywords {
-            self.add(&mut walk, self.by_keyword.get(*keyword));
+            self.add(&mut walk, self.tables[Family::Keyword as usize].get(*keyword));
         }
-        if !self.by_phrase.is_empty() {
+        let by_phrase = &self.tables[Family::Phrase as usize];
+        if !by_phrase.is_empty() {
             for keyword in &request.keywords {
                 if keyword.contains(' ') {
                     for term in phrase_terms(keyword) {
-                        self.add(&mut walk, self.by_phrase.get(term));
+                        self.add(&mut walk, by_phrase.get(term));
                     }
                 } else {
-                    self.add(&mut walk, self.by_phrase.get(*keyword));
+                    self.add(&mut walk, by_phrase.get(*keyword));
                 }
             }
         }
         for code in request.ancestors {
-            self.add(&mut walk, self.by_category.get(code.as_str()));
+            self.add(&mut walk, self.tables[Family::Category as usize].get(code.as_str()));
         }
         self.add(&mut walk, Some(&self.untargeted));
         walk

@@ -56,6 +56,11 @@ fn strings_of<'py>(set: Option<&Bound<'py, PyAny>>) -> Option<Vec<Bound<'py, PyS
     set.iter().map(|item| item.downcast_into::<PyString>().ok()).collect()
 }
 
+/// The text of each string, borrowed.
+fn texts<'a>(strings: &'a [Bound<'_, PyString>]) -> PyResult<Vec<&'a str>> {
+    strings.iter().map(|text| text.to_str()).collect()
+}
+
 /// Stands for a campaign whose id cannot be read: while held, Python decides every auction.
 const UNREADABLE: &str = "\u{0}unreadable";
 
@@ -363,17 +368,11 @@ impl PyEngine {
             slots: slots as usize,
             reserve_cpm_micros: u128::from(reserve_cpm_micros),
             ancestors: &ancestors,
-            keywords: keyword_strings
-                .iter()
-                .map(|keyword| keyword.to_str())
-                .collect::<Result<_, _>>()?,
+            keywords: texts(&keyword_strings)?,
             locale,
             country,
             device,
-            safety_labels: label_strings
-                .iter()
-                .map(|label| label.to_str())
-                .collect::<Result<_, _>>()?,
+            safety_labels: texts(&label_strings)?,
             consent_ads,
             age_bracket,
             now_ms,
@@ -397,17 +396,11 @@ impl PyEngine {
         let Some(outcome) = self.core.run(&request, &person) else {
             return Ok(None);
         };
+        let no_fill =
+            |reason: &str| PyTuple::new(py, [PyString::intern(py, reason).into_any(), py.None().into_bound(py)]);
         let answer = match outcome {
-            Outcome::Gated(reason) => {
-                PyTuple::new(py, [PyString::intern(py, reason).into_any(), py.None().into_bound(py)])?
-            }
-            Outcome::NoFill(stage) => PyTuple::new(
-                py,
-                [
-                    PyString::intern(py, &self.stages[stage as usize]).into_any(),
-                    py.None().into_bound(py),
-                ],
-            )?,
+            Outcome::Gated(reason) => no_fill(reason)?,
+            Outcome::NoFill(stage) => no_fill(&self.stages[stage as usize])?,
             Outcome::Winners(winners) => {
                 let list = PyList::empty(py);
                 for winner in winners {
