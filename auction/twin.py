@@ -14,12 +14,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from auction.budgets import Reservation
 from auction.engine import MINOR_BRACKETS, STAGES, UNSAFE_CATEGORIES, Policy, UserState
-from auction.fastpath import _native
+from auction.fastpath import Fields, _native
 from auction.index import CampaignIndex
 from auction.model import AuctionRequest, AuctionResult, NoFillReason, Winner
 from auction.pacing import SpendView
+from auction.records import LABEL
+from schemas.checks import Record
 from schemas.iab import IAB_CATEGORIES, lineage
+
+# `EngineTwin.claim`: the records as `Writer.write` writes them, then the Redis reservations.
+Claimed = tuple[list[bytes], list[str], str | None, bytes, list[Reservation]]
 
 
 class EngineTwin:
@@ -27,9 +33,11 @@ class EngineTwin:
         self.native = native
         self._index = CampaignIndex()
         self._spend = SpendView()
-        # Auctions decided here, and left to the Python engine (the worker's metric reads both).
+        # Auctions decided here, and left to the Python engine (the worker's metric reads both);
+        # of those decided, the ones `claim` also wrote.
         self.decided = 0
         self.left = 0
+        self.claimed = 0
 
     def attach(self, index: CampaignIndex, spend: SpendView) -> None:
         """Copy this index and spend view, and be told their changes from now on. An index or
@@ -65,6 +73,26 @@ class EngineTwin:
         held: tuple[int, int] = self.native.sizes()
         return held
 
+    def claim(self, request: AuctionRequest, user: UserState | None, refused: Mapping[str, NoFillReason] | None,
+              fields: Fields, ts_decided: int, creatives: Mapping[str, list[Record]]) -> Claimed | None:
+        """`run`, then its records and reservations, in one compiled step: what the worker's
+        `outcome_of`, `Writer.write` and reservations make of the result (personalized false),
+        equal to the byte (tests/auction/test_twin.py). None: the worker takes those steps."""
+        hidden = capped = None
+        if user is not None:
+            hidden, capped = user.hidden_advertisers, user.capped_campaigns
+        claimed: Claimed | None = self.native.claim(
+            fields, ts_decided, creatives,
+            request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
+            request.keywords, request.locale, request.country, request.device, request.safety_labels,
+            request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,
+            dict(refused) if refused else None,
+        )
+        if claimed is not None:
+            self.decided += 1
+            self.claimed += 1
+        return claimed
+
     def run(self, request: AuctionRequest, user: UserState | None,
             refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None:
         hidden = capped = None
@@ -97,4 +125,5 @@ def engine_twin(increment_micros: int) -> EngineTwin | None:
     if native is None or not hasattr(native, "Engine"):
         return None
     table = {code: list(lineage(code)) for code in IAB_CATEGORIES}
-    return EngineTwin(native.Engine(set(UNSAFE_CATEGORIES), set(MINOR_BRACKETS), table, increment_micros, list(STAGES)))
+    return EngineTwin(native.Engine(set(UNSAFE_CATEGORIES), set(MINOR_BRACKETS), table, increment_micros, list(STAGES),
+                                    LABEL, Reservation))

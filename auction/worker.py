@@ -88,6 +88,20 @@ class Pending:
         self.no_fill_reason = None
 
 
+def reservations_of(result: AuctionResult) -> list[Reservation]:
+    """What Redis must reserve for each winner: a CPM winner's charge (at least a micro must be
+    left in the budget), a CPC winner one click at its price; its frequency cap and advertiser."""
+    reservations = []
+    for winner in result.winners:
+        campaign = winner.campaign
+        cap_max, cap_window = campaign.frequency_cap or (0, 0)
+        need = max(1, winner.charge_micros) if campaign.bid_type == "cpm" else winner.price_micros
+        reservations.append(
+            Reservation(campaign.campaign_id, winner.charge_micros, need, cap_max, cap_window, campaign.advertiser_id)
+        )
+    return reservations
+
+
 class AuctionRole:
     """Auctions a batch of intents: the loop's `process` for chat.intents."""
 
@@ -165,7 +179,7 @@ class AuctionRole:
             for start in range(0, len(pending), RESERVE_CHUNK):
                 chunk = pending[start : start + RESERVE_CHUNK]
                 began = time.perf_counter()
-                claims = [self._claim(item, self._auction(item, now_ms, rounds), now_ms) for item in chunk]
+                claims = [self._decide(item, now_ms, rounds) for item in chunk]
                 engine_seconds += time.perf_counter() - began
                 auctions += len(chunk)
                 if in_flight is not None:
@@ -205,6 +219,20 @@ class AuctionRole:
                 tally.intake_compiled += 1
             pending.append(Pending(record, found[1], found[0]))
 
+    def _decide(self, item: Pending, now_ms: int, rounds: int) -> Claim:
+        """The auction and its claim: in one compiled step where the twin can take both, else
+        the engine, then `_claim`."""
+        twin = self.twin
+        if twin is not None and rounds <= MAX_REFUSAL_ROUNDS:
+            request = item.request
+            claimed = twin.claim(request, self.people.state_for(request.user_id, now_ms), item.refused, item.intent,
+                                 now_ms, self.live.creatives)
+            if claimed is not None:
+                item.encoded, item.impression_ids, item.no_fill_reason, compact, reservations = claimed
+                return Claim(event_id=request.event_id, source=f"{item.record.partition}:{item.record.offset}",
+                             user_id=request.user_id, outcome=compact, reservations=reservations)
+        return self._claim(item, self._auction(item, now_ms, rounds), now_ms)
+
     def _auction(self, item: Pending, now_ms: int, rounds: int) -> AuctionResult:
         result = self.engine.run(item.request, self.people.state_for(item.request.user_id, now_ms), item.refused)
         if rounds > MAX_REFUSAL_ROUNDS and result.winners:
@@ -219,20 +247,12 @@ class AuctionRole:
         they were built from, to build the same bytes again on a replay."""
         outcome = outcome_of(item.request.event_id, result, now_ms, self.live.creatives, personalized=False)
         compact = self._set_records(self.writer, item, outcome)
-        reservations = []
-        for winner in result.winners:
-            campaign = winner.campaign
-            cap_max, cap_window = campaign.frequency_cap or (0, 0)
-            need = max(1, winner.charge_micros) if campaign.bid_type == "cpm" else winner.price_micros
-            reservations.append(
-                Reservation(campaign.campaign_id, winner.charge_micros, need, cap_max, cap_window, campaign.advertiser_id)
-            )
         return Claim(
             event_id=item.request.event_id,
             source=f"{item.record.partition}:{item.record.offset}",
             user_id=item.request.user_id,
             outcome=compact,
-            reservations=reservations,
+            reservations=reservations_of(result),
         )
 
     @staticmethod

@@ -3,8 +3,9 @@
 The auction role's own steps, in process on the bench's workload (1,000 active campaigns, the
 worker's batch size), against the real Redis and without Kafka: the intake (decoding and
 validating each intent and making its auction request, as the worker does: compiled where the
-Rust intake is built, `fastpath` says which), the engine, the records (built and encoded: compiled where the Rust writer is built; and the Redis claim),
-the reservation call (the client's side, and Redis's own CPU from `INFO cpu`), and turning the
+Rust intake is built, `fastpath` says which), the auction (the engine, the records built and
+encoded, and the Redis claim: one compiled step where the engine's twin is built, `auction_path`
+says which), the reservation call (the client's side, and Redis's own CPU from `INFO cpu`), and turning the
 answers into the records to publish. The worker's garbage-collection policy and its event loop
 (uvloop) are in force. What Kafka costs the same process is the transactional loop's figure in the
 throughput stage.
@@ -12,7 +13,9 @@ throughput stage.
 These are the floors the issue of the worker's speed asks for: each step's µs per event, so a
 target can be checked against the sum before anything is rewritten. Beside them, what the kept
 outcomes cost Redis in bytes: the outcomes one reservation call keeps (its blob, held until the
-batch commits) and what the calls add to the append-only file, per event.
+batch commits) and what the calls add to the append-only file, per event. And, on the same
+intents in the same rounds, the auction taken as two steps, the engine then the records, as the
+worker takes it where the compiled step leaves an event (`separate`): what joining them saves.
 
 `python -m loadtests.worker_stages [--events N] [--rounds R]` prints the figures as JSON.
 """
@@ -50,7 +53,8 @@ from loadtests import workload
 from loadtests.stack import apply, cleanup, create_topics, isolated, new_tag
 
 ACTIVE_CAMPAIGNS = 1_000  # the throughput stage's
-STEPS = ("intake", "engine", "records", "reserve_client", "redis_server", "answers")
+STEPS = ("intake", "auction", "reserve_client", "redis_server", "answers")
+SEPARATE = ("engine", "records")  # the auction as two steps
 
 
 class _NoLoop:
@@ -76,7 +80,7 @@ async def _aof_size(redis: Redis) -> tuple[int, int] | None:
 async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> tuple[dict[str, float], dict[str, int | None]]:
     """Every step over `raws`, batch by batch as the worker takes them: CPU seconds per step, and
     the bytes of kept outcomes and of the AOF (None when unknown: no AOF, or it was rewritten)."""
-    spent = dict.fromkeys(STEPS, 0.0)
+    spent = dict.fromkeys(STEPS + SEPARATE, 0.0)
     kept = 0
     aof_before = await _aof_size(redis)
     now_ms = int(time.time() * 1000)
@@ -90,14 +94,18 @@ async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> tupl
         pending: list[Pending] = []
         began = clock()
         role._read_intents(records, now_ms, pending, [], Tally())  # noqa: SLF001
-        began_engine = clock()
+        began_separate = clock()
         results = [role._auction(item, now_ms, 1) for item in pending]  # noqa: SLF001
         auctioned = clock()
-        claims = [role._claim(item, result, now_ms) for item, result in zip(pending, results, strict=True)]  # noqa: SLF001
-        claimed = clock()
-        spent["intake"] += began_engine - began
-        spent["engine"] += auctioned - began_engine
-        spent["records"] += claimed - auctioned
+        for item, result in zip(pending, results, strict=True):
+            role._claim(item, result, now_ms)  # noqa: SLF001
+        began_auction = clock()
+        claims = [role._decide(item, now_ms, 1) for item in pending]  # noqa: SLF001 - what the worker runs
+        decided = clock()
+        spent["intake"] += began_separate - began
+        spent["engine"] += auctioned - began_separate
+        spent["records"] += began_auction - auctioned
+        spent["auction"] += decided - began_auction
         outputs: list[Output] = []
         blob_ids: list[str] = []
         tally, again = Tally(), list[Pending]()
@@ -144,17 +152,24 @@ async def worker_stages(base: Settings, events: int = 20_000, rounds: int = 3,
                     per_round.append({step: seconds / events * 1e6 for step, seconds in spent.items()})
                     bytes_per_round.append({what: None if size is None else size / events for what, size in sizes.items()})
                     if progress:
+                        last = per_round[-1]
                         progress(f"worker steps, round {n}/{rounds}: "
-                                 + ", ".join(f"{step} {us:.1f}" for step, us in per_round[-1].items()) + " µs/event")
+                                 + ", ".join(f"{step} {last[step]:.1f}" for step in STEPS) + " µs/event (the auction "
+                                 + f"as two steps: engine {last['engine']:.1f}, records {last['records']:.1f})")
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
         await role.close()
         median = {step: round(statistics.median(r[step] for r in per_round), 1) for step in STEPS}
         process = sum(us for step, us in median.items() if step != "redis_server")
+        twin = role.twin
+        share = None if twin is None else round(twin.claimed / (events * (rounds + 1)), 3)
         return {"us_per_event": median, "process_us_per_event": round(process, 1), "events_per_round": events,
                 "fastpath": hot_path(role.intake, role.writer),
-                "rounds": [{step: round(us, 1) for step, us in r.items()} for r in per_round],
+                # the share of auctions the compiled step took whole (None: no twin built)
+                "auction_compiled_share": share,
+                "separate": {step: round(statistics.median(r[step] for r in per_round), 1) for step in SEPARATE},
+                "rounds": [{step: round(r[step], 1) for step in STEPS} for r in per_round],
                 # Redis bytes per event: outcomes kept until the batch commits, and AOF written
                 "kept_bytes_per_event": _median_of(bytes_per_round, "kept_bytes"),
                 "aof_bytes_per_event": _median_of(bytes_per_round, "aof_bytes")}

@@ -126,6 +126,10 @@ pub struct Campaign {
     pub daily_budget_micros: i64,
     pub even_pacing: bool,
     pub active: bool,
+    // What the Redis reservation needs (the engine itself never reads them): the frequency cap's
+    // impressions and window, 0 and 0 without one.
+    pub cap_max: u64,
+    pub cap_window_s: u64,
 }
 
 impl Campaign {

@@ -3,8 +3,11 @@
 //! keeps in step with its own, and runs auctions on `AuctionRequest` fields.
 
 use crate::engine::{
-    Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term, STAGE_COUNT,
+    tie_hash, Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term,
+    STAGE_COUNT,
 };
+use crate::json::{push_float, push_int, push_str, push_strs, push_value};
+use crate::records;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFrozenSet, PyList, PyString, PyTuple};
@@ -31,6 +34,20 @@ pub struct PyEngine {
     odd_spend: HashSet<String>,
     /// The filter stages' names, in the engine's order (`STAGES` in auction/engine.py).
     stages: Vec<String>,
+    /// For `claim`: the ads' label as JSON, and the class of a Redis reservation
+    /// (auction/budgets.py `Reservation`).
+    label_json: Vec<u8>,
+    reservation: Py<PyAny>,
+}
+
+/// The learned pCTR as `campaign.pctr_num / campaign.pctr_den` gives it in Python: below 2**53
+/// both are exact doubles and one division rounds as Python's does; past that, None.
+fn pctr_of(campaign: &Campaign) -> Option<f64> {
+    const EXACT: u64 = 1 << 53;
+    if campaign.pctr_den == 0 || campaign.pctr_num > EXACT || campaign.pctr_den > EXACT {
+        return None;
+    }
+    Some(campaign.pctr_num as f64 / campaign.pctr_den as f64)
 }
 
 fn strings(value: &Bound<'_, PyAny>) -> PyResult<Option<FxHashSet<String>>> {
@@ -122,6 +139,9 @@ fn campaign_of<'py>(campaign: &Bound<'py, PyAny>, core: &mut Core, shared: &mut 
         Some(copy)
     };
     let bid_type: String = get(intern!(py, "bid_type"))?.extract()?;
+    let (cap_max, cap_window_s): (u64, u64) = get(intern!(py, "frequency_cap"))?
+        .extract::<Option<_>>()?
+        .unwrap_or((0, 0));
     Ok(Campaign {
         campaign_id: Term::from(get(intern!(py, "campaign_id"))?.extract::<String>()?),
         advertiser_id: {
@@ -143,6 +163,8 @@ fn campaign_of<'py>(campaign: &Bound<'py, PyAny>, core: &mut Core, shared: &mut 
         daily_budget_micros: get(intern!(py, "daily_budget_micros"))?.extract()?,
         even_pacing: get(intern!(py, "even_pacing"))?.extract()?,
         active: get(intern!(py, "active"))?.extract()?,
+        cap_max,
+        cap_window_s,
     })
 }
 
@@ -188,6 +210,8 @@ impl PyEngine {
         lineage: HashMap<String, Vec<String>>,
         increment_micros: u128,
         stages: Vec<String>,
+        label: &str,
+        reservation: Py<PyAny>,
     ) -> PyResult<Self> {
         if stages.len() != STAGE_COUNT {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
@@ -204,6 +228,12 @@ impl PyEngine {
             unsupported: HashSet::new(),
             odd_spend: HashSet::new(),
             stages,
+            label_json: {
+                let mut quoted = Vec::with_capacity(label.len() + 2);
+                push_str(&mut quoted, label);
+                quoted
+            },
+            reservation,
         })
     }
 
@@ -324,81 +354,30 @@ impl PyEngine {
         capped: Option<&Bound<'py, PyAny>>,
         refused: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        if !self.unsupported.is_empty() || !self.odd_spend.is_empty() {
-            return Ok(None);
-        }
-        // Values of another type or range than the schema lets through are the Python engine's
-        // to decide (or to refuse): the compiled one answers None, never raises for them.
-        let (Ok(slots), Ok(reserve_cpm_micros)) = (slots.extract::<u64>(), reserve_cpm_micros.extract::<u64>()) else {
-            return Ok(None);
-        };
-        if slots == 0 || slots > MAX_SLOTS {
-            return Ok(None);
-        }
-        let Some(keyword_strings) = strings_of(Some(keywords)) else {
-            return Ok(None);
-        };
-        let Some(label_strings) = strings_of(Some(safety_labels)) else {
-            return Ok(None);
-        };
-        let (Some(hidden_strings), Some(capped_strings)) = (strings_of(hidden), strings_of(capped)) else {
-            return Ok(None);
-        };
-        let mut refused_pairs: Vec<(Bound<'py, PyString>, i8)> = Vec::new();
-        if let Some(refused) = refused {
-            let Ok(refused) = refused.downcast::<PyDict>() else {
-                return Ok(None);
-            };
-            for (campaign_id, reason) in refused.iter() {
-                let (Ok(campaign_id), Ok(reason)) =
-                    (campaign_id.downcast_into::<PyString>(), reason.extract::<String>())
-                else {
-                    return Ok(None);
-                };
-                let Some(stage) = self.stages.iter().position(|name| *name == reason).map(|at| at as i8) else {
-                    return Ok(None);
-                };
-                refused_pairs.push((campaign_id, stage));
-            }
-        }
-        let ancestors = Self::ancestors(&self.lineage, category);
-        let request = Request {
+        let asked = Asked {
             event_id,
             placement,
-            slots: slots as usize,
-            reserve_cpm_micros: u128::from(reserve_cpm_micros),
-            ancestors: &ancestors,
-            keywords: texts(&keyword_strings)?,
+            slots,
+            reserve_cpm_micros,
+            category,
+            keywords,
             locale,
             country,
             device,
-            safety_labels: texts(&label_strings)?,
+            safety_labels,
             consent_ads,
             age_bracket,
             now_ms,
+            hidden,
+            capped,
+            refused,
         };
-        let mut person = Person::default();
-        for advertiser in &hidden_strings {
-            if let Some(number) = self.core.advertiser_no(advertiser.to_str()?) {
-                person.hidden_advertisers.insert(number);
-            }
-        }
-        for campaign_id in &capped_strings {
-            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
-                person.capped_campaigns.insert(slot);
-            }
-        }
-        for (campaign_id, stage) in &refused_pairs {
-            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
-                person.refused.insert(slot, *stage);
-            }
-        }
-        let Some(outcome) = self.core.run(&request, &person) else {
+        let Some(decided) = self.decide(&asked)? else {
             return Ok(None);
         };
         let no_fill =
             |reason: &str| PyTuple::new(py, [PyString::intern(py, reason).into_any(), py.None().into_bound(py)]);
-        let answer = match outcome {
+        let answer = match decided.outcome {
             Outcome::Gated(reason) => no_fill(reason)?,
             Outcome::NoFill(stage) => no_fill(&self.stages[stage as usize])?,
             Outcome::Winners(winners) => {
@@ -432,5 +411,321 @@ impl PyEngine {
             }
         };
         Ok(Some(answer))
+    }
+
+    /// `run`, then what the worker makes of the result (auction/worker.py `_claim`), in one step:
+    /// `(encoded, impression_ids, no_fill_reason, compact, reservations)` as the `Writer` writes
+    /// them from `outcome_of`'s compact outcome (`personalized` false), and a `Reservation` per
+    /// winner, with no Python object per winner in between. `fields`: the intent's fields;
+    /// `creatives`: each campaign's creatives. `None` where `run` answers `None`, or where a value
+    /// is not of the shape the Python steps would meet: those steps then do it all.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (fields, ts_decided, creatives, event_id, placement, slots, reserve_cpm_micros, category,
+                        keywords, locale, country, device, safety_labels, consent_ads, age_bracket, now_ms,
+                        hidden=None, capped=None, refused=None))]
+    fn claim<'py>(
+        &mut self,
+        py: Python<'py>,
+        fields: &Bound<'py, PyAny>,
+        ts_decided: i64,
+        creatives: &Bound<'py, PyAny>,
+        event_id: &str,
+        placement: &str,
+        slots: &Bound<'py, PyAny>,
+        reserve_cpm_micros: &Bound<'py, PyAny>,
+        category: Option<&str>,
+        keywords: &Bound<'py, PyAny>,
+        locale: &str,
+        country: &str,
+        device: &str,
+        safety_labels: &Bound<'py, PyAny>,
+        consent_ads: bool,
+        age_bracket: &str,
+        now_ms: i64,
+        hidden: Option<&Bound<'py, PyAny>>,
+        capped: Option<&Bound<'py, PyAny>>,
+        refused: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let (Ok(fields), Ok(creatives)) = (fields.downcast_exact::<PyDict>(), creatives.downcast_exact::<PyDict>())
+        else {
+            return Ok(None);
+        };
+        let asked = Asked {
+            event_id,
+            placement,
+            slots,
+            reserve_cpm_micros,
+            category,
+            keywords,
+            locale,
+            country,
+            device,
+            safety_labels,
+            consent_ads,
+            age_bracket,
+            now_ms,
+            hidden,
+            capped,
+            refused,
+        };
+        let Some(decided) = self.decide(&asked)? else {
+            return Ok(None);
+        };
+        Ok(self.written(py, fields, ts_decided, creatives, decided))
+    }
+}
+
+/// The arguments of one auction, as Python passed them.
+struct Asked<'a, 'py> {
+    event_id: &'a str,
+    placement: &'a str,
+    slots: &'a Bound<'py, PyAny>,
+    reserve_cpm_micros: &'a Bound<'py, PyAny>,
+    category: Option<&'a str>,
+    keywords: &'a Bound<'py, PyAny>,
+    locale: &'a str,
+    country: &'a str,
+    device: &'a str,
+    safety_labels: &'a Bound<'py, PyAny>,
+    consent_ads: bool,
+    age_bracket: &'a str,
+    now_ms: i64,
+    hidden: Option<&'a Bound<'py, PyAny>>,
+    capped: Option<&'a Bound<'py, PyAny>>,
+    refused: Option<&'a Bound<'py, PyAny>>,
+}
+
+/// An auction the engine decided, with what the records need of its request.
+struct Decided<'py> {
+    outcome: Outcome,
+    reserve_cpm_micros: u64,
+    keywords: Vec<Bound<'py, PyString>>,
+}
+
+impl PyEngine {
+    /// The auction, or `None` where the Python engine must decide it.
+    fn decide<'py>(&mut self, asked: &Asked<'_, 'py>) -> PyResult<Option<Decided<'py>>> {
+        if !self.unsupported.is_empty() || !self.odd_spend.is_empty() {
+            return Ok(None);
+        }
+        // Values of another type or range than the schema lets through are the Python engine's
+        // to decide (or to refuse): the compiled one answers None, never raises for them.
+        let (Ok(slots), Ok(reserve_cpm_micros)) =
+            (asked.slots.extract::<u64>(), asked.reserve_cpm_micros.extract::<u64>())
+        else {
+            return Ok(None);
+        };
+        if slots == 0 || slots > MAX_SLOTS {
+            return Ok(None);
+        }
+        let Some(keyword_strings) = strings_of(Some(asked.keywords)) else {
+            return Ok(None);
+        };
+        let Some(label_strings) = strings_of(Some(asked.safety_labels)) else {
+            return Ok(None);
+        };
+        let (Some(hidden_strings), Some(capped_strings)) = (strings_of(asked.hidden), strings_of(asked.capped)) else {
+            return Ok(None);
+        };
+        let mut refused_pairs: Vec<(Bound<'py, PyString>, i8)> = Vec::new();
+        if let Some(refused) = asked.refused {
+            let Ok(refused) = refused.downcast::<PyDict>() else {
+                return Ok(None);
+            };
+            for (campaign_id, reason) in refused.iter() {
+                let (Ok(campaign_id), Ok(reason)) =
+                    (campaign_id.downcast_into::<PyString>(), reason.extract::<String>())
+                else {
+                    return Ok(None);
+                };
+                let Some(stage) = self.stages.iter().position(|name| *name == reason).map(|at| at as i8) else {
+                    return Ok(None);
+                };
+                refused_pairs.push((campaign_id, stage));
+            }
+        }
+        let ancestors = Self::ancestors(&self.lineage, asked.category);
+        let request = Request {
+            event_id: asked.event_id,
+            placement: asked.placement,
+            slots: slots as usize,
+            reserve_cpm_micros: u128::from(reserve_cpm_micros),
+            ancestors: &ancestors,
+            keywords: texts(&keyword_strings)?,
+            locale: asked.locale,
+            country: asked.country,
+            device: asked.device,
+            safety_labels: texts(&label_strings)?,
+            consent_ads: asked.consent_ads,
+            age_bracket: asked.age_bracket,
+            now_ms: asked.now_ms,
+        };
+        let mut person = Person::default();
+        for advertiser in &hidden_strings {
+            if let Some(number) = self.core.advertiser_no(advertiser.to_str()?) {
+                person.hidden_advertisers.insert(number);
+            }
+        }
+        for campaign_id in &capped_strings {
+            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
+                person.capped_campaigns.insert(slot);
+            }
+        }
+        for (campaign_id, stage) in &refused_pairs {
+            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
+                person.refused.insert(slot, *stage);
+            }
+        }
+        let outcome = self.core.run(&request, &person);
+        drop(request);
+        Ok(outcome.map(|outcome| Decided {
+            outcome,
+            reserve_cpm_micros,
+            keywords: keyword_strings,
+        }))
+    }
+
+    /// The records and reservations of a decided auction (`claim`), or `None` for the Python steps.
+    fn written<'py>(
+        &self,
+        py: Python<'py>,
+        fields: &Bound<'py, PyDict>,
+        ts_decided: i64,
+        creatives: &Bound<'py, PyDict>,
+        decided: Decided<'py>,
+    ) -> Option<Bound<'py, PyTuple>> {
+        let (intent, event_id_obj) = records::intent_of(fields)?;
+        let event_id = event_id_obj.to_str().ok()?;
+        let intent = intent.with_event_id(event_id);
+        let reserve = itoa::Buffer::new()
+            .format(decided.reserve_cpm_micros)
+            .as_bytes()
+            .to_vec();
+        let mut ts = Vec::with_capacity(16);
+        push_int(&mut ts, ts_decided);
+        let (reason, winners) = match decided.outcome {
+            Outcome::Gated(reason) => (Some(reason.to_string()), Vec::new()),
+            Outcome::NoFill(stage) => (Some(self.stages[stage as usize].clone()), Vec::new()),
+            Outcome::Winners(winners) => (None, winners),
+        };
+        let mut reason_json = Vec::with_capacity(16);
+        match &reason {
+            Some(text) => push_str(&mut reason_json, text),
+            None => reason_json.extend_from_slice(b"null"),
+        }
+        let intent_keywords = if winners.is_empty() {
+            b"[]".to_vec()
+        } else {
+            records::sorted_keywords(
+                decided
+                    .keywords
+                    .iter()
+                    .map(|text| text.to_str().ok())
+                    .collect::<Option<_>>()?,
+            )
+        };
+        let auction = records::Auction {
+            ts_decided: ts,
+            reason: reason_json,
+            reserve,
+            personalized: b"false".to_vec(),
+            intent_keywords,
+        };
+        let mut values: Vec<u8> = Vec::with_capacity(512 * winners.len());
+        let mut parts = Vec::with_capacity(winners.len());
+        let reservations = PyList::empty(py);
+        for winner in &winners {
+            let campaign = self.core.campaign(winner.campaign);
+            let campaign_id = PyString::new(py, &campaign.campaign_id);
+            // `pick_creative` (auction/records.py): one creative, or a rotation by the tie hash.
+            let choices = creatives.get_item(&campaign_id).ok()??.downcast_into::<PyList>().ok()?;
+            let creative = match choices.len() {
+                0 => return None,
+                1 => choices.get_item(0).ok()?,
+                count => choices
+                    .get_item(tie_hash(event_id, &campaign.campaign_id) as usize % count)
+                    .ok()?,
+            };
+            let creative_id = creative
+                .downcast::<PyDict>()
+                .ok()?
+                .get_item(intern!(py, "creative_id"))
+                .ok()??;
+            let money = |value: u128| u64::try_from(value).ok(); // orjson writes ints up to 64 bits
+            let (price, charge, ecpm) = (
+                money(winner.price_micros)?,
+                money(winner.charge_micros)?,
+                money(winner.ecpm_micros)?,
+            );
+            let runner_up = match winner.runner_up_ecpm_micros {
+                Some(value) => Some(money(value)?),
+                None => None,
+            };
+            let slot = i64::try_from(winner.slot).ok()?;
+            let pctr = pctr_of(campaign)?;
+            // Each value written once into `values`, its span kept for the records to copy.
+            let out = &mut values;
+            macro_rules! put {
+                ($write:expr) => {{
+                    let start = out.len();
+                    $write;
+                    start..out.len()
+                }};
+            }
+            let number =
+                |out: &mut Vec<u8>, value: u64| out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+            let winner_json = records::Winner {
+                slot,
+                campaign: put!(push_str(out, &campaign.campaign_id)),
+                advertiser: put!(push_str(out, &campaign.advertiser_id)),
+                creative: put!(push_value(out, &creative)?),
+                creative_id: put!(push_value(out, &creative_id)?),
+                bid_type: put!(push_str(out, if campaign.cpc { "cpc" } else { "cpm" })),
+                bid: put!(number(out, campaign.bid_micros)),
+                price: put!(number(out, price)),
+                charge: put!(number(out, charge)),
+                ecpm: put!(number(out, ecpm)),
+                runner_up: put!(match runner_up {
+                    Some(value) => number(out, value),
+                    None => out.extend_from_slice(b"null"),
+                }),
+                pctr: put!(push_float(out, pctr)?),
+                matched: put!(push_strs(out, &winner.matched_keywords)),
+                category: put!(match &winner.matched_category {
+                    Some(code) => push_str(out, code),
+                    None => out.extend_from_slice(b"null"),
+                }),
+            };
+            parts.push(winner_json);
+            // auction/worker.py `reservations_of`: a CPM winner needs its charge (at least a micro) left in
+            // the budget, a CPC winner one click at its price.
+            let need = if campaign.cpc { price } else { charge.max(1) };
+            let args = (
+                campaign_id,
+                charge,
+                need,
+                campaign.cap_max,
+                campaign.cap_window_s,
+                PyString::new(py, &campaign.advertiser_id),
+            );
+            reservations.append(self.reservation.bind(py).call1(args).ok()?).ok()?;
+        }
+        let reason_obj = match &reason {
+            Some(text) => PyString::intern(py, text).into_any(),
+            None => py.None().into_bound(py),
+        };
+        let [encoded, impression_ids, no_fill_reason, compact] =
+            records::records(py, &self.label_json, &intent, &auction, &parts, &values, reason_obj)?;
+        PyTuple::new(
+            py,
+            [
+                encoded,
+                impression_ids,
+                no_fill_reason,
+                compact,
+                reservations.into_any(),
+            ],
+        )
+        .ok()
     }
 }

@@ -107,9 +107,16 @@ fn push_nested(out: &mut Vec<u8>, value: &Bound<'_, PyAny>, depth: usize) -> Opt
     Some(())
 }
 
-/// A list or tuple of values, as a JSON array.
-pub fn push_items<'py>(out: &mut Vec<u8>, items: impl Iterator<Item = Bound<'py, PyAny>>) -> Option<()> {
-    push_sequence(out, items, 1)
+/// Strings as a JSON array.
+pub fn push_strs(out: &mut Vec<u8>, texts: &[impl AsRef<str>]) {
+    out.push(b'[');
+    for (index, text) in texts.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        push_str(out, text.as_ref());
+    }
+    out.push(b']');
 }
 
 fn push_sequence<'py>(out: &mut Vec<u8>, items: impl Iterator<Item = Bound<'py, PyAny>>, depth: usize) -> Option<()> {

@@ -14,6 +14,7 @@ async def test_every_step_is_measured_and_the_process_steps_add_up(settings: Set
     found = await worker_stages(settings, events=600, rounds=1)
     us = found["us_per_event"]
     assert list(us) == list(STEPS)
+    assert all(value > 0 for value in found["separate"].values()), found["separate"]
     assert all(value > 0 for value in us.values()), us  # each step did work: 600 auctions, most filled
     process = sum(value for step, value in us.items() if step != "redis_server")
     assert found["process_us_per_event"] == pytest.approx(process, abs=0.5)

@@ -1,0 +1,129 @@
+"""The twin's one compiled step (`EngineTwin.claim`: the auction, its records and its Redis
+reservations) gives what the worker's Python steps give, byte for byte: the reference engine, then
+`outcome_of`, the reference writer (`records_of` with orjson) and `reservations_of`. A replay
+writes the same records again from the compact outcome it keeps."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from auction.engine import AuctionEngine, UserState
+from auction.fastpath import Writer, _native, write_records
+from auction.model import AuctionRequest, Campaign, NoFillReason, blended_pctr
+from auction.pacing import SpendView
+from auction.records import decode_compact, outcome_of
+from auction.twin import EngineTwin
+from auction.worker import reservations_of
+from loadtests import workload
+from loadtests.engine_bench import validated
+from tests.auction.factories import NOW_MS, campaign_record, intent
+from tests.auction.test_twin import campaign_records, pair, requests
+
+pytestmark = pytest.mark.skipif(_native() is None, reason="the compiled engine is not built (make native)")
+
+
+def check(engine: AuctionEngine, fields: dict[str, Any], request: AuctionRequest, creatives: dict[str, Any],
+          user: UserState | None = None, refused: dict[str, NoFillReason] | None = None) -> bool:
+    """The twin's claim equals the Python steps' (True), or it left the event to them (False)."""
+    twin = engine.twin
+    assert isinstance(twin, EngineTwin)
+    claimed = twin.claim(request, user, refused, fields, NOW_MS + 5, creatives)
+    result = engine.run_python(request, user, refused)
+    outcome = outcome_of(request.event_id, result, NOW_MS + 5, creatives, personalized=False)
+    expected = write_records(fields, outcome, request.keywords)
+    if claimed is None:
+        return False
+    encoded, impression_ids, no_fill_reason, compact, reservations = claimed
+    assert (encoded, impression_ids, no_fill_reason, compact) == expected
+    assert [r.as_list() for r in reservations] == [r.as_list() for r in reservations_of(result)]
+    # A replay: the compact outcome kept in Redis, written again (compiled writer and reference).
+    assert Writer().write(fields, decode_compact(compact), request.keywords) == expected
+    assert write_records(fields, decode_compact(compact), request.keywords) == expected
+    return True
+
+
+def test_the_bench_workload_claims_as_the_python_steps_do() -> None:
+    records = validated(workload.campaigns(n=1_000, advertisers=300))
+    rng = random.Random(11)
+    for record in rng.sample(records, 300):  # several creatives: the rotation picks among them
+        record["creatives"] = [{**record["creatives"][0], "creative_id": f"{record['campaign_id']}-{n}"}
+                               for n in range(rng.randint(2, 4))]
+    creatives = {record["campaign_id"]: record["creatives"] for record in records}
+    campaigns = [Campaign.from_record(record) for record in records]
+    spend = SpendView(day="20260921")
+    for campaign in rng.sample(campaigns, 200):
+        spend.record(campaign, campaign.daily_budget_micros // 2, 0)
+    _, engine = pair(campaigns, spend)
+    ids = [campaign.campaign_id for campaign in campaigns]
+    claimed = filled = multi = 0
+    for n, event in enumerate(workload.intents(2_000)):
+        request = AuctionRequest.from_intent(event, NOW_MS + n)
+        user = UserState(frozenset(), frozenset(rng.sample(ids, 50))) if n % 4 == 0 else None
+        refused: dict[str, NoFillReason] | None = {rng.choice(ids): "budget"} if n % 6 == 0 else None
+        claimed += check(engine, event, request, creatives, user, refused)
+        winners = engine.run_python(request, user, refused).winners
+        filled += bool(winners)
+        multi += len(winners) > 1
+    assert claimed == 2_000  # the bench's numbers are all the compiled step's
+    assert filled > 500 and multi > 100
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data())
+def test_generated_auctions_claim_as_the_python_steps_do(data: st.DataObject) -> None:
+    records = [data.draw(campaign_records(n)) for n in range(data.draw(st.integers(0, 10)))]
+    for record in records:
+        count = data.draw(st.integers(1, 3))
+        record["creatives"] = [{**record["creatives"][0], "creative_id": f"{record['campaign_id']}-{n}",
+                                "title": data.draw(st.sampled_from(["An offer", "Ünïcode \"quoted\"\n", "😀"]))}
+                               for n in range(count)]
+        if data.draw(st.integers(0, 3)) == 0:
+            record["frequency_cap"] = {"max": data.draw(st.integers(1, 5)),
+                                       "window_s": data.draw(st.sampled_from([60, 3600, 86_400]))}
+    campaigns = [Campaign.from_record(record) for record in records]
+    for campaign in campaigns:
+        if campaign.bid_type == "cpc" and data.draw(st.booleans()):  # a learned CTR: pctr as a float of it
+            impressions = data.draw(st.integers(1, 10**6))
+            campaign.set_pctr(blended_pctr(campaign.prior_pctr, impressions, data.draw(st.integers(0, impressions))))
+    creatives = {record["campaign_id"]: record["creatives"] for record in records}
+    _, engine = pair(campaigns)
+    ids = [campaign.campaign_id for campaign in campaigns] or ["none"]
+    for _ in range(4):
+        request = data.draw(requests())
+        fields = intent(request.event_id, session_id=data.draw(st.sampled_from(["s-1", "s\u00e9\\2"])))
+        refused = data.draw(st.one_of(st.none(), st.dictionaries(
+            st.sampled_from(ids), st.sampled_from(["budget", "frequency_cap", "user_hidden"]))))
+        user = UserState(frozenset(), frozenset(data.draw(st.lists(st.sampled_from(ids))))) if data.draw(
+            st.booleans()) else None
+        # Nothing here is past the twin's bits: it must take every event.
+        assert check(engine, fields, request, creatives, user, refused)
+
+
+def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
+    """A campaign without creatives in the live state, a creative the writer cannot encode, or a
+    learned CTR whose ratio is past a double's exact integers: None, and the worker's Python steps
+    meet the case as before (and raise where they raise)."""
+    plain = Campaign.from_record(campaign_record("plain", amount_micros=2_000_000))
+    _, engine = pair([plain])
+    request = AuctionRequest.from_intent(intent(), NOW_MS)
+    fields = intent()
+    creatives: dict[str, Any] = {"plain": campaign_record("plain")["creatives"]}
+    assert check(engine, fields, request, creatives)
+    assert engine.twin is not None
+    assert engine.twin.claim(request, None, None, fields, NOW_MS, {}) is None
+    odd = {"plain": [{"creative_id": "plain-1", "title": {1, 2}}]}  # a set: not JSON
+    assert engine.twin.claim(request, None, None, fields, NOW_MS, odd) is None
+
+    learned = Campaign.from_record(campaign_record("learned", bid_type="cpc", amount_micros=5_000_000))
+    learned.set_pctr(blended_pctr(learned.prior_pctr, 2**55 + 1, 2**50))
+    assert learned.pctr_den > 2**53 and learned.pctr_num < 2**64 and learned.pctr_den < 2**64
+    _, engine = pair([learned])
+    assert engine.twin is not None
+    creatives = {"learned": campaign_record("learned")["creatives"]}
+    assert engine.twin.run(request, None, None) is not None  # the auction itself it decides
+    assert engine.twin.claim(request, None, None, fields, NOW_MS, creatives) is None
