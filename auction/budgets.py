@@ -58,14 +58,23 @@ class Claim:
     user_id: str
     outcome: bytes  # what to keep and hand back on replay
     reservations: list[Reservation]
+    entry: bytes  # `entry_of` this claim, when the compiled step wrote it already; else empty
 
     def __init__(self, event_id: str, source: str, user_id: str, outcome: bytes,
-                 reservations: list[Reservation] | None = None) -> None:
+                 reservations: list[Reservation] | None = None, entry: bytes = b"") -> None:
         self.event_id = event_id
         self.source = source
         self.user_id = user_id
         self.outcome = outcome
         self.reservations = [] if reservations is None else reservations
+        self.entry = entry
+
+
+def entry_of(claim: Claim) -> bytes:
+    """The claim's entry in reserve.lua's ARGV[4], as JSON (the compiled step writes the same bytes:
+    fastpath/src/engine_py.rs `claim`)."""
+    return orjson.dumps([claim.event_id, claim.source, claim.user_id, [r.as_list() for r in claim.reservations],
+                         len(claim.outcome), event_bucket(claim.event_id)])
 
 
 @dataclass(slots=True)
@@ -97,20 +106,17 @@ class BudgetReserver:
         if not claims:
             return [], [], ""
         blob_id = os.urandom(8).hex()
-        meta: list[Any] = []
-        start = 0
-        for claim in claims:
-            length = len(claim.outcome)
-            meta.append([claim.event_id, claim.source, claim.user_id, [r.as_list() for r in claim.reservations],
-                         f"{claim.source}\n@{blob_id} {start} {length}", event_bucket(claim.event_id)])
-            start += length
+        entries = b",".join([claim.entry or entry_of(claim) for claim in claims])
         drop = self._drop[:]
-        args: list[bytes | str | int] = [self._templates, day, self.outcome_ttl_s, orjson.dumps(meta), blob_id,
+        args: list[bytes | str | int] = [self._templates, day, self.outcome_ttl_s, b"[" + entries + b"]", blob_id,
                                          b"".join([claim.outcome for claim in claims]), *drop]
         raw = await self._script(keys=[], args=args)
         del self._drop[: len(drop)]  # only once Redis has dropped them
-        answers, spends = orjson.loads(raw)
-        return [_answer(item) for item in answers], [(str(c), int(t), int(s)) for c, t, s in (spends or [])], blob_id
+        others, spends = orjson.loads(raw)
+        answers = [OK] * len(claims)  # the script lists only the answers that are not "ok"
+        for position, item in others or ():
+            answers[position - 1] = _answer(item)
+        return answers, [(str(c), int(t), int(s)) for c, t, s in (spends or [])], blob_id
 
     def committed(self, blob_ids: list[str]) -> None:
         """These blobs' outcomes are published and committed: the next call drops them."""

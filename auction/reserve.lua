@@ -2,16 +2,16 @@
 --
 -- ARGV[1] JSON of the key templates (core/keys.py `lua_templates`: the script builds no key itself),
 -- ARGV[2] UTC day (YYYYMMDD), ARGV[3] TTL (s) of what is kept per event,
--- ARGV[4] JSON list of auctions, in order:
+-- ARGV[4] JSON list of auctions, in order (auction/budgets.py `entry_of`):
 --   {event_id, "<partition>:<offset>", user_id,
 --    {{campaign_id, charge_micros, need_micros, cap_max, cap_window_s, advertiser_id}, ...},
---    "<partition>:<offset>\n@<blob id> <start> <length>", event bucket (core/keys.py `event_bucket`)}
--- ARGV[5] blob id, ARGV[6] the blob: every auction's outcome end to end (bytes the script does
--- not read: the worker's compact outcome, auction/records.py), auction i's at <start>, <length>
--- bytes long; ARGV[7...] ids of blobs to drop.
+--    outcome length, event bucket (core/keys.py `event_bucket`)}
+-- ARGV[5] blob id, ARGV[6] the blob: every auction's outcome end to end, in order (bytes the
+-- script does not read: the worker's compact outcome, auction/records.py), each of its length;
+-- ARGV[7...] ids of blobs to drop.
 --
 -- What is kept: per decided event, `{e:<bucket>}:<event_id>:outcome` = where it came from and where its
--- outcome is (the last element above), for the TTL, so a reused event_id is known for that long;
+-- outcome is ("<partition>:<offset>\n@<blob id> <start> <length>"), for the TTL, so a reused event_id is known for that long;
 -- the outcomes themselves in one blob per call, `{b:<blob id>}`. The caller drops a blob (ARGV[7...]
 -- of a later call) once the Kafka transaction that published its outcomes has committed: an
 -- outcome is only needed to replay a batch whose commit failed, and keeping every one for a day
@@ -26,8 +26,9 @@
 --     fails nothing is written and the answer is {"refused", {{campaign_id, reason}, ...}} so
 --     the caller can re-run that auction without them;
 --   * else charges are added, impressions counted, the outcome kept, and the answer is {"ok"}.
--- The reply is one JSON string: {answers, spends}, spends = {{campaign_id, today, total}, ...}
--- for every campaign the batch looked at.
+-- The reply is one JSON string: {answers, spends}, answers = {{i, answer}, ...} for each auction
+-- whose answer is not {"ok"} (most are "ok": not written, not read back), spends =
+-- {{campaign_id, today, total}, ...} for every campaign the batch looked at.
 -- Per-person keys live under {u:<user_id>} and are listed in {u:<user_id>}:keys, so that
 -- `forget` can erase them all without scanning the keyspace.
 -- Money stays below 2^53 micros (validated at campaign apply), so Lua numbers are exact; it is
@@ -135,7 +136,10 @@ end
 -- 3. The auctions, in order.
 local touched, seen, charged = {}, {}, {}
 local decided = {}  -- outcome key -> what this call kept for it (read for duplicates only)
+local blob_at = 0  -- where auction i's outcome starts in the blob
 for i, a in ipairs(auctions) do
+  local start = blob_at
+  blob_at = blob_at + a[5]
   local okey = okeys[i]
   local kept = kept_before[i]
   if not kept and decided[okey] then kept = decided[okey] end
@@ -143,9 +147,9 @@ for i, a in ipairs(auctions) do
     local sep = find(kept, "\n", 1, true)
     local src = sub(kept, 1, sep - 1)
     if src == a[2] then
-      answers[i] = replayed(sub(kept, sep + 1))
+      answers[#answers + 1] = {i, replayed(sub(kept, sep + 1))}
     else
-      answers[i] = {"dup", src}
+      answers[#answers + 1] = {i, {"dup", src}}
     end
   else
     local refused = {}
@@ -168,7 +172,7 @@ for i, a in ipairs(auctions) do
       end
     end
     if #refused > 0 then
-      answers[i] = {"refused", refused}
+      answers[#answers + 1] = {i, {"refused", refused}}
     else
       for _, r in ipairs(reservations) do
         local cid, charge = r[1], r[2]
@@ -193,10 +197,10 @@ for i, a in ipairs(auctions) do
           end
         end
       end
-      call("SET", okey, a[5], "EX", ttl)
-      decided[okey] = a[5]
+      local where = format("%s\n@%s %d %d", a[2], ARGV[5], start, a[5])
+      call("SET", okey, where, "EX", ttl)
+      decided[okey] = where
       any_ok = true
-      answers[i] = {"ok"}
     end
   end
 end

@@ -21,11 +21,13 @@ from auction.index import CampaignIndex
 from auction.model import AuctionRequest, AuctionResult, NoFillReason, Winner
 from auction.pacing import SpendView
 from auction.records import LABEL
+from core.keys import EVENT_BUCKETS
 from schemas.checks import Record
 from schemas.iab import IAB_CATEGORIES, lineage
 
-# `EngineTwin.claim`: the records as `Writer.write` writes them, then the Redis reservations.
-Claimed = tuple[list[bytes], list[str], str | None, bytes, list[Reservation]]
+# `EngineTwin.claim`: the records as `Writer.write` writes them, then the Redis reservations and
+# the claim's entry in the reservation call (`entry_of`).
+Claimed = tuple[list[bytes], list[str], str | None, bytes, list[Reservation], bytes]
 
 
 class EngineTwin:
@@ -74,15 +76,16 @@ class EngineTwin:
         return held
 
     def claim(self, request: AuctionRequest, user: UserState | None, refused: Mapping[str, NoFillReason] | None,
-              fields: Fields, ts_decided: int, creatives: Mapping[str, list[Record]]) -> Claimed | None:
+              fields: Fields, source: str, ts_decided: int, creatives: Mapping[str, list[Record]]) -> Claimed | None:
         """`run`, then its records and reservations, in one compiled step: what the worker's
-        `outcome_of`, `Writer.write` and reservations make of the result (personalized false),
-        equal to the byte (tests/auction/test_twin.py). None: the worker takes those steps."""
+        `outcome_of`, `Writer.write`, `reservations_of` and `entry_of` make of the result
+        (personalized false), equal to the byte (tests/auction/test_claim.py). None: the worker
+        takes those steps."""
         hidden = capped = None
         if user is not None:
             hidden, capped = user.hidden_advertisers, user.capped_campaigns
         claimed: Claimed | None = self.native.claim(
-            fields, ts_decided, creatives,
+            fields, source, ts_decided, creatives,
             request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
             request.keywords, request.locale, request.country, request.device, request.safety_labels,
             request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,
@@ -126,4 +129,4 @@ def engine_twin(increment_micros: int) -> EngineTwin | None:
         return None
     table = {code: list(lineage(code)) for code in IAB_CATEGORIES}
     return EngineTwin(native.Engine(set(UNSAFE_CATEGORIES), set(MINOR_BRACKETS), table, increment_micros, list(STAGES),
-                                    LABEL, Reservation))
+                                    LABEL, Reservation, EVENT_BUCKETS))

@@ -225,12 +225,13 @@ class AuctionRole:
         twin = self.twin
         if twin is not None and rounds <= MAX_REFUSAL_ROUNDS:
             request = item.request
+            source = f"{item.record.partition}:{item.record.offset}"
             claimed = twin.claim(request, self.people.state_for(request.user_id, now_ms), item.refused, item.intent,
-                                 now_ms, self.live.creatives)
+                                 source, now_ms, self.live.creatives)
             if claimed is not None:
-                item.encoded, item.impression_ids, item.no_fill_reason, compact, reservations = claimed
-                return Claim(event_id=request.event_id, source=f"{item.record.partition}:{item.record.offset}",
-                             user_id=request.user_id, outcome=compact, reservations=reservations)
+                item.encoded, item.impression_ids, item.no_fill_reason, compact, reservations, entry = claimed
+                return Claim(event_id=request.event_id, source=source, user_id=request.user_id, outcome=compact,
+                             reservations=reservations, entry=entry)
         return self._claim(item, self._auction(item, now_ms, rounds), now_ms)
 
     def _auction(self, item: Pending, now_ms: int, rounds: int) -> AuctionResult:

@@ -849,9 +849,14 @@ fn mul_wide(a: u128, b: u128) -> (u128, u128) {
 
 /// `tie_hash`: zlib's CRC-32 of "<event_id>\x1f<campaign_id>".
 pub fn tie_hash(event_id: &str, campaign_id: &str) -> u32 {
+    crc32(&[event_id.as_bytes(), b"\x1f", campaign_id.as_bytes()])
+}
+
+/// zlib's CRC-32 of the parts, end to end.
+pub fn crc32(parts: &[&[u8]]) -> u32 {
     let mut crc = !0u32;
-    for part in [event_id.as_bytes(), b"\x1f", campaign_id.as_bytes()] {
-        for &byte in part {
+    for part in parts {
+        for &byte in *part {
             crc = CRC_TABLE[((crc ^ byte as u32) & 0xff) as usize] ^ (crc >> 8);
         }
     }

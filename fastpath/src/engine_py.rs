@@ -3,14 +3,14 @@
 //! keeps in step with its own, and runs auctions on `AuctionRequest` fields.
 
 use crate::engine::{
-    tie_hash, Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term,
+    crc32, tie_hash, Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term,
     STAGE_COUNT,
 };
 use crate::json::{push_float, push_int, push_str, push_strs, push_value};
 use crate::records;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFrozenSet, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyString, PyTuple};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -38,6 +38,8 @@ pub struct PyEngine {
     /// (auction/budgets.py `Reservation`).
     label_json: Vec<u8>,
     reservation: Py<PyAny>,
+    /// core/keys.py `EVENT_BUCKETS`: an event's bucket is the CRC-32 of its id modulo this.
+    event_buckets: u32,
 }
 
 /// The learned pCTR as `campaign.pctr_num / campaign.pctr_den` gives it in Python: below 2**53
@@ -204,6 +206,7 @@ impl PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         unsafe_categories: FxHashSet<String>,
         minor_brackets: FxHashSet<String>,
@@ -212,7 +215,13 @@ impl PyEngine {
         stages: Vec<String>,
         label: &str,
         reservation: Py<PyAny>,
+        event_buckets: u32,
     ) -> PyResult<Self> {
+        if event_buckets == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "event_buckets: must be at least 1",
+            ));
+        }
         if stages.len() != STAGE_COUNT {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
                 "stages: the engine has {STAGE_COUNT} filter stages, got {}",
@@ -234,6 +243,7 @@ impl PyEngine {
                 quoted
             },
             reservation,
+            event_buckets,
         })
     }
 
@@ -420,13 +430,14 @@ impl PyEngine {
     /// `creatives`: each campaign's creatives. `None` where `run` answers `None`, or where a value
     /// is not of the shape the Python steps would meet: those steps then do it all.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (fields, ts_decided, creatives, event_id, placement, slots, reserve_cpm_micros, category,
+    #[pyo3(signature = (fields, source, ts_decided, creatives, event_id, placement, slots, reserve_cpm_micros, category,
                         keywords, locale, country, device, safety_labels, consent_ads, age_bracket, now_ms,
                         hidden=None, capped=None, refused=None))]
     fn claim<'py>(
         &mut self,
         py: Python<'py>,
         fields: &Bound<'py, PyAny>,
+        source: &str,
         ts_decided: i64,
         creatives: &Bound<'py, PyAny>,
         event_id: &str,
@@ -471,7 +482,7 @@ impl PyEngine {
         let Some(decided) = self.decide(&asked)? else {
             return Ok(None);
         };
-        Ok(self.written(py, fields, ts_decided, creatives, decided))
+        Ok(self.written(py, fields, source, ts_decided, creatives, decided))
     }
 }
 
@@ -590,6 +601,7 @@ impl PyEngine {
         &self,
         py: Python<'py>,
         fields: &Bound<'py, PyDict>,
+        source: &str,
         ts_decided: i64,
         creatives: &Bound<'py, PyDict>,
         decided: Decided<'py>,
@@ -634,6 +646,16 @@ impl PyEngine {
         let mut values: Vec<u8> = Vec::with_capacity(512 * winners.len());
         let mut parts = Vec::with_capacity(winners.len());
         let reservations = PyList::empty(py);
+        // The auction's entry in the reservation call (auction/budgets.py `entry_of`), as JSON:
+        // [event_id, source, user_id, [reservation, ...], outcome length, event bucket].
+        let mut entry = Vec::with_capacity(96 + 96 * winners.len());
+        entry.push(b'[');
+        entry.extend_from_slice(&intent.event);
+        entry.push(b',');
+        push_str(&mut entry, source);
+        entry.push(b',');
+        entry.extend_from_slice(&intent.user);
+        entry.extend_from_slice(b",[");
         for winner in &winners {
             let campaign = self.core.campaign(winner.campaign);
             let campaign_id = PyString::new(py, &campaign.campaign_id);
@@ -708,6 +730,26 @@ impl PyEngine {
                 campaign.cap_window_s,
                 PyString::new(py, &campaign.advertiser_id),
             );
+            if parts.len() > 1 {
+                entry.push(b',');
+            }
+            let last = &parts[parts.len() - 1];
+            let value = |span: &std::ops::Range<usize>| &values[span.clone()];
+            for (at, piece) in [
+                value(&last.campaign),
+                itoa::Buffer::new().format(charge).as_bytes(),
+                itoa::Buffer::new().format(need).as_bytes(),
+                itoa::Buffer::new().format(campaign.cap_max).as_bytes(),
+                itoa::Buffer::new().format(campaign.cap_window_s).as_bytes(),
+                value(&last.advertiser),
+            ]
+            .iter()
+            .enumerate()
+            {
+                entry.push(if at == 0 { b'[' } else { b',' });
+                entry.extend_from_slice(piece);
+            }
+            entry.push(b']');
             reservations.append(self.reservation.bind(py).call1(args).ok()?).ok()?;
         }
         let reason_obj = match &reason {
@@ -716,6 +758,14 @@ impl PyEngine {
         };
         let [encoded, impression_ids, no_fill_reason, compact] =
             records::records(py, &self.label_json, &intent, &auction, &parts, &values, reason_obj)?;
+        let length = compact.downcast::<PyBytes>().ok()?.as_bytes().len();
+        let bucket = crc32(&[event_id.as_bytes()]) % self.event_buckets;
+        entry.extend_from_slice(b"],");
+        entry.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        entry.push(b',');
+        entry.extend_from_slice(itoa::Buffer::new().format(bucket).as_bytes());
+        entry.push(b']');
+        let entry = PyBytes::new(py, &entry).into_any();
         PyTuple::new(
             py,
             [
@@ -724,6 +774,7 @@ impl PyEngine {
                 no_fill_reason,
                 compact,
                 reservations.into_any(),
+                entry,
             ],
         )
         .ok()

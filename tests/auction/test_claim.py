@@ -1,6 +1,7 @@
 """The twin's one compiled step (`EngineTwin.claim`: the auction, its records and its Redis
 reservations) gives what the worker's Python steps give, byte for byte: the reference engine, then
-`outcome_of`, the reference writer (`records_of` with orjson) and `reservations_of`. A replay
+`outcome_of`, the reference writer (`records_of` with orjson), `reservations_of` and the claim's
+entry in the reservation call (`entry_of`). A replay
 writes the same records again from the compact outcome it keeps."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auction.budgets import Claim, entry_of
 from auction.engine import AuctionEngine, UserState
 from auction.fastpath import Writer, _native, write_records
 from auction.model import AuctionRequest, Campaign, NoFillReason, blended_pctr
@@ -32,15 +34,17 @@ def check(engine: AuctionEngine, fields: dict[str, Any], request: AuctionRequest
     """The twin's claim equals the Python steps' (True), or it left the event to them (False)."""
     twin = engine.twin
     assert isinstance(twin, EngineTwin)
-    claimed = twin.claim(request, user, refused, fields, NOW_MS + 5, creatives)
+    claimed = twin.claim(request, user, refused, fields, "3:1234", NOW_MS + 5, creatives)
     result = engine.run_python(request, user, refused)
     outcome = outcome_of(request.event_id, result, NOW_MS + 5, creatives, personalized=False)
     expected = write_records(fields, outcome, request.keywords)
     if claimed is None:
         return False
-    encoded, impression_ids, no_fill_reason, compact, reservations = claimed
+    encoded, impression_ids, no_fill_reason, compact, reservations, entry = claimed
     assert (encoded, impression_ids, no_fill_reason, compact) == expected
     assert [r.as_list() for r in reservations] == [r.as_list() for r in reservations_of(result)]
+    # Its entry in the reservation call, as `entry_of` writes it for a claim made in Python.
+    assert entry == entry_of(Claim(request.event_id, "3:1234", request.user_id, compact, reservations_of(result)))
     # A replay: the compact outcome kept in Redis, written again (compiled writer and reference).
     assert Writer().write(fields, decode_compact(compact), request.keywords) == expected
     assert write_records(fields, decode_compact(compact), request.keywords) == expected
@@ -115,9 +119,9 @@ def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
     creatives: dict[str, Any] = {"plain": campaign_record("plain")["creatives"]}
     assert check(engine, fields, request, creatives)
     assert engine.twin is not None
-    assert engine.twin.claim(request, None, None, fields, NOW_MS, {}) is None
+    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, {}) is None
     odd = {"plain": [{"creative_id": "plain-1", "title": {1, 2}}]}  # a set: not JSON
-    assert engine.twin.claim(request, None, None, fields, NOW_MS, odd) is None
+    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, odd) is None
 
     learned = Campaign.from_record(campaign_record("learned", bid_type="cpc", amount_micros=5_000_000))
     learned.set_pctr(blended_pctr(learned.prior_pctr, 2**55 + 1, 2**50))
@@ -126,4 +130,4 @@ def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
     assert engine.twin is not None
     creatives = {"learned": campaign_record("learned")["creatives"]}
     assert engine.twin.run(request, None, None) is not None  # the auction itself it decides
-    assert engine.twin.claim(request, None, None, fields, NOW_MS, creatives) is None
+    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, creatives) is None
