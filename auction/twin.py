@@ -22,12 +22,14 @@ from auction.model import AuctionRequest, AuctionResult, NoFillReason, Winner
 from auction.pacing import SpendView
 from auction.records import LABEL
 from core.keys import EVENT_BUCKETS
+from core.loop import Output
 from schemas.checks import Record
 from schemas.iab import IAB_CATEGORIES, lineage
 
-# `EngineTwin.claim`: the records as `Writer.write` writes them, then the Redis reservations and
-# the claim's entry in the reservation call (`entry_of`).
-Claimed = tuple[list[bytes], list[str], str | None, bytes, list[Reservation], bytes]
+# `EngineTwin.claim`: the records to publish as (topic, key, value), how many are impressions, the
+# decision's no-fill reason, the compact outcome, the Redis reservations and the claim's entry in
+# the reservation call (`entry_of`).
+Claimed = tuple[list[Output], int, str | None, bytes, list[Reservation], bytes]
 
 
 class EngineTwin:
@@ -66,6 +68,10 @@ class EngineTwin:
     def set_policy(self, policy: Policy) -> None:
         self.native.set_policy(set(policy.blocked_safety_labels), set(policy.sensitive_categories),
                                set(policy.restricted_verticals))
+
+    def set_topics(self, decisions: str, impressions: str) -> None:
+        """Where `claim`'s records go (until set, `claim` answers None)."""
+        self.native.set_topics(decisions, impressions)
 
     def set_increment(self, increment_micros: int) -> None:
         self.native.set_increment(increment_micros)

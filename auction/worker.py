@@ -74,8 +74,8 @@ class Pending:
     intent: dict[str, Any]
     request: AuctionRequest
     refused: dict[str, NoFillReason]
-    encoded: list[bytes]  # decision, then impressions
-    impression_ids: list[str]
+    published: list[Output]  # the decision, then the impressions: (topic, key, value)
+    impressions: int
     no_fill_reason: str | None
 
     def __init__(self, record: ConsumerRecord[bytes, bytes], intent: dict[str, Any], request: AuctionRequest) -> None:
@@ -83,8 +83,8 @@ class Pending:
         self.intent = intent
         self.request = request
         self.refused = {}
-        self.encoded = []
-        self.impression_ids = []
+        self.published = []
+        self.impressions = 0
         self.no_fill_reason = None
 
 
@@ -122,7 +122,9 @@ class AuctionRole:
         self.writer = Writer()
         self.reserver = reserver_for(redis, settings.keys, settings.event_ttl_s)
         self.people = people
-        self.topics = {name: settings.topic(name) for name in ("ad.decisions", "ad.impressions")}
+        self.topics = (settings.topic("ad.decisions"), settings.topic("ad.impressions"))
+        if self.twin is not None:
+            self.twin.set_topics(*self.topics)
         self._loop: Loop | None = None
 
     async def start(self, loop: Loop) -> None:
@@ -229,7 +231,7 @@ class AuctionRole:
             claimed = twin.claim(request, self.people.state_for(request.user_id, now_ms), item.refused, item.intent,
                                  source, now_ms, self.live.creatives)
             if claimed is not None:
-                item.encoded, item.impression_ids, item.no_fill_reason, compact, reservations, entry = claimed
+                item.published, item.impressions, item.no_fill_reason, compact, reservations, entry = claimed
                 return Claim(event_id=request.event_id, source=source, user_id=request.user_id, outcome=compact,
                              reservations=reservations, entry=entry)
         return self._claim(item, self._auction(item, now_ms, rounds), now_ms)
@@ -247,7 +249,7 @@ class AuctionRole:
         """Records for this result, encoded once to be published; Redis keeps the compact outcome
         they were built from, to build the same bytes again on a replay."""
         outcome = outcome_of(item.request.event_id, result, now_ms, self.live.creatives, personalized=False)
-        compact = self._set_records(self.writer, item, outcome)
+        compact = self._set_records(self.writer, self.topics, item, outcome)
         return Claim(
             event_id=item.request.event_id,
             source=f"{item.record.partition}:{item.record.offset}",
@@ -257,12 +259,21 @@ class AuctionRole:
         )
 
     @staticmethod
-    def _set_records(writer: Writer, item: Pending, outcome: list[Any]) -> bytes:
+    def _set_records(writer: Writer, topics: tuple[str, str], item: Pending, outcome: list[Any]) -> bytes:
         """The records of `outcome` for this intent, encoded: the first attempt's and a replay's
         alike (written compiled where the writer is built). Returns the compact outcome's bytes."""
-        item.encoded, item.impression_ids, item.no_fill_reason, compact = writer.write(
-            item.intent, outcome, item.request.keywords)
+        encoded, impression_ids, item.no_fill_reason, compact = writer.write(item.intent, outcome, item.request.keywords)
+        AuctionRole._publish(topics, item, encoded, impression_ids)
         return compact
+
+    @staticmethod
+    def _publish(topics: tuple[str, str], item: Pending, encoded: list[bytes], impression_ids: list[str]) -> None:
+        """The records to publish (`topics`: of decisions and of impressions): the decision, keyed
+        by session, then each impression, by id."""
+        item.published = [(topics[0], item.intent["session_id"].encode(), encoded[0])]
+        item.published += [(topics[1], impression_id.encode(), raw)
+                           for impression_id, raw in zip(impression_ids, encoded[1:], strict=True)]
+        item.impressions = len(impression_ids)
 
     def _read_answers(
         self,
@@ -312,20 +323,17 @@ class AuctionRole:
             # Publish what the first attempt published, whatever changed since: its records built
             # again from the outcome it kept (or, kept whole by an earlier version, as they are).
             if is_compact(answer.outcome):
-                self._set_records(self.writer, item, decode_compact(answer.outcome))
+                self._set_records(self.writer, self.topics, item, decode_compact(answer.outcome))
             else:
-                item.encoded = split_outcome(answer.outcome)
-                item.impression_ids = [orjson.loads(raw)["impression_id"] for raw in item.encoded[1:]]
-                item.no_fill_reason = orjson.loads(item.encoded[0])["no_fill_reason"]
+                encoded = split_outcome(answer.outcome)
+                self._publish(self.topics, item, encoded, [orjson.loads(raw)["impression_id"] for raw in encoded[1:]])
+                item.no_fill_reason = orjson.loads(encoded[0])["no_fill_reason"]
             tally.replays += 1
-        decision_topic, impression_topic = self.topics["ad.decisions"], self.topics["ad.impressions"]
-        outputs.append((decision_topic, item.intent["session_id"].encode(), item.encoded[0]))
-        for impression_id, raw in zip(item.impression_ids, item.encoded[1:], strict=True):
-            outputs.append((impression_topic, impression_id.encode(), raw))
+        outputs += item.published
         tally.decisions += 1
-        if item.impression_ids:
+        if item.impressions:
             tally.fills += 1
-            tally.impressions += len(item.impression_ids)
+            tally.impressions += item.impressions
         else:
             tally.no_fill[str(item.no_fill_reason)] += 1
         return False

@@ -38,6 +38,8 @@ pub struct PyEngine {
     /// (auction/budgets.py `Reservation`).
     label_json: Vec<u8>,
     reservation: Py<PyAny>,
+    /// The topics of decisions and impressions (`set_topics`): until set, `claim` answers None.
+    topics: Option<(Py<PyString>, Py<PyString>)>,
     /// core/keys.py `EVENT_BUCKETS`: an event's bucket is the CRC-32 of its id modulo this.
     event_buckets: u32,
 }
@@ -243,6 +245,7 @@ impl PyEngine {
                 quoted
             },
             reservation,
+            topics: None,
             event_buckets,
         })
     }
@@ -307,6 +310,11 @@ impl PyEngine {
     /// Campaigns held, and how many of the Python index's it could not hold.
     fn sizes(&self) -> (usize, usize) {
         (self.core.len(), self.unsupported.len())
+    }
+
+    /// The topics `claim`'s records go to: ad.decisions and ad.impressions, as the worker names them.
+    fn set_topics(&mut self, decisions: Py<PyString>, impressions: Py<PyString>) {
+        self.topics = Some((decisions, impressions));
     }
 
     fn set_increment(&mut self, increment_micros: u128) {
@@ -424,9 +432,10 @@ impl PyEngine {
     }
 
     /// `run`, then what the worker makes of the result (auction/worker.py `_claim`), in one step:
-    /// `(encoded, impression_ids, no_fill_reason, compact, reservations)` as the `Writer` writes
-    /// them from `outcome_of`'s compact outcome (`personalized` false), and a `Reservation` per
-    /// winner, with no Python object per winner in between. `fields`: the intent's fields;
+    /// `(published, impressions, no_fill_reason, compact, reservations, entry)`: the records as
+    /// the `Writer` writes them from `outcome_of`'s compact outcome (`personalized` false), each
+    /// as `(topic, key, value)`, how many are impressions, the decision's no-fill reason, the
+    /// compact outcome, a `Reservation` per winner and the claim's entry in the reservation call, with no Python object per winner in between. `fields`: the intent's fields;
     /// `creatives`: each campaign's creatives. `None` where `run` answers `None`, or where a value
     /// is not of the shape the Python steps would meet: those steps then do it all.
     #[allow(clippy::too_many_arguments)]
@@ -752,31 +761,43 @@ impl PyEngine {
             entry.push(b']');
             reservations.append(self.reservation.bind(py).call1(args).ok()?).ok()?;
         }
+        let written = records::records(&self.label_json, &intent, &auction, &parts, &values);
+        let bucket = crc32(&[event_id.as_bytes()]) % self.event_buckets;
+        entry.extend_from_slice(b"],");
+        entry.extend_from_slice(itoa::Buffer::new().format(written.compact.len()).as_bytes());
+        entry.push(b',');
+        entry.extend_from_slice(itoa::Buffer::new().format(bucket).as_bytes());
+        entry.push(b']');
+        // The records to publish, as the worker's loop takes them: (topic, key, value).
+        let (decisions, impressions) = self.topics.as_ref()?;
+        let session_id = fields
+            .get_item(intern!(py, "session_id"))
+            .ok()??
+            .downcast_into::<PyString>()
+            .ok()?;
+        let published = PyList::empty(py);
+        let session_key = PyBytes::new(py, session_id.to_str().ok()?.as_bytes());
+        published
+            .append((decisions.bind(py), session_key, PyBytes::new(py, &written.decision)))
+            .ok()?;
+        for (impression_id, impression) in &written.impressions {
+            let key = PyBytes::new(py, impression_id.as_bytes());
+            published
+                .append((impressions.bind(py), key, PyBytes::new(py, impression)))
+                .ok()?;
+        }
         let reason_obj = match &reason {
             Some(text) => PyString::intern(py, text).into_any(),
             None => py.None().into_bound(py),
         };
-        let [encoded, impression_ids, no_fill_reason, compact] =
-            records::records(py, &self.label_json, &intent, &auction, &parts, &values, reason_obj)?;
-        let length = compact.downcast::<PyBytes>().ok()?.as_bytes().len();
-        let bucket = crc32(&[event_id.as_bytes()]) % self.event_buckets;
-        entry.extend_from_slice(b"],");
-        entry.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-        entry.push(b',');
-        entry.extend_from_slice(itoa::Buffer::new().format(bucket).as_bytes());
-        entry.push(b']');
-        let entry = PyBytes::new(py, &entry).into_any();
-        PyTuple::new(
-            py,
-            [
-                encoded,
-                impression_ids,
-                no_fill_reason,
-                compact,
-                reservations.into_any(),
-                entry,
-            ],
-        )
-        .ok()
+        let parts = [
+            published.into_any(),
+            written.impressions.len().into_pyobject(py).ok()?.into_any(),
+            reason_obj,
+            PyBytes::new(py, &written.compact).into_any(),
+            reservations.into_any(),
+            PyBytes::new(py, &entry).into_any(),
+        ];
+        PyTuple::new(py, parts).ok()
     }
 }

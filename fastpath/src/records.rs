@@ -127,18 +127,22 @@ pub fn sorted_keywords(mut texts: Vec<&str>) -> Vec<u8> {
     out
 }
 
-/// `[encoded, impression_ids, no_fill_reason, compact]`: the decision's bytes then each
-/// impression's, the impressions' ids, the decision's no-fill reason (`reason` when there are no
-/// winners, else None), and the compact outcome's bytes.
-pub fn records<'py>(
-    py: Python<'py>,
+/// An auction's records, encoded.
+pub struct Records {
+    pub decision: Vec<u8>,
+    pub impressions: Vec<(String, Vec<u8>)>, // (impression_id, the impression's bytes), by slot
+    pub compact: Vec<u8>,                    // the compact outcome
+}
+
+/// The decision, one impression per winner and the compact outcome (the decision's no-fill
+/// reason is the outcome's when there are no winners, else null).
+pub fn records(
     label_json: &[u8],
     intent: &Intent<'_>,
     auction: &Auction,
     winners: &[Winner],
     values: &[u8],
-    reason: Bound<'py, PyAny>,
-) -> Option<[Bound<'py, PyAny>; 4]> {
+) -> Records {
     let value = |span: &Range<usize>| &values[span.clone()];
     let mut decision = Vec::with_capacity(512 + 512 * winners.len());
     push_fields(
@@ -164,9 +168,7 @@ pub fn records<'py>(
             (b",[", b""),
         ],
     );
-    let encoded = PyList::empty(py);
-    let impression_ids = PyList::empty(py);
-    let mut impressions: Vec<Vec<u8>> = Vec::with_capacity(winners.len());
+    let mut impressions: Vec<(String, Vec<u8>)> = Vec::with_capacity(winners.len());
     for (index, winner) in winners.iter().enumerate() {
         let mut slot_json = Vec::with_capacity(2);
         push_int(&mut slot_json, winner.slot);
@@ -219,8 +221,7 @@ pub fn records<'py>(
                 (b"}", b""),
             ],
         );
-        impressions.push(impression);
-        impression_ids.append(PyString::new(py, &impression_id_text)).ok()?;
+        impressions.push((impression_id_text, impression));
         push_fields(
             &mut compact,
             &[
@@ -241,26 +242,15 @@ pub fn records<'py>(
             ],
         );
     }
-    let no_fill_reason = if winners.is_empty() {
-        reason
-    } else {
-        py.None().into_bound(py)
-    };
     decision.extend_from_slice(b"],\"no_fill_reason\":");
-    push_value(&mut decision, &no_fill_reason)?;
+    decision.extend_from_slice(if winners.is_empty() { &auction.reason } else { b"null" });
     decision.push(b'}');
     compact.extend_from_slice(b"]]");
-
-    encoded.append(PyBytes::new(py, &decision)).ok()?;
-    for impression in &impressions {
-        encoded.append(PyBytes::new(py, impression)).ok()?;
+    Records {
+        decision,
+        impressions,
+        compact,
     }
-    Some([
-        encoded.into_any(),
-        impression_ids.into_any(),
-        no_fill_reason,
-        PyBytes::new(py, &compact).into_any(),
-    ])
 }
 
 /// `records` of a compact outcome made in Python (the `Writer`). `keywords`: the request's
@@ -334,9 +324,23 @@ pub fn write<'py>(
             category: put(&field(12)?)?,
         });
     }
+    let written = records(label_json, &intent, &auction, &winners, &values);
+    let encoded = PyList::empty(py);
+    let impression_ids = PyList::empty(py);
+    encoded.append(PyBytes::new(py, &written.decision)).ok()?;
+    for (impression_id, impression) in &written.impressions {
+        encoded.append(PyBytes::new(py, impression)).ok()?;
+        impression_ids.append(PyString::new(py, impression_id)).ok()?;
+    }
+    let no_fill_reason = if winners.is_empty() {
+        reason
+    } else {
+        py.None().into_bound(py)
+    };
+    let compact = PyBytes::new(py, &written.compact).into_any();
     PyTuple::new(
         py,
-        records(py, label_json, &intent, &auction, &winners, &values, reason)?,
+        [encoded.into_any(), impression_ids.into_any(), no_fill_reason, compact],
     )
     .ok()
 }

@@ -34,14 +34,19 @@ def check(engine: AuctionEngine, fields: dict[str, Any], request: AuctionRequest
     """The twin's claim equals the Python steps' (True), or it left the event to them (False)."""
     twin = engine.twin
     assert isinstance(twin, EngineTwin)
+    twin.set_topics("t.decisions", "t.impressions")
     claimed = twin.claim(request, user, refused, fields, "3:1234", NOW_MS + 5, creatives)
     result = engine.run_python(request, user, refused)
     outcome = outcome_of(request.event_id, result, NOW_MS + 5, creatives, personalized=False)
     expected = write_records(fields, outcome, request.keywords)
     if claimed is None:
         return False
-    encoded, impression_ids, no_fill_reason, compact, reservations, entry = claimed
-    assert (encoded, impression_ids, no_fill_reason, compact) == expected
+    published, impressions, no_fill_reason, compact, reservations, entry = claimed
+    encoded, impression_ids = expected[0], expected[1]
+    impressions_expected = [("t.impressions", impression_id.encode(), raw)
+                            for impression_id, raw in zip(impression_ids, encoded[1:], strict=True)]
+    assert published == [("t.decisions", fields["session_id"].encode(), encoded[0]), *impressions_expected]
+    assert (impressions, no_fill_reason, compact) == (len(impression_ids), *expected[2:])
     assert [r.as_list() for r in reservations] == [r.as_list() for r in reservations_of(result)]
     # Its entry in the reservation call, as `entry_of` writes it for a claim made in Python.
     assert entry == entry_of(Claim(request.event_id, "3:1234", request.user_id, compact, reservations_of(result)))
@@ -117,8 +122,9 @@ def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
     request = AuctionRequest.from_intent(intent(), NOW_MS)
     fields = intent()
     creatives: dict[str, Any] = {"plain": campaign_record("plain")["creatives"]}
-    assert check(engine, fields, request, creatives)
     assert engine.twin is not None
+    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, creatives) is None  # no topics yet
+    assert check(engine, fields, request, creatives)
     assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, {}) is None
     odd = {"plain": [{"creative_id": "plain-1", "title": {1, 2}}]}  # a set: not JSON
     assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, odd) is None
@@ -128,6 +134,7 @@ def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
     assert learned.pctr_den > 2**53 and learned.pctr_num < 2**64 and learned.pctr_den < 2**64
     _, engine = pair([learned])
     assert engine.twin is not None
+    engine.twin.set_topics("t.decisions", "t.impressions")
     creatives = {"learned": campaign_record("learned")["creatives"]}
     assert engine.twin.run(request, None, None) is not None  # the auction itself it decides
     assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, creatives) is None

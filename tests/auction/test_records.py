@@ -308,8 +308,10 @@ def test_pending_is_what_the_worker_fills() -> None:
     result, published, kept = first_attempt(engine, event, {"c1": campaign_record("c1")["creatives"]}, NOW_MS)
     item = Pending(ConsumerRecord(INPUT, 0, 0, 0, 0, None, orjson.dumps(event), None, 0, 0, []), event,
                    AuctionRequest.from_intent(event, NOW_MS))
+    topics = ("t.decisions", "t.impressions")
     for writer in (Writer(), Writer(compiled=False)):  # compiled (where built) and the reference alike
-        item.encoded = []
-        assert AuctionRole._set_records(writer, item, decode_compact(kept)) == kept  # noqa: SLF001
-        assert item.encoded == published and item.impression_ids == ["e-1:1"] and item.no_fill_reason is None
+        item.published = []
+        assert AuctionRole._set_records(writer, topics, item, decode_compact(kept)) == kept  # noqa: SLF001
+        assert item.published == [("t.decisions", b"s-1", published[0]), ("t.impressions", b"e-1:1", published[1])]
+        assert item.impressions == 1 and item.no_fill_reason is None
     assert result.winners
