@@ -91,7 +91,7 @@ class EngineTwin:
         if user is not None:
             hidden, capped = user.hidden_advertisers, user.capped_campaigns
         claimed: Claimed | None = self.native.claim(
-            fields, source, ts_decided, creatives,
+            fields, source, request.user_id, ts_decided, creatives,
             request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
             request.keywords, request.locale, request.country, request.device, request.safety_labels,
             request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,

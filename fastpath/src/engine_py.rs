@@ -439,7 +439,7 @@ impl PyEngine {
     /// `creatives`: each campaign's creatives. `None` where `run` answers `None`, or where a value
     /// is not of the shape the Python steps would meet: those steps then do it all.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (fields, source, ts_decided, creatives, event_id, placement, slots, reserve_cpm_micros, category,
+    #[pyo3(signature = (fields, source, user_id, ts_decided, creatives, event_id, placement, slots, reserve_cpm_micros, category,
                         keywords, locale, country, device, safety_labels, consent_ads, age_bracket, now_ms,
                         hidden=None, capped=None, refused=None))]
     fn claim<'py>(
@@ -447,6 +447,7 @@ impl PyEngine {
         py: Python<'py>,
         fields: &Bound<'py, PyAny>,
         source: &str,
+        user_id: &str,
         ts_decided: i64,
         creatives: &Bound<'py, PyAny>,
         event_id: &str,
@@ -470,6 +471,9 @@ impl PyEngine {
         else {
             return Ok(None);
         };
+        if self.topics.is_none() {
+            return Ok(None);
+        }
         let asked = Asked {
             event_id,
             placement,
@@ -491,8 +495,20 @@ impl PyEngine {
         let Some(decided) = self.decide(&asked)? else {
             return Ok(None);
         };
-        Ok(self.written(py, fields, source, ts_decided, creatives, decided))
+        let claimant = Claimant {
+            event_id,
+            user_id,
+            source,
+        };
+        Ok(self.written(py, fields, &claimant, ts_decided, creatives, decided))
     }
+}
+
+/// Who claims (the request's ids, as the Python `Claim` carries them) and from where.
+struct Claimant<'a> {
+    event_id: &'a str,
+    user_id: &'a str,
+    source: &'a str,
 }
 
 /// The arguments of one auction, as Python passed them.
@@ -610,14 +626,14 @@ impl PyEngine {
         &self,
         py: Python<'py>,
         fields: &Bound<'py, PyDict>,
-        source: &str,
+        claimant: &Claimant<'_>,
         ts_decided: i64,
         creatives: &Bound<'py, PyDict>,
         decided: Decided<'py>,
     ) -> Option<Bound<'py, PyTuple>> {
         let (intent, event_id_obj) = records::intent_of(fields)?;
-        let event_id = event_id_obj.to_str().ok()?;
-        let intent = intent.with_event_id(event_id);
+        let intent = intent.with_event_id(event_id_obj.to_str().ok()?); // the records' ids: the intent's
+        let event_id = claimant.event_id; // the creative pick and the claim: the request's, as in Python
         let reserve = itoa::Buffer::new()
             .format(decided.reserve_cpm_micros)
             .as_bytes()
@@ -659,11 +675,11 @@ impl PyEngine {
         // [event_id, source, user_id, [reservation, ...], outcome length, event bucket].
         let mut entry = Vec::with_capacity(96 + 96 * winners.len());
         entry.push(b'[');
-        entry.extend_from_slice(&intent.event);
+        push_str(&mut entry, event_id);
         entry.push(b',');
-        push_str(&mut entry, source);
+        push_str(&mut entry, claimant.source);
         entry.push(b',');
-        entry.extend_from_slice(&intent.user);
+        push_str(&mut entry, claimant.user_id);
         entry.extend_from_slice(b",[");
         for winner in &winners {
             let campaign = self.core.campaign(winner.campaign);

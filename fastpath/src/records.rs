@@ -41,9 +41,9 @@ fn item<'py>(list: &Bound<'py, PyList>, index: usize) -> Option<Bound<'py, PyAny
 
 /// What the records repeat of the consumed intent, as JSON.
 pub struct Intent<'a> {
-    pub event_id: &'a str,
-    pub event: Vec<u8>,
-    pub user: Vec<u8>,
+    event_id: &'a str,
+    event: Vec<u8>,
+    user: Vec<u8>,
     session: Vec<u8>,
     placement: Vec<u8>,
     ts_event: Vec<u8>,

@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from auction.budgets import BudgetReserver, Claim, Reservation
+from auction.budgets import BudgetReserver, Claim, Reservation, entry_of
 from auction.budgets_split import SplitReserver
 from core.keys import Keys
 from core.redis_client import is_cluster, redis_from_url
@@ -232,3 +232,57 @@ async def test_outcome_kept_whole_by_an_older_version_still_replays(settings: Se
     await client.aclose()
     assert (answers[0].kind, answers[0].outcome) == ("replay", b'{"event_id":"old"}')
     assert spend(redis_client, settings, "c") == (0, 0)
+
+
+async def test_each_kept_outcome_is_its_own_among_every_kind_of_answer(settings: Settings, redis_client: redis.Redis,
+                                                                       kind: str) -> None:
+    """One call with auctions of every answer and outcomes of different lengths, in mixed order:
+    each auction's replay hands back exactly its own outcome (where it sits in the call's blob
+    counts every auction before it, refused and duplicate ones too)."""
+    set_budget(redis_client, settings, "rich", daily=10**9, total=10**9)
+    set_budget(redis_client, settings, "poor", daily=5, total=5)
+
+    def made(event_id: str, source: str, campaign_id: str, charge: int, size: int) -> Claim:
+        return Claim(event_id, source, "u1", (event_id * size).encode()[:size], [Reservation(campaign_id, charge, charge)])
+
+    client = redis_from_url(settings.redis)
+    reserver = make(kind, client, settings.keys)
+    (first,), _, _ = await reserver.reserve([made("e0", "0:0", "rich", 1, 11)], DAY)
+    batch = [made("e0", "0:99", "rich", 1, 300),  # the same event from another record: dup
+             made("e1", "0:1", "poor", 6, 7),  # over budget: refused
+             made("e2", "0:2", "rich", 2, 123),
+             made("e0", "0:0", "rich", 1, 45),  # the first record again: replay
+             made("e3", "0:3", "rich", 3, 1),
+             made("e4", "0:4", "poor", 9, 64),  # refused again
+             made("e5", "0:5", "rich", 4, 77)]
+    answers, _, _ = await reserver.reserve(batch, DAY)
+    assert first.kind == "ok"
+    assert [a.kind for a in answers] == ["dup", "refused", "ok", "replay", "ok", "refused", "ok"]
+    assert answers[3].outcome == made("e0", "0:0", "rich", 1, 11).outcome
+    again = [made(event_id, f"0:{event_id[1:]}", "rich", 1, 2) for event_id in ("e2", "e3", "e5", "e0")]
+    replayed, _, _ = await reserver.reserve(again, DAY)
+    await client.aclose()
+    assert [(a.kind, a.outcome) for a in replayed] == [
+        ("replay", batch[2].outcome), ("replay", batch[4].outcome), ("replay", batch[6].outcome),
+        ("replay", made("e0", "0:0", "rich", 1, 11).outcome)]
+    assert spend(redis_client, settings, "rich") == (10, 10)
+
+
+async def test_a_claim_s_own_entry_and_entry_of_reserve_alike(settings: Settings, redis_client: redis.Redis) -> None:
+    """`Claim.entry` (written by the compiled step) stands for `entry_of` the claim: the one-call
+    reserver sends it as it is, and Redis ends in the same state either way."""
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    if is_cluster(redis_client):
+        pytest.skip("reserve.lua touches many slots in one call: a Redis Cluster gets the split reserver")
+    plain = [claim(f"e{n}", "c", 5, user="u1", cap=(2, 60)) for n in range(3)]
+    with_entry = [claim(f"f{n}", "c", 5, user="u3", cap=(2, 60)) for n in range(3)]
+    for made in with_entry:
+        made.entry = entry_of(made)
+    assert await reserve(settings, plain, "one_call") == ["ok", "ok", "refused"]  # the cap: 2 per person
+    assert await reserve(settings, with_entry, "one_call") == ["ok", "ok", "refused"]
+    assert spend(redis_client, settings, "c") == (20, 20)
+    assert redis_client.get(settings.keys.frequency("u3", "c")) == redis_client.get(settings.keys.frequency("u1", "c"))
+    garbled = claim("g1", "c", 5, user="u2")
+    garbled.entry = entry_of(claim("g1", "c", 7, user="u2"))  # the entry is what Redis reads
+    assert await reserve(settings, [garbled], "one_call") == ["ok"]
+    assert spend(redis_client, settings, "c") == (27, 27)

@@ -104,7 +104,10 @@ def test_generated_auctions_claim_as_the_python_steps_do(data: st.DataObject) ->
     ids = [campaign.campaign_id for campaign in campaigns] or ["none"]
     for _ in range(4):
         request = data.draw(requests())
-        fields = intent(request.event_id, session_id=data.draw(st.sampled_from(["s-1", "s\u00e9\\2"])))
+        # The records take the intent's ids, the creative pick and the claim the request's: here
+        # they differ, so that a mix-up shows.
+        fields = intent(f"{request.event_id}-f", user_id="u-fields",
+                        session_id=data.draw(st.sampled_from(["s-1", "s\u00e9\\2"])))
         refused = data.draw(st.one_of(st.none(), st.dictionaries(
             st.sampled_from(ids), st.sampled_from(["budget", "frequency_cap", "user_hidden"]))))
         user = UserState(frozenset(), frozenset(data.draw(st.lists(st.sampled_from(ids))))) if data.draw(
