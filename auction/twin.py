@@ -87,16 +87,8 @@ class EngineTwin:
         `outcome_of`, `Writer.write`, `reservations_of` and `entry_of` make of the result
         (personalized false), equal to the byte (tests/auction/test_claim.py). None: the worker
         takes those steps."""
-        hidden = capped = None
-        if user is not None:
-            hidden, capped = user.hidden_advertisers, user.capped_campaigns
-        claimed: Claimed | None = self.native.claim(
-            fields, source, request.user_id, ts_decided, creatives,
-            request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
-            request.keywords, request.locale, request.country, request.device, request.safety_labels,
-            request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,
-            dict(refused) if refused else None,
-        )
+        claimed: Claimed | None = self.native.claim(fields, source, request.user_id, ts_decided, creatives,
+                                                    *_asked(request, user, refused))
         if claimed is not None:
             self.decided += 1
             self.claimed += 1
@@ -104,15 +96,7 @@ class EngineTwin:
 
     def run(self, request: AuctionRequest, user: UserState | None,
             refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None:
-        hidden = capped = None
-        if user is not None:
-            hidden, capped = user.hidden_advertisers, user.capped_campaigns
-        answer = self.native.run(
-            request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
-            request.keywords, request.locale, request.country, request.device, request.safety_labels,
-            request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,
-            dict(refused) if refused else None,
-        )
+        answer = self.native.run(*_asked(request, user, refused))
         if answer is None:
             self.left += 1
             return None
@@ -126,6 +110,18 @@ class EngineTwin:
             for slot, campaign_id, price, charge, ecpm, runner_up, matched, category in found
         )
         return AuctionResult(request.event_id, winners, None, request.reserve_cpm_micros)
+
+
+def _asked(request: AuctionRequest, user: UserState | None,
+           refused: Mapping[str, NoFillReason] | None) -> tuple[Any, ...]:
+    """One auction's arguments as the compiled engine's `run` and `claim` take them."""
+    hidden = capped = None
+    if user is not None:
+        hidden, capped = user.hidden_advertisers, user.capped_campaigns
+    return (request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
+            request.keywords, request.locale, request.country, request.device, request.safety_labels,
+            request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,
+            dict(refused) if refused else None)
 
 
 def engine_twin(increment_micros: int) -> EngineTwin | None:

@@ -87,6 +87,10 @@ class Pending:
         self.impressions = 0
         self.no_fill_reason = None
 
+    def source(self) -> str:
+        """The record's "<partition>:<offset>": tells a replay from a duplicate (auction/budgets.py)."""
+        return f"{self.record.partition}:{self.record.offset}"
+
 
 def reservations_of(result: AuctionResult) -> list[Reservation]:
     """What Redis must reserve for each winner: a CPM winner's charge (at least a micro must be
@@ -227,7 +231,7 @@ class AuctionRole:
         twin = self.twin
         if twin is not None and rounds <= MAX_REFUSAL_ROUNDS:
             request = item.request
-            source = f"{item.record.partition}:{item.record.offset}"
+            source = item.source()
             claimed = twin.claim(request, self.people.state_for(request.user_id, now_ms), item.refused, item.intent,
                                  source, now_ms, self.live.creatives)
             if claimed is not None:
@@ -252,7 +256,7 @@ class AuctionRole:
         compact = self._set_records(self.writer, self.topics, item, outcome)
         return Claim(
             event_id=item.request.event_id,
-            source=f"{item.record.partition}:{item.record.offset}",
+            source=item.source(),
             user_id=item.request.user_id,
             outcome=compact,
             reservations=reservations_of(result),
