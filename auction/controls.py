@@ -35,10 +35,12 @@ CONTROLS = "user.controls"
 APPLIED = "user.controls.applied"
 STATE = "user.controls.state"
 RESTORE_CHUNK = 500
-# Erasing a person (`forget_person`). The person's key index `{u:<id>}:keys` lists their expiring
-# keys: frequency caps (reserve.lua, the person's own slot) and stored clicks (the conversions
-# role, `{k:<click_id>}`: other slots). A script keeps to one slot on a Redis Cluster, so the
-# clicks are deleted by the caller, and this script erases the person's own keys and the index
+# Erasing a person (`forget_person`). Their keys of fixed names (KEYS: the key index, hidden
+# advertisers, preferences, frequency caps) are erased by name. The key index `{u:<id>}:keys`
+# lists their other expiring keys: what the split reservation kept per event (their own slot) and
+# stored clicks (the conversions role, `{k:<click_id>}`: other slots). A script keeps to one slot
+# on a Redis Cluster, so the clicks are deleted by the caller, and this script erases the
+# person's own keys and the index
 # only once every key of another slot that the index lists has been deleted (ARGV[2...]: the
 # ones the caller deleted); otherwise it erases nothing and returns those not deleted yet. The
 # index thus outlives every key it lists, and a click stored meanwhile (the store writes the
@@ -58,7 +60,7 @@ for _, key in ipairs(listed) do
 end
 if #elsewhere > 0 then return elsewhere end
 for _, key in ipairs(own) do redis.call("DEL", key) end
-redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
+redis.call("DEL", unpack(KEYS))
 return elsewhere
 """
 FORGET_ROUNDS = 20  # clicks stored while a person is forgotten, each round; past this, the batch is retried
@@ -75,7 +77,7 @@ async def forget_person(client: Redis, keys: Keys, user_id: str) -> None:
     """Erase every key of the person, in their slot and elsewhere (see FORGET_SCRIPT). Idempotent:
     a forget replayed after a crash finds what is left and erases it."""
     finish = client.register_script(FORGET_SCRIPT)
-    fixed = [keys.person_keys(user_id), keys.hidden(user_id), keys.prefs(user_id)]
+    fixed = [keys.person_keys(user_id), keys.hidden(user_id), keys.prefs(user_id), keys.caps(user_id)]
     deleted: list[str] = []
     for _ in range(FORGET_ROUNDS):
         elsewhere = [_text(key) for key in await finish(keys=fixed, args=[keys.person(user_id), *deleted])]

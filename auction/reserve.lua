@@ -29,14 +29,16 @@
 -- The reply is one JSON string: {answers, spends}, answers = {{i, answer}, ...} for each auction
 -- whose answer is not {"ok"} (most are "ok": not written, not read back), spends =
 -- {{campaign_id, today, total}, ...} for every campaign the batch looked at.
--- Per-person keys live under {u:<user_id>} and are listed in {u:<user_id>}:keys, so that
--- `forget` can erase them all without scanning the keyspace.
+-- Frequency caps: one hash per person, {u:<user_id>}:caps, campaign_id -> "<count> <window end, ms>"
+-- (Redis's clock): a window starts at the impression that finds none open and ends window_s
+-- later; the hash expires with its last window, and a write drops the windows that ended, so
+-- it holds only open ones. `forget` erases it by name.
 -- Money stays below 2^53 micros (validated at campaign apply), so Lua numbers are exact; it is
 -- sent back as decimal strings because cjson prints numbers with 14 significant digits.
 --
 -- Speed: every redis.call costs about a microsecond of Lua overhead on top of the command, so
--- what can be read up front is read with one MGET per batch (kept outcomes, spend, frequency
--- counters) and spend is written once per campaign at the end. The script runs atomically, so
+-- what can be read up front is read with one MGET per batch (kept outcomes, spend), the caps with
+-- one HGETALL per person, and spend and caps are written once per campaign and per person at the end. The script runs atomically, so
 -- the state it leaves is exactly that of reading and writing key by key.
 
 local K, day, ttl = cjson.decode(ARGV[1]), ARGV[2], tonumber(ARGV[3])
@@ -44,9 +46,12 @@ local auctions = cjson.decode(ARGV[4])
 local any_ok = false
 local answers = {}
 local DAY_TTL = 3 * 86400
+local NONE = {0}  -- no open cap window: nothing counted
 local CHUNK = 1000  -- keys per MGET/EXISTS (unpack works on the Lua stack)
 local call = redis.call
 local find, sub, format = string.find, string.sub, string.format
+local clock = call("TIME")
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local function blob_of(id) return format(K.blob, id) end
 
@@ -87,11 +92,29 @@ for i, a in ipairs(auctions) do
 end
 local kept_before = mget(okeys)
 
+-- A person's caps, as read: campaign_id -> {count, window end}, open windows only (an ended one
+-- counts nothing), plus what a write must drop (the ended) and keep in mind (the key's expiry).
+local function caps_of(user)
+  local got = call("HGETALL", format(K.caps, user))
+  local person = {open = {}, ended = {}, expiry = 0, changed = {}, dirty = {}}  -- changed: counted, in order
+  for j = 1, #got, 2 do
+    local count, ends = string.match(got[j + 1], "^(%d+) (%d+)$")
+    count, ends = tonumber(count), tonumber(ends)
+    if ends > person.expiry then person.expiry = ends end
+    if ends > now_ms then
+      person.open[got[j]] = {count, ends}
+    else
+      person.ended[#person.ended + 1] = got[j]
+    end
+  end
+  return person
+end
+
 -- 2. Everything the undecided events will check: budgets and spend of their campaigns,
--- their frequency counters, and whether any of their people hid an advertiser.
+-- their people's caps, and whether any of their people hid an advertiser.
 local limits, today, total, day_was = {}, {}, {}, {}
-local fc = {}  -- frequency-cap key -> current count
-local cids, spend_keys, fkeys, hidden_keys = {}, {}, {}, {}
+local caps, capped = {}, {}  -- user_id -> caps_of(user_id); the users, in order
+local cids, spend_keys, hidden_keys = {}, {}, {}
 for i, a in ipairs(auctions) do
   if not kept_before[i] and #a[4] > 0 then
     hidden_keys[#hidden_keys + 1] = hkeys[i]
@@ -103,12 +126,9 @@ for i, a in ipairs(auctions) do
         spend_keys[#spend_keys + 1] = format(K.spend_day, cid, day)
         spend_keys[#spend_keys + 1] = format(K.spend_total, cid)
       end
-      if r[4] > 0 then
-        local fkey = format(K.frequency, a[3], cid)
-        if fc[fkey] == nil then
-          fc[fkey] = 0
-          fkeys[#fkeys + 1] = fkey
-        end
+      if r[4] > 0 and caps[a[3]] == nil then
+        caps[a[3]] = caps_of(a[3])
+        capped[#capped + 1] = a[3]
       end
     end
   end
@@ -123,8 +143,6 @@ for j, cid in ipairs(cids) do
   total[cid] = num(spent[2 * j])
   day_was[cid] = today[cid]
 end
-local counts = mget(fkeys)
-for j, fkey in ipairs(fkeys) do fc[fkey] = num(counts[j]) end
 local anyone_hidden = false
 for first = 1, #hidden_keys, CHUNK do
   if call("EXISTS", unpack(hidden_keys, first, math.min(first + CHUNK - 1, #hidden_keys))) > 0 then
@@ -167,7 +185,7 @@ for i, a in ipairs(auctions) do
         refused[#refused + 1] = {cid, "user_hidden"}
       elseif not limit or today[cid] + need > limit[1] or total[cid] + need > limit[2] then
         refused[#refused + 1] = {cid, "budget"}
-      elseif r[4] > 0 and fc[format(K.frequency, user, cid)] >= r[4] then
+      elseif r[4] > 0 and (caps[user].open[cid] or NONE)[1] >= r[4] then
         refused[#refused + 1] = {cid, "frequency_cap"}
       end
     end
@@ -182,19 +200,17 @@ for i, a in ipairs(auctions) do
           charged[cid] = true
         end
         if r[4] > 0 then
-          local fkey = format(K.frequency, user, cid)
-          local count = fc[fkey] + 1
-          fc[fkey] = count
-          if count == 1 then
-            call("SET", fkey, 1, "EX", r[5])
-            local listed = format(K.person_keys, user)
-            call("SADD", listed, fkey)
-            if call("TTL", listed) < r[5] then
-              call("EXPIRE", listed, r[5])
-            end
-          else
-            call("INCR", fkey)
+          local person = caps[user]
+          local window = person.open[cid]
+          if window == nil or window[1] == 0 then  -- none open: a new one
+            window = {0, now_ms + r[5] * 1000}
+            person.open[cid] = window
           end
+          if not person.dirty[cid] then
+            person.dirty[cid] = true
+            person.changed[#person.changed + 1] = cid
+          end
+          window[1] = window[1] + 1
         end
       end
       local where = format("%s\n@%s %d %d", a[2], ARGV[5], start, a[5])
@@ -208,7 +224,26 @@ end
 -- The outcomes, kept a little longer than the events that point to them.
 if any_ok then call("SET", blob_of(ARGV[5]), ARGV[6], "EX", ttl + 60) end
 
--- 4. Spend, once per charged campaign: what INCRBY charge by charge would have left, with the
+-- 4. Caps, once per person counted: the windows counted, those that ended dropped, and the key's
+-- expiry moved to its last window's end when that grew.
+for _, user in ipairs(capped) do
+  local person = caps[user]
+  local fields, expiry = {}, person.expiry
+  for _, cid in ipairs(person.changed) do
+    local window = person.open[cid]
+    if window[2] > expiry then expiry = window[2] end
+    fields[#fields + 1] = cid
+    fields[#fields + 1] = format("%d %d", window[1], window[2])
+  end
+  if #fields > 0 then
+    local key = format(K.caps, user)
+    if #person.ended > 0 then call("HDEL", key, unpack(person.ended)) end
+    call("HSET", key, unpack(fields))
+    if expiry > person.expiry then call("PEXPIREAT", key, expiry) end
+  end
+end
+
+-- 5. Spend, once per charged campaign: what INCRBY charge by charge would have left, with the
 -- day key's expiry set when its spend started from nothing.
 local spends = {}
 for j, cid in ipairs(touched) do

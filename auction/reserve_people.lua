@@ -9,7 +9,9 @@
 --
 -- Checks, per reservation: the person has not hidden the advertiser, and the campaign's
 -- frequency-cap window (cap_max > 0) is below its max; when all pass, each capped campaign's
--- window is counted. What an event counted is kept in the person's `held` hash, field event_id =
+-- window is counted (in the person's `caps` hash, as reserve.lua counts it: campaign_id ->
+-- "<count> <window end, ms>"; read once per call, written once at its end, with the windows
+-- that ended dropped). What an event counted is kept in the person's `held` hash, field event_id =
 -- JSON {attempt, {{campaign_id, the window's expiry (ms)}, ...}}, and an attempt first takes back
 -- what an earlier one counted (only while that window lasts: a new window never pays for an old
 -- one's count), so each attempt is idempotent and a window counts each event once. A later
@@ -17,7 +19,8 @@
 -- nothing. Entries are due a TTL after they were written (`held:due`, a sorted set by time) and
 -- pruned a few per call, so the hash stays the size of the person's last TTL of capped events.
 -- Per item: "ok", {"refused", {{campaign_id, "user_hidden"|"frequency_cap"}, ...}} (nothing
--- counted) or "stale". The keys written are listed in the person's key index, for `forget`.
+-- counted) or "stale". `held` and `held:due` are listed in the person's key index, for `forget`
+-- (which erases `caps` by name).
 
 local K, ttl, user = cjson.decode(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local items = cjson.decode(ARGV[4])
@@ -32,9 +35,23 @@ local PRUNE = 32
 local answers = {}
 local wrote = false
 
-local function num(value)
-  if value == false or value == nil then return 0 end
-  return tonumber(value)
+-- The person's open cap windows: campaign_id -> {count, window end}; the ended ones, to drop.
+local caps_key = format(K.caps, user)
+local open, ended, expiry_before = {}, {}, 0
+local got = call("HGETALL", caps_key)
+for j = 1, #got, 2 do
+  local count, ends = string.match(got[j + 1], "^(%d+) (%d+)$")
+  count, ends = tonumber(count), tonumber(ends)
+  if ends > expiry_before then expiry_before = ends end
+  if ends > now_ms then open[got[j]] = {count, ends} else ended[#ended + 1] = got[j] end
+end
+local NONE = {0}
+local changed, dirty = {}, {}  -- campaigns whose window changed, in order
+local function touch(cid)
+  if not dirty[cid] then
+    dirty[cid] = true
+    changed[#changed + 1] = cid
+  end
 end
 
 local function list(key, seconds)
@@ -61,14 +78,17 @@ for i, item in ipairs(items) do
     answers[i] = "stale"
   else
     for _, c in ipairs(counted) do  -- take back the earlier attempt's counts, in their windows
-      local fkey = format(K.frequency, user, c[1])
-      if call("PEXPIRETIME", fkey) == c[2] and num(call("GET", fkey)) > 0 then call("DECR", fkey) end
+      local window = open[c[1]]
+      if window and window[2] == c[2] and window[1] > 0 then
+        window[1] = window[1] - 1
+        touch(c[1])
+      end
     end
     local refused = {}
     for _, r in ipairs(reservations or {}) do
       if anyone_hidden and call("SISMEMBER", hidden_key, r[4]) == 1 then
         refused[#refused + 1] = {r[1], "user_hidden"}
-      elseif r[2] > 0 and num(call("GET", format(K.frequency, user, r[1]))) >= r[2] then
+      elseif r[2] > 0 and (open[r[1]] or NONE)[1] >= r[2] then
         refused[#refused + 1] = {r[1], "frequency_cap"}
       end
     end
@@ -76,12 +96,14 @@ for i, item in ipairs(items) do
     if #refused == 0 then
       for _, r in ipairs(reservations or {}) do
         if r[2] > 0 then
-          local fkey = format(K.frequency, user, r[1])
-          if call("INCR", fkey) == 1 then
-            call("EXPIRE", fkey, r[3])
-            list(fkey, r[3])
+          local window = open[r[1]]
+          if window == nil or window[1] == 0 then  -- none open (or all given back): a new one
+            window = {0, now_ms + r[3] * 1000}
+            open[r[1]] = window
           end
-          now_counted[#now_counted + 1] = {r[1], call("PEXPIRETIME", fkey)}
+          window[1] = window[1] + 1
+          touch(r[1])
+          now_counted[#now_counted + 1] = {r[1], window[2]}
         end
       end
     end
@@ -92,6 +114,18 @@ for i, item in ipairs(items) do
     end
     if #refused > 0 then answers[i] = {"refused", refused} else answers[i] = "ok" end
   end
+end
+if #changed > 0 then
+  local fields, expiry = {}, expiry_before
+  for _, cid in ipairs(changed) do
+    local window = open[cid]
+    if window[2] > expiry then expiry = window[2] end
+    fields[#fields + 1] = cid
+    fields[#fields + 1] = format("%d %d", window[1], window[2])
+  end
+  if #ended > 0 then call("HDEL", caps_key, unpack(ended)) end
+  call("HSET", caps_key, unpack(fields))
+  if expiry > expiry_before then call("PEXPIREAT", caps_key, expiry) end
 end
 if wrote then
   call("EXPIRE", held_key, ttl)

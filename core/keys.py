@@ -21,10 +21,10 @@ to a cluster without a redesign.
 | `{ns}:{c:<id>}:billed:<click_id>` | string | a charged click's first answer (billing) |
 | `{ns}:{c:<id>}:hold:<event_id>` | string | an event's budget hold (`<attempt> <day> <charge>`; the reservation split by slot, Redis Cluster) |
 | `{ns}:{c:<id>}:autopilot` | sorted set | the autopilot's decisions (`campaigns.autopilot` JSON), scored by version |
-| `{ns}:{u:<user_id>}:fc:<campaign_id>` | int | frequency-cap counter of one window |
+| `{ns}:{u:<user_id>}:caps` | hash | campaign_id → `<count> <window end, ms>`: the person's open frequency-cap windows (`parse_cap`); expires with the last |
 | `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
 | `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |
-| `{ns}:{u:<user_id>}:keys` | set | the person's expiring keys, so `forget` finds them all |
+| `{ns}:{u:<user_id>}:keys` | set | the person's expiring keys of other names, so `forget` finds them all |
 | `{ns}:{u:<user_id>}:held` | hash | event_id → what the event counted in the person's cap windows (`[<attempt>, [[campaign_id, window expiry ms], ...]]`; the reservation split by slot) |
 | `{ns}:{u:<user_id>}:held:due` | sorted set | event_id by when its `held` entry may go |
 | `{ns}:{k:<click_id>}:click` | string | a billable click's campaign, advertiser, impression and ts (conversions) |
@@ -53,6 +53,13 @@ AUTOPILOT_HISTORY_MAX = 500  # decisions kept per campaign in `autopilot(campaig
 # claims a chunk's events with one script call per bucket it touches (at most this many) instead
 # of one per event, while the buckets still spread evenly over the primaries.
 EVENT_BUCKETS = 128
+
+
+def parse_cap(value: bytes | str) -> tuple[int, int]:
+    """A field of `caps(user_id)`: (impressions counted, when the window ends in ms, Redis's clock).
+    A window that has ended counts nothing, whatever its count says."""
+    count, ends = (value.decode() if isinstance(value, bytes) else value).split(" ")
+    return int(count), int(ends)
 
 
 def event_bucket(event_id: str) -> int:
@@ -86,7 +93,7 @@ class Keys:
             "billed": campaign + "billed:%s",
             "hold": campaign + "hold:%s",
             "person": person,
-            "frequency": person + "fc:%s",
+            "caps": person + "caps",
             "hidden": person + "hidden",
             "prefs": person + "prefs",
             "person_keys": person + "keys",
@@ -162,8 +169,9 @@ class Keys:
     def person_keys(self, user_id: str) -> str:
         return self.person(user_id) + "keys"
 
-    def frequency(self, user_id: str, campaign_id: str) -> str:
-        return self.person(user_id) + "fc:" + campaign_id
+    def caps(self, user_id: str) -> str:
+        """The person's frequency-cap windows, one field per campaign (`parse_cap` reads a value)."""
+        return self.person(user_id) + "caps"
 
     def held(self, user_id: str) -> str:
         """What each recent event counted in the person's cap windows (auction/budgets_split.py)."""

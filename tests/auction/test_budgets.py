@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
+import time
 
 import pytest
 import redis
@@ -15,7 +16,7 @@ import redis.asyncio
 
 from auction.budgets import BudgetReserver, Claim, Reservation, entry_of
 from auction.budgets_split import SplitReserver
-from core.keys import Keys
+from core.keys import Keys, parse_cap
 from core.redis_client import is_cluster, redis_from_url
 from core.settings import Settings
 
@@ -121,7 +122,45 @@ async def test_frequency_cap_gives_exactly_n(settings: Settings, redis_client: r
     kinds = await reserve(settings, claims, kind)
     per_user = {f"user{u}": sum(1 for c, k in zip(claims, kinds, strict=True) if k == "ok" and c.user_id == f"user{u}") for u in range(3)}
     assert per_user == {"user0": 4, "user1": 4, "user2": 4}
-    assert redis_client.ttl(settings.keys.frequency("user0", "capped")) > 3500
+    assert {user: cap_count(redis_client, settings, user, "capped") for user in per_user} == per_user
+    assert redis_client.ttl(settings.keys.caps("user0")) > 3500
+
+
+def cap_count(client: redis.Redis, settings: Settings, user_id: str, campaign_id: str) -> int:
+    """Impressions counted in the person's open window of the campaign (0: none open)."""
+    value = client.hget(settings.keys.caps(user_id), campaign_id)
+    if value is None:
+        return 0
+    count, ends_ms = parse_cap(value)
+    return count if ends_ms > time.time() * 1000 else 0
+
+
+async def test_a_cap_window_ends_and_the_next_starts(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
+    """At most 1 per second: the second impression is refused, and once the window has ended the
+    next starts a new one; the write drops the ended window's field, and the person's hash lives
+    as long as its longest window (a short window never shortens it)."""
+    set_budget(redis_client, settings, "short", daily=10**9, total=10**9)
+    set_budget(redis_client, settings, "long", daily=10**9, total=10**9)
+    set_budget(redis_client, settings, "brief", daily=10**9, total=10**9)
+    assert await reserve(settings, [claim("e0", "brief", 5, cap=(1, 1)), claim("e1", "short", 5, cap=(1, 1)), claim("e2", "long", 5, cap=(1, 3600)),
+                                    claim("e3", "short", 5, cap=(1, 1))], kind) == ["ok", "ok", "ok", "refused"]
+    caps = settings.keys.caps("u1")
+    first_end = parse_cap(redis_client.hget(caps, "short"))[1]
+    time.sleep(1.1)
+    assert cap_count(redis_client, settings, "u1", "short") == 0  # its window has ended
+    assert await reserve(settings, [claim("e4", "short", 5, cap=(1, 1))], kind) == ["ok"]
+    count, ends_ms = parse_cap(redis_client.hget(caps, "short"))
+    assert count == 1 and ends_ms >= first_end + 1000
+    assert redis_client.hexists(caps, "brief") == 0  # an ended window, dropped by the write
+    assert cap_count(redis_client, settings, "u1", "long") == 1
+    assert redis_client.ttl(caps) > 3500
+    assert await reserve(settings, [claim("e5", "short", 5, cap=(1, 1))], kind) == ["refused"]
+    redis_client.delete(settings.keys.budget("long"))  # the next claim of "long" is refused: nothing counted
+    time.sleep(1.1)
+    assert await reserve(settings, [claim("e6", "short", 5, user="u1", cap=(1, 1)),
+                                    claim("e7", "long", 5, cap=(5, 3600))], kind) == ["ok", "refused"]
+    assert set(redis_client.hkeys(caps)) == {b"short", b"long"}
+    assert parse_cap(redis_client.hget(caps, "long"))[0] == 1
 
 
 async def test_replayed_batch_changes_nothing(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
@@ -129,10 +168,11 @@ async def test_replayed_batch_changes_nothing(settings: Settings, redis_client: 
     batch = [claim(f"e{i}", "c", 7, cap=(100, 60), source=f"3:{i}") for i in range(20)]
     first = await reserve(settings, batch, kind)
     assert first == ["ok"] * 20
-    before = spend(redis_client, settings, "c"), redis_client.get(settings.keys.frequency("u1", "c"))
+    before = spend(redis_client, settings, "c"), redis_client.hgetall(settings.keys.caps("u1"))
     again = await reserve(settings, batch, kind)
     assert again == ["replay"] * 20
-    assert (spend(redis_client, settings, "c"), redis_client.get(settings.keys.frequency("u1", "c"))) == before
+    assert (spend(redis_client, settings, "c"), redis_client.hgetall(settings.keys.caps("u1"))) == before
+    assert cap_count(redis_client, settings, "u1", "c") == 20
     assert before[0] == (140, 140)
 
 
@@ -176,7 +216,7 @@ async def test_keys_expire(settings: Settings, redis_client: redis.Redis, kind: 
     await reserve(settings, [claim("e1", "c", 7, cap=(3, 120))], kind)
     assert 0 < redis_client.ttl(settings.keys.spend_day("c", DAY)) <= 3 * 86400
     assert 0 < redis_client.ttl(settings.keys.outcome("e1")) <= 3600
-    assert 0 < redis_client.ttl(settings.keys.frequency("u1", "c")) <= 120
+    assert 0 < redis_client.ttl(settings.keys.caps("u1")) <= 120
 
 
 def blob_keys(client: redis.Redis, settings: Settings) -> list[bytes]:
@@ -281,7 +321,7 @@ async def test_a_claim_s_own_entry_and_entry_of_reserve_alike(settings: Settings
     assert await reserve(settings, plain, "one_call") == ["ok", "ok", "refused"]  # the cap: 2 per person
     assert await reserve(settings, with_entry, "one_call") == ["ok", "ok", "refused"]
     assert spend(redis_client, settings, "c") == (20, 20)
-    assert redis_client.get(settings.keys.frequency("u3", "c")) == redis_client.get(settings.keys.frequency("u1", "c"))
+    assert cap_count(redis_client, settings, "u3", "c") == cap_count(redis_client, settings, "u1", "c") == 2
     garbled = claim("g1", "c", 5, user="u2")
     garbled.entry = entry_of(claim("g1", "c", 7, user="u2"))  # the entry is what Redis reads
     assert await reserve(settings, [garbled], "one_call") == ["ok"]

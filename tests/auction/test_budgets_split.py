@@ -5,6 +5,7 @@ slots held. Runs on one Redis and (in `.ci/run`'s cluster stage) on a Redis Clus
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +14,7 @@ import redis.asyncio
 
 from auction.budgets import Claim, Reservation
 from auction.budgets_split import SplitReserver, StaleAttempt
+from core.keys import parse_cap
 from core.redis_client import redis_from_url
 from core.settings import Settings
 
@@ -42,7 +44,11 @@ def spend(redis_client: redis.Redis, settings: Settings, campaign_id: str) -> tu
 
 
 def count(redis_client: redis.Redis, settings: Settings, user_id: str, campaign_id: str) -> int:
-    return int(redis_client.get(settings.keys.frequency(user_id, campaign_id)) or 0)
+    value = redis_client.hget(settings.keys.caps(user_id), campaign_id)
+    if value is None:
+        return 0
+    counted, ends_ms = parse_cap(value)
+    return counted if ends_ms > time.time() * 1000 else 0
 
 
 def auction(event_id: str, *winners: tuple[str, int], source: str = "0:1", user: str = "u1", cap: int = 0,

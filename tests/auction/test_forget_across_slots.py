@@ -5,6 +5,8 @@ store_listed). Real Redis: the single one, or the Redis Cluster when VICKREY_RED
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 from redis.asyncio import Redis
@@ -20,7 +22,7 @@ TTL_S = 600
 
 def person_state(client: redis.Redis, settings: Settings, user: str, clicks: list[str]) -> dict[str, int]:
     keys = settings.keys
-    names = [keys.person_keys(user), keys.hidden(user), keys.prefs(user), keys.frequency(user, "c-1"),
+    names = [keys.person_keys(user), keys.hidden(user), keys.prefs(user), keys.caps(user),
              *(keys.click(c) for c in clicks)]
     return {name: int(client.exists(name)) for name in names}
 
@@ -49,8 +51,8 @@ async def test_forget_erases_own_and_listed_keys_of_other_slots(settings: Settin
     await stored(settings, "u-1", mine)
     await stored(settings, "u-2", theirs)
     # What reserve.lua and the controls role write in the person's own slot.
-    redis_client.set(keys.frequency("u-1", "c-1"), 1, ex=TTL_S)
-    redis_client.sadd(keys.person_keys("u-1"), keys.frequency("u-1", "c-1"))
+    redis_client.hset(keys.caps("u-1"), "c-1", f"1 {int(time.time() * 1000) + TTL_S * 1000}")
+    redis_client.expire(keys.caps("u-1"), TTL_S)
     redis_client.sadd(keys.hidden("u-1"), "adv-1")
     redis_client.hset(keys.prefs("u-1"), "personalization", "off")
     assert set(person_state(redis_client, settings, "u-1", mine).values()) == {1}

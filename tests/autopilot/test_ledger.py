@@ -23,12 +23,12 @@ Not compared, because the Ledger does not model it (the simulator never needs it
 several claims in one reserve call, key expiry other than the frequency-cap counters (the spend
 keys' 3-day TTL outlives the two days), and the refused-then-re-run loop (the caller's business).
 
-Time: Redis expires keys on its own clock, the operations run on simulated time. `CapClock` moves
-the frequency-cap counters' TTLs to what they would be at each step's simulated time (deleting a
-counter whose window is over), so Redis sees the window the script set, nothing else is touched.
+Time: the scripts keep frequency-cap windows on Redis's clock, the operations run on simulated
+time. `CapClock` moves each window's end to what it would be at each step's simulated time
+(dropping a window that is over), so Redis sees the window the script set, nothing else is touched.
 
 Frequency-cap windows: reserve.lua counts a fixed window that starts at a person's first impression
-(the counter key expires window_s later, whatever came after). This comparison found the Ledger
+(it ends window_s later, whatever came after). This comparison found the Ledger
 counting a sliding window instead (it refused impressions the script admits); it now keeps the
 script's fixed window, and `test_ledger_matches_the_scripts_across_cap_windows` (windows of 10-30
 minutes, crossed many times) and `test_cap_window_minimal_case` hold it there.
@@ -52,6 +52,7 @@ from auction.model import Campaign, NoFillReason, Winner
 from auction.pricing import ceil_div, cpm_charge_micros
 from autopilot.simulate import DAY_START_MS, Ledger
 from core.clock import DAY_MS, utc_day
+from core.keys import parse_cap
 from core.redis_client import redis_from_url
 from core.settings import Settings
 from schemas.campaign import validate_campaign
@@ -164,37 +165,44 @@ def reservations(chosen: Sequence[Winner]) -> list[Reservation]:
 
 
 class CapClock:
-    """Simulated time for the frequency-cap counters: before a script runs, each counter gets the
-    TTL it has at the step's simulated time (deleted once its window is over: a counter set at t
-    with EX w counts during [t, t + w), as the Ledger counts an impression at t while now < t + w);
-    after, its expiry is read back in simulated time. Times and windows are whole seconds, so the
-    milliseconds of wall time in between never move an expiry across a step."""
+    """Simulated time for the frequency-cap windows. Each person's `caps` hash holds, per campaign,
+    a count and when its window ends on Redis's clock. Before a script runs, each window's end is
+    moved to what it is at the step's simulated time (dropped once it has passed: a window opened at
+    t for w counts during [t, t + w), as the Ledger counts an impression at t while now < t + w);
+    after, the ends are read back in simulated time. Times and windows are whole seconds, so the
+    milliseconds of wall time in between never move an end across a step."""
 
     def __init__(self, client: redis.Redis, keys: list[str]) -> None:
         self.client, self.keys = client, keys
-        self.expiry: dict[str, int] = {}  # key -> simulated expiry (ms)
+        self.windows: dict[str, dict[bytes, tuple[int, int]]] = {}  # key -> campaign -> (count, simulated end ms)
+
+    def _redis_ms(self) -> int:
+        seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def at(self, now_ms: int) -> None:
         assert now_ms % 1000 == 0
+        redis_now = self._redis_ms()
         pipe = self.client.pipeline(transaction=False)
-        for key, expiry in self.expiry.items():
-            if expiry <= now_ms:
-                pipe.delete(key)
-            else:
-                pipe.pexpire(key, expiry - now_ms)
+        for key, windows in self.windows.items():
+            pipe.delete(key)
+            live = {campaign: (count, end) for campaign, (count, end) in windows.items() if end > now_ms}
+            if live:
+                pipe.hset(key, mapping={campaign: f"{count} {redis_now + end - now_ms}"
+                                        for campaign, (count, end) in live.items()})
+                pipe.pexpireat(key, redis_now + max(end for _, end in live.values()) - now_ms)
         pipe.execute()
-        self.expiry = {key: expiry for key, expiry in self.expiry.items() if expiry > now_ms}
 
     def read(self, now_ms: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        redis_now = self._redis_ms()
         for key in self.keys:
-            pipe.pttl(key)
-        for key, ttl in zip(self.keys, pipe.execute(), strict=True):
-            if ttl == -2:
-                self.expiry.pop(key, None)
-            else:
-                assert ttl > 0, f"{key} has no expiry"
-                self.expiry[key] = now_ms + round(ttl / 1000) * 1000
+            windows = {}
+            for campaign, value in self.client.hgetall(key).items():
+                count, end = parse_cap(value)
+                windows[campaign] = (count, now_ms + round((end - redis_now) / 1000) * 1000)
+            self.windows[key] = windows
+            if windows:
+                assert self.client.pttl(key) > 0, f"{key} has no expiry"
 
 
 class Scripts:
@@ -261,8 +269,7 @@ async def compare(settings: Settings, sync: redis.Redis, seed: int, short_window
     for campaign in by_id.values():
         sync.hset(settings.keys.budget(campaign.campaign_id), mapping={
             "daily_micros": campaign.daily_budget_micros, "total_micros": campaign.total_budget_micros})
-    clock = CapClock(sync, [settings.keys.frequency(person, c.campaign_id)
-                            for person in PEOPLE for c in by_id.values() if c.frequency_cap])
+    clock = CapClock(sync, [settings.keys.caps(person) for person in PEOPLE])
     client = redis_from_url(settings.redis)
     scripts = Scripts(settings, client, sync)
     tally: Counter[str] = Counter()
@@ -330,7 +337,7 @@ async def test_cap_window_minimal_case(settings: Settings, redis_client: redis.R
     assert record is not None, problems
     campaign = Campaign.from_record(record)
     redis_client.hset(settings.keys.budget("capped"), mapping={"daily_micros": 10**9, "total_micros": 10**9})
-    clock = CapClock(redis_client, [settings.keys.frequency("p0", "capped")])
+    clock = CapClock(redis_client, [settings.keys.caps("p0")])
     client = redis_from_url(settings.redis)
     scripts, ledger = Scripts(settings, client, redis_client), Ledger()
     day = DAYS[0]
