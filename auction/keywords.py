@@ -85,8 +85,21 @@ def sub_phrases(keywords: frozenset[str]) -> frozenset[str]:
 
 
 def normalize_keywords(raw: list[str] | tuple[str, ...]) -> frozenset[str]:
-    """Every keyword normalised, blanks dropped. Looks the cache up inline: this runs once per
-    event and once per campaign, and a call per keyword costs more than the lookup."""
+    """Every keyword normalised, blanks dropped (once per event, and per campaign)."""
+    return frozenset(_normalized(raw))
+
+
+def sorted_keywords(raw: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """`normalize_keywords`, sorted, as a tuple (a campaign's keywords): with no set in between,
+    which costs a campaign record more than sorting and dropping repeats."""
+    found = _normalized(raw)
+    found.sort()
+    kept = [keyword for position, keyword in enumerate(found) if not position or keyword != found[position - 1]]
+    return tuple(kept)
+
+
+def _normalized(raw: list[str] | tuple[str, ...]) -> list[str]:
+    """Looks the cache up inline: a call per keyword costs more than the lookup."""
     cache = _CACHE
     found: list[str] = []
     for keyword in raw:
@@ -95,4 +108,4 @@ def normalize_keywords(raw: list[str] | tuple[str, ...]) -> frozenset[str]:
             normalized = normalize_keyword(keyword)
         if normalized:
             found.append(normalized)
-    return frozenset(found)
+    return found

@@ -14,7 +14,7 @@ from mypy_extensions import i32, u8
 
 from auction.bidding import start_bid
 from auction.interning import remember
-from auction.keywords import normalize_keyword, normalize_keywords
+from auction.keywords import normalize_keyword, normalize_keywords, sorted_keywords
 
 BidType = Literal["cpm", "cpc"]
 NoFillReason = Literal[
@@ -310,7 +310,7 @@ class Campaign:
             phrases=phrases,
             categories=categories,
             filters=shared_filters((
-                normalize_keywords(targeting.get("negative_keywords") or ()) or None,
+                normalize_keywords(negative) if (negative := targeting.get("negative_keywords")) else None,
                 _optional_set(targeting.get("locales"), lower=True),
                 _optional_set(targeting.get("countries"), lower=True),
                 _optional_set(targeting.get("devices"), lower=True),
@@ -333,13 +333,15 @@ def _targeting(record: dict[str, Any], targeting: dict[str, Any]
                ) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str] | None]:
     """(exact keywords, phrase keywords, categories): explicit ones as `targeting.match` says, and
     with `targeting.auto` the derived ones (or the autopilot's, in `targeting_derived`), as phrases."""
-    explicit = normalize_keywords(targeting.get("keywords") or ())
+    raw_keywords = targeting.get("keywords")
     raw_categories = targeting.get("categories")
     if not targeting.get("auto"):  # the common case: nothing derived
         categories = _shared(frozenset(raw_categories)) if raw_categories else None
+        terms = sorted_keywords(raw_keywords) if raw_keywords else ()
         if targeting.get("match") == "phrase":
-            return (), tuple(sorted(explicit)), categories
-        return tuple(sorted(explicit)), (), categories
+            return (), terms, categories
+        return terms, (), categories
+    explicit = normalize_keywords(raw_keywords or ())
     derived = record.get("targeting_derived") or {}
     derived_terms = frozenset(normalize_keyword(item["term"]) for item in derived.get("keywords") or ())
     keywords: frozenset[str] = explicit
