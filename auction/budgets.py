@@ -71,10 +71,15 @@ class Claim:
 
 
 def entry_of(claim: Claim) -> bytes:
-    """The claim's entry in reserve.lua's ARGV[4], as JSON (the compiled step writes the same bytes:
-    fastpath/src/engine_py.rs `claim`)."""
-    return orjson.dumps([claim.event_id, claim.source, claim.user_id, [r.as_list() for r in claim.reservations],
-                         len(claim.outcome), event_bucket(claim.event_id)])
+    """The claim's entry in reserve.lua's ARGV[4]: its values in that flat JSON list, without the
+    brackets (event_id, source, user_id, how many reservations, each one's six values, the
+    outcome's length, the event bucket). The compiled step writes the same bytes
+    (fastpath/src/engine_py.rs `claim`)."""
+    values: list[Any] = [claim.event_id, claim.source, claim.user_id, len(claim.reservations)]
+    for reservation in claim.reservations:
+        values += reservation.as_list()
+    values += [len(claim.outcome), event_bucket(claim.event_id)]
+    return orjson.dumps(values)[1:-1]
 
 
 @dataclass(slots=True)

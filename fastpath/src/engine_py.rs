@@ -671,16 +671,17 @@ impl PyEngine {
         let mut values: Vec<u8> = Vec::with_capacity(512 * winners.len());
         let mut parts = Vec::with_capacity(winners.len());
         let reservations = PyList::empty(py);
-        // The auction's entry in the reservation call (auction/budgets.py `entry_of`), as JSON:
-        // [event_id, source, user_id, [reservation, ...], outcome length, event bucket].
+        // The auction's entry in the reservation call (auction/budgets.py `entry_of`): its values
+        // in that flat JSON list, without brackets: event_id, source, user_id, how many
+        // reservations, each one's six values, the outcome's length, the event bucket.
         let mut entry = Vec::with_capacity(96 + 96 * winners.len());
-        entry.push(b'[');
         push_str(&mut entry, event_id);
         entry.push(b',');
         push_str(&mut entry, claimant.source);
         entry.push(b',');
         push_str(&mut entry, claimant.user_id);
-        entry.extend_from_slice(b",[");
+        entry.push(b',');
+        entry.extend_from_slice(itoa::Buffer::new().format(winners.len()).as_bytes());
         for winner in &winners {
             let campaign = self.core.campaign(winner.campaign);
             let campaign_id = PyString::new(py, &campaign.campaign_id);
@@ -755,35 +756,27 @@ impl PyEngine {
                 campaign.cap_window_s,
                 PyString::new(py, &campaign.advertiser_id),
             );
-            if parts.len() > 1 {
-                entry.push(b',');
-            }
             let last = &parts[parts.len() - 1];
             let value = |span: &std::ops::Range<usize>| &values[span.clone()];
-            for (at, piece) in [
+            for piece in [
                 value(&last.campaign),
                 itoa::Buffer::new().format(charge).as_bytes(),
                 itoa::Buffer::new().format(need).as_bytes(),
                 itoa::Buffer::new().format(campaign.cap_max).as_bytes(),
                 itoa::Buffer::new().format(campaign.cap_window_s).as_bytes(),
                 value(&last.advertiser),
-            ]
-            .iter()
-            .enumerate()
-            {
-                entry.push(if at == 0 { b'[' } else { b',' });
+            ] {
+                entry.push(b',');
                 entry.extend_from_slice(piece);
             }
-            entry.push(b']');
             reservations.append(self.reservation.bind(py).call1(args).ok()?).ok()?;
         }
         let written = records::records(&self.label_json, &intent, &auction, &parts, &values);
         let bucket = crc32(&[event_id.as_bytes()]) % self.event_buckets;
-        entry.extend_from_slice(b"],");
+        entry.push(b',');
         entry.extend_from_slice(itoa::Buffer::new().format(written.compact.len()).as_bytes());
         entry.push(b',');
         entry.extend_from_slice(itoa::Buffer::new().format(bucket).as_bytes());
-        entry.push(b']');
         // The records to publish, as the worker's loop takes them: (topic, key, value).
         let (decisions, impressions) = self.topics.as_ref()?;
         let session_id = fields
