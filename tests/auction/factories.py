@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
+
+import redis
 
 from auction.engine import AuctionEngine, Policy, UserState
 from auction.index import CampaignIndex
 from auction.model import AuctionRequest, AuctionResult, Campaign, NoFillReason
 from auction.pacing import SpendView
 from auction.twin import EngineTwin, engine_twin
+from core.keys import parse_cap
+from core.settings import Settings
 from tests.conftest import ROOT
 
 NOW_MS = 1_790_000_000_000  # a fixed clock: 2026-09-21 UTC
@@ -134,3 +139,13 @@ def vector_campaigns(case: dict[str, Any], keyword: str = "laptop") -> list[Camp
         )
         for c in case["candidates"]
     ]
+
+
+def cap_count(client: redis.Redis, settings: Settings, user_id: str, campaign_id: str) -> int:
+    """Impressions counted in the person's open cap window of the campaign, as Redis holds them
+    (0: none open)."""
+    value = client.hget(settings.keys.caps(user_id), campaign_id)
+    if value is None:
+        return 0
+    count, ends_ms = parse_cap(value)
+    return count if ends_ms > time.time() * 1000 else 0

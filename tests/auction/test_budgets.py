@@ -19,6 +19,7 @@ from auction.budgets_split import SplitReserver
 from core.keys import Keys, parse_cap
 from core.redis_client import is_cluster, redis_from_url
 from core.settings import Settings
+from tests.auction.factories import cap_count
 
 pytestmark = pytest.mark.integration
 DAY = "20261127"
@@ -124,15 +125,6 @@ async def test_frequency_cap_gives_exactly_n(settings: Settings, redis_client: r
     assert per_user == {"user0": 4, "user1": 4, "user2": 4}
     assert {user: cap_count(redis_client, settings, user, "capped") for user in per_user} == per_user
     assert redis_client.ttl(settings.keys.caps("user0")) > 3500
-
-
-def cap_count(client: redis.Redis, settings: Settings, user_id: str, campaign_id: str) -> int:
-    """Impressions counted in the person's open window of the campaign (0: none open)."""
-    value = client.hget(settings.keys.caps(user_id), campaign_id)
-    if value is None:
-        return 0
-    count, ends_ms = parse_cap(value)
-    return count if ends_ms > time.time() * 1000 else 0
 
 
 async def test_a_cap_window_ends_and_the_next_starts(settings: Settings, redis_client: redis.Redis, kind: str) -> None:

@@ -5,7 +5,6 @@ slots held. Runs on one Redis and (in `.ci/run`'s cluster stage) on a Redis Clus
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,9 +13,9 @@ import redis.asyncio
 
 from auction.budgets import Claim, Reservation
 from auction.budgets_split import SplitReserver, StaleAttempt
-from core.keys import parse_cap
 from core.redis_client import redis_from_url
 from core.settings import Settings
+from tests.auction.factories import cap_count
 
 pytestmark = pytest.mark.integration
 DAY = "20261206"
@@ -43,14 +42,6 @@ def spend(redis_client: redis.Redis, settings: Settings, campaign_id: str) -> tu
     return int(today or 0), int(total or 0)
 
 
-def count(redis_client: redis.Redis, settings: Settings, user_id: str, campaign_id: str) -> int:
-    value = redis_client.hget(settings.keys.caps(user_id), campaign_id)
-    if value is None:
-        return 0
-    counted, ends_ms = parse_cap(value)
-    return counted if ends_ms > time.time() * 1000 else 0
-
-
 def auction(event_id: str, *winners: tuple[str, int], source: str = "0:1", user: str = "u1", cap: int = 0,
             outcome: bytes = b"") -> Claim:
     return Claim(event_id, source, user, outcome or event_id.encode(),
@@ -75,18 +66,18 @@ async def test_a_replay_settles_what_a_crashed_attempt_held(settings: Settings, 
     first = auction("e1", ("a", 40), ("b", 30), cap=5)
     await crash_after_step(reserver(client, settings), [first], step)
     if step == 2:
-        assert spend(redis_client, settings, "a") == (40, 40) and count(redis_client, settings, "u1", "a") == 1
+        assert spend(redis_client, settings, "a") == (40, 40) and cap_count(redis_client, settings, "u1", "a") == 1
 
     replay = auction("e1", ("b", 25), cap=5, outcome=b"the replay's")
     answers, spends, _ = await reserver(client, settings).reserve([replay], DAY)
     assert [a.kind for a in answers] == ["ok"]
     assert spend(redis_client, settings, "a") == (0, 0)
     assert spend(redis_client, settings, "b") == (25, 25)
-    assert count(redis_client, settings, "u1", "a") == 0 and count(redis_client, settings, "u1", "b") == 1
+    assert cap_count(redis_client, settings, "u1", "a") == 0 and cap_count(redis_client, settings, "u1", "b") == 1
     assert dict((cid, (t, s)) for cid, t, s in spends) == {"a": (0, 0), "b": (25, 25)}
     (again,), _, _ = await reserver(client, settings).reserve([replay], DAY)
     assert (again.kind, again.outcome) == ("replay", b"the replay's")
-    assert spend(redis_client, settings, "b") == (25, 25) and count(redis_client, settings, "u1", "b") == 1
+    assert spend(redis_client, settings, "b") == (25, 25) and cap_count(redis_client, settings, "u1", "b") == 1
 
 
 async def test_a_zombies_late_step_changes_nothing(settings: Settings, redis_client: redis.Redis,
@@ -107,7 +98,7 @@ async def test_a_zombies_late_step_changes_nothing(settings: Settings, redis_cli
     with pytest.raises(StaleAttempt):
         await zombie.decide(going, DAY, {})
     assert spend(redis_client, settings, "a") == (20, 20)
-    assert count(redis_client, settings, "u1", "a") == 1
+    assert cap_count(redis_client, settings, "u1", "a") == 1
     (again,), _, _ = await live.reserve([claim], DAY)
     assert (again.kind, again.outcome) == ("replay", b"live")
 
@@ -137,7 +128,7 @@ async def test_a_cap_refusal_gives_back_the_other_counts(settings: Settings, red
     assert [a.kind for a in (await one.reserve([auction("e0", ("a", 1), cap=1)], DAY))[0]] == ["ok"]
     (refused,), _, _ = await one.reserve([auction("e1", ("b", 1), ("a", 1), cap=1)], DAY)
     assert refused.refused == {"a": "frequency_cap"}
-    assert count(redis_client, settings, "u1", "b") == 0 and count(redis_client, settings, "u1", "a") == 1
+    assert cap_count(redis_client, settings, "u1", "b") == 0 and cap_count(redis_client, settings, "u1", "a") == 1
     assert spend(redis_client, settings, "b") == (0, 0)
 
 
@@ -149,7 +140,7 @@ async def test_a_no_fill_after_refusals_releases_everything(settings: Settings, 
     await crash_after_step(reserver(client, settings), [auction("e1", ("a", 40), cap=2)], 2)
     (answer,), _, _ = await reserver(client, settings).reserve([auction("e1")], DAY)
     assert answer.kind == "ok"
-    assert spend(redis_client, settings, "a") == (0, 0) and count(redis_client, settings, "u1", "a") == 0
+    assert spend(redis_client, settings, "a") == (0, 0) and cap_count(redis_client, settings, "u1", "a") == 0
 
 
 async def test_forget_erases_the_counts_kept_per_event(settings: Settings, redis_client: redis.Redis,
@@ -161,7 +152,7 @@ async def test_forget_erases_the_counts_kept_per_event(settings: Settings, redis
     assert redis_client.hexists(settings.keys.held("u1"), "e1")
     await forget_person(client, settings.keys, "u1")
     assert not redis_client.exists(settings.keys.held("u1"), settings.keys.held_due("u1"))
-    assert count(redis_client, settings, "u1", "a") == 0
+    assert cap_count(redis_client, settings, "u1", "a") == 0
 
 
 async def test_every_earlier_attempts_holds_are_released(settings: Settings, redis_client: redis.Redis,
@@ -200,10 +191,10 @@ async def test_a_take_back_never_crosses_into_a_new_cap_window(
     await crash_after_step(reserver(client, settings), [Claim("e1", "0:1", "u1", b"e1", capped)], 2)
     await asyncio.sleep(1.2)
     (second,), _, _ = await reserver(client, settings).reserve([Claim("e2", "0:2", "u1", b"e2", capped)], DAY)
-    assert second.kind == "ok" and count(redis_client, settings, "u1", "a") == 1
+    assert second.kind == "ok" and cap_count(redis_client, settings, "u1", "a") == 1
     (replay,), _, _ = await reserver(client, settings).reserve([Claim("e1", "0:1", "u1", b"e1", capped)], DAY)
     assert replay.kind == "refused" and replay.refused == {"a": "frequency_cap"}
-    assert count(redis_client, settings, "u1", "a") == 1
+    assert cap_count(redis_client, settings, "u1", "a") == 1
 
 
 async def test_what_events_counted_is_pruned_after_its_ttl(
