@@ -310,7 +310,7 @@ class Campaign:
             phrases=phrases,
             categories=categories,
             filters=shared_filters((
-                normalize_keywords(negative) if (negative := targeting.get("negative_keywords")) else None,
+                (normalize_keywords(negative) or None) if (negative := targeting.get("negative_keywords")) else None,
                 _optional_set(targeting.get("locales"), lower=True),
                 _optional_set(targeting.get("countries"), lower=True),
                 _optional_set(targeting.get("devices"), lower=True),

@@ -33,8 +33,8 @@
 -- {{campaign_id, today, total}, ...} for every campaign the batch looked at.
 -- Frequency caps: one hash per person, {u:<user_id>}:caps, campaign_id -> "<count> <window end, ms>"
 -- (Redis's clock): a window starts at the impression that finds none open and ends window_s
--- later; the hash expires with its last window, and a write drops the windows that ended, so
--- it holds only open ones. `forget` erases it by name.
+-- later; the hash expires with its last window, and a write drops the windows that ended (until
+-- the person's next write, it may hold some). `forget` erases it by name.
 -- Money stays below 2^53 micros (validated at campaign apply), so Lua numbers are exact; it is
 -- sent back as decimal strings because cjson prints numbers with 14 significant digits.
 --
@@ -57,7 +57,7 @@ local any_ok = false
 local answers = {}
 local DAY_TTL = 3 * 86400
 local NONE = {0}  -- no open cap window: nothing counted
-local CHUNK = 1000  -- keys per MGET/EXISTS (unpack works on the Lua stack)
+local CHUNK = 1000  -- keys per MGET/EXISTS, values per HDEL/HSET (unpack works on the Lua stack; even)
 local call = redis.call
 local find, sub, format = string.find, string.sub, string.format
 local clock = call("TIME")
@@ -78,6 +78,13 @@ end
 local function num(value)
   if value == false or value == nil then return 0 end
   return tonumber(value)
+end
+
+-- `command` on `key` with the values of `list` (an even CHUNK per call: HSET's pairs stay whole).
+local function in_chunks(command, key, list)
+  for first = 1, #list, CHUNK do
+    call(command, key, unpack(list, first, math.min(first + CHUNK - 1, #list)))
+  end
 end
 
 -- Values of `keys` (a list), as the list of MGET replies, in chunks.
@@ -251,8 +258,8 @@ for _, user in ipairs(capped) do
   end
   if #fields > 0 then
     local key = format(K.caps, user)
-    if #person.ended > 0 then call("HDEL", key, unpack(person.ended)) end
-    call("HSET", key, unpack(fields))
+    in_chunks("HDEL", key, person.ended)  -- HDEL first: a field reopened below is kept
+    in_chunks("HSET", key, fields)
     if expiry > person.expiry then call("PEXPIREAT", key, expiry) end
   end
 end

@@ -46,6 +46,7 @@ for j = 1, #got, 2 do
   if ends > now_ms then open[got[j]] = {count, ends} else ended[#ended + 1] = got[j] end
 end
 local NONE = {0}
+local CHUNK = 1000  -- values per HDEL/HSET (unpack works on the Lua stack; even: HSET's pairs stay whole)
 local changed, dirty = {}, {}  -- campaigns whose window changed, in order
 local function touch(cid)
   if not dirty[cid] then
@@ -123,8 +124,12 @@ if #changed > 0 then
     fields[#fields + 1] = cid
     fields[#fields + 1] = format("%d %d", window[1], window[2])
   end
-  if #ended > 0 then call("HDEL", caps_key, unpack(ended)) end
-  call("HSET", caps_key, unpack(fields))
+  for first = 1, #ended, CHUNK do  -- HDEL first: a field reopened below is kept
+    call("HDEL", caps_key, unpack(ended, first, math.min(first + CHUNK - 1, #ended)))
+  end
+  for first = 1, #fields, CHUNK do
+    call("HSET", caps_key, unpack(fields, first, math.min(first + CHUNK - 1, #fields)))
+  end
   if expiry > expiry_before then call("PEXPIREAT", caps_key, expiry) end
 end
 if wrote then

@@ -21,7 +21,7 @@ to a cluster without a redesign.
 | `{ns}:{c:<id>}:billed:<click_id>` | string | a charged click's first answer (billing) |
 | `{ns}:{c:<id>}:hold:<event_id>` | string | an event's budget hold (`<attempt> <day> <charge>`; the reservation split by slot, Redis Cluster) |
 | `{ns}:{c:<id>}:autopilot` | sorted set | the autopilot's decisions (`campaigns.autopilot` JSON), scored by version |
-| `{ns}:{u:<user_id>}:caps` | hash | campaign_id → `<count> <window end, ms>`: the person's open frequency-cap windows (`parse_cap`); expires with the last |
+| `{ns}:{u:<user_id>}:caps` | hash | campaign_id → `<count> <window end, ms>`: the person's frequency-cap windows (`parse_cap`; ended ones until the person's next write); expires with the last |
 | `{ns}:{u:<user_id>}:hidden` | set | advertisers the person hid |
 | `{ns}:{u:<user_id>}:prefs` | hash | `personalization` on/off |
 | `{ns}:{u:<user_id>}:keys` | set | the person's expiring keys of other names, so `forget` finds them all |

@@ -20,7 +20,7 @@ for the frequency cap, click charged, click overdelivered), so agreement is not 
 
 Not compared, because the Ledger does not model it (the simulator never needs it): idempotency
 (replayed batches, duplicate event_ids and click_ids: every id here is fresh), hidden advertisers,
-several claims in one reserve call, key expiry other than the frequency-cap counters (the spend
+several claims in one reserve call, key expiry other than the frequency-cap windows (the spend
 keys' 3-day TTL outlives the two days), and the refused-then-re-run loop (the caller's business).
 
 Time: the scripts keep frequency-cap windows on Redis's clock, the operations run on simulated
