@@ -264,8 +264,8 @@ dir "$REDIS_DIR"
 appendonly yes
 appendfsync everysec
 save ""
-# The worker writes ~2 KB of kept outcomes per event through the AOF and drops them once committed,
-# so the AOF grows fast while the data stays small. Redis rewrites the AOF (a fork, then the whole
+# The worker writes ~0.7 KB per event through the AOF (mostly kept outcomes, which it drops once
+# committed), so the AOF grows fast while the data stays small. Redis rewrites the AOF (a fork, then the whole
 # data set written again: ~1 s of a core here) each time it doubles past 64 MB: every few seconds
 # at 5,000 events/s, stealing a core from a 2-core machine mid-benchmark (measured: 2-3 rewrites per
 # 10 s latency point, p99 234/263 ms with them vs 150/98 ms without). Rewrite at 5x and 1 GB instead.
