@@ -21,7 +21,15 @@ from redis.asyncio import Redis
 
 from core.keys import Keys, event_bucket
 
-SCRIPT = resources.files("auction").joinpath("reserve.lua").read_text()  # works compiled too
+
+def with_caps(script: str) -> str:
+    """A reservation script of this package with caps.lua (the frequency-cap windows) in front:
+    a Redis script cannot import another."""
+    scripts = resources.files("auction")  # works compiled too
+    return scripts.joinpath("caps.lua").read_text() + scripts.joinpath(script).read_text()
+
+
+SCRIPT = with_caps("reserve.lua")
 
 
 AnswerKind = Literal["ok", "replay", "committed", "dup", "refused"]

@@ -49,14 +49,14 @@ import orjson
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from auction.budgets import COMMITTED, OK, Answer, BudgetReserver, Claim
+from auction.budgets import COMMITTED, OK, Answer, BudgetReserver, Claim, with_caps
 from core.keys import Keys
 from core.redis_client import PipelineScripts, is_cluster
 
 _SCRIPTS = resources.files("auction")
 EVENTS = _SCRIPTS.joinpath("reserve_events.lua").read_text()
 BUDGETS = _SCRIPTS.joinpath("reserve_budgets.lua").read_text()
-PEOPLE = _SCRIPTS.joinpath("reserve_people.lua").read_text()
+PEOPLE = with_caps("reserve_people.lua")
 
 
 class StaleAttempt(RuntimeError):

@@ -31,10 +31,8 @@
 -- The reply is one JSON string: {answers, spends}, answers = {{i, answer}, ...} for each auction
 -- whose answer is not {"ok"} (most are "ok": not written, not read back), spends =
 -- {{campaign_id, today, total}, ...} for every campaign the batch looked at.
--- Frequency caps: one hash per person, {u:<user_id>}:caps, campaign_id -> "<count> <window end, ms>"
--- (Redis's clock): a window starts at the impression that finds none open and ends window_s
--- later; the hash expires with its last window, and a write drops the windows that ended (until
--- the person's next write, it may hold some). `forget` erases it by name.
+-- Frequency caps: one hash per person, {u:<user_id>}:caps, counted as caps.lua (put in front of
+-- this script) says. `forget` erases it by name.
 -- Money stays below 2^53 micros (validated at campaign apply), so Lua numbers are exact; it is
 -- sent back as decimal strings because cjson prints numbers with 14 significant digits.
 --
@@ -56,12 +54,9 @@ end
 local any_ok = false
 local answers = {}
 local DAY_TTL = 3 * 86400
-local NONE = {0}  -- no open cap window: nothing counted
-local CHUNK = 1000  -- keys per MGET/EXISTS, values per HDEL/HSET (unpack works on the Lua stack; even)
+local CHUNK = 1000  -- keys per MGET/EXISTS (unpack works on the Lua stack)
 local call = redis.call
 local find, sub, format = string.find, string.sub, string.format
-local clock = call("TIME")
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local function blob_of(id) return format(K.blob, id) end
 
@@ -78,13 +73,6 @@ end
 local function num(value)
   if value == false or value == nil then return 0 end
   return tonumber(value)
-end
-
--- `command` on `key` with the values of `list` (an even CHUNK per call: HSET's pairs stay whole).
-local function in_chunks(command, key, list)
-  for first = 1, #list, CHUNK do
-    call(command, key, unpack(list, first, math.min(first + CHUNK - 1, #list)))
-  end
 end
 
 -- Values of `keys` (a list), as the list of MGET replies, in chunks.
@@ -109,28 +97,10 @@ for i, p in ipairs(starts) do
 end
 local kept_before = mget(okeys)
 
--- A person's caps, as read: campaign_id -> {count, window end}, open windows only (an ended one
--- counts nothing), plus what a write must drop (the ended) and keep in mind (the key's expiry).
-local function caps_of(user)
-  local got = call("HGETALL", format(K.caps, user))
-  local person = {open = {}, ended = {}, expiry = 0, changed = {}, dirty = {}}  -- changed: counted, in order
-  for j = 1, #got, 2 do
-    local count, ends = string.match(got[j + 1], "^(%d+) (%d+)$")
-    count, ends = tonumber(count), tonumber(ends)
-    if ends > person.expiry then person.expiry = ends end
-    if ends > now_ms then
-      person.open[got[j]] = {count, ends}
-    else
-      person.ended[#person.ended + 1] = got[j]
-    end
-  end
-  return person
-end
-
 -- 2. Everything the undecided events will check: budgets and spend of their campaigns,
 -- their people's caps, and whether any of their people hid an advertiser.
 local limits, today, total, day_was = {}, {}, {}, {}
-local caps, capped = {}, {}  -- user_id -> caps_of(user_id); the users, in order
+local caps, capped = {}, {}  -- user_id -> caps_read of their hash; the users, in order
 local cids, spend_keys, hidden_keys = {}, {}, {}
 for i, p in ipairs(starts) do
   local count = flat[p + 3]
@@ -146,7 +116,7 @@ for i, p in ipairs(starts) do
         spend_keys[#spend_keys + 1] = format(K.spend_total, cid)
       end
       if flat[r + 3] > 0 and caps[user] == nil then
-        caps[user] = caps_of(user)
+        caps[user] = caps_read(format(K.caps, user))
         capped[#capped + 1] = user
       end
     end
@@ -206,7 +176,7 @@ for i, p in ipairs(starts) do
         refused[#refused + 1] = {cid, "user_hidden"}
       elseif not limit or today[cid] + need > limit[1] or total[cid] + need > limit[2] then
         refused[#refused + 1] = {cid, "budget"}
-      elseif cap_max > 0 and (caps[user].open[cid] or NONE)[1] >= cap_max then
+      elseif cap_max > 0 and caps_counted(caps[user], cid) >= cap_max then
         refused[#refused + 1] = {cid, "frequency_cap"}
       end
     end
@@ -220,19 +190,7 @@ for i, p in ipairs(starts) do
           total[cid] = total[cid] + charge
           charged[cid] = true
         end
-        if flat[r + 3] > 0 then
-          local person = caps[user]
-          local window = person.open[cid]
-          if window == nil or window[1] == 0 then  -- none open: a new one
-            window = {0, now_ms + flat[r + 4] * 1000}
-            person.open[cid] = window
-          end
-          if not person.dirty[cid] then
-            person.dirty[cid] = true
-            person.changed[#person.changed + 1] = cid
-          end
-          window[1] = window[1] + 1
-        end
+        if flat[r + 3] > 0 then caps_count(caps[user], cid, flat[r + 4]) end
       end
       local where = format("%s\n@%s %d %d", src, ARGV[5], start, length)
       call("SET", okey, where, "EX", ttl)
@@ -245,24 +203,8 @@ end
 -- The outcomes, kept a little longer than the events that point to them.
 if any_ok then call("SET", blob_of(ARGV[5]), ARGV[6], "EX", ttl + 60) end
 
--- 4. Caps, once per person counted: the windows counted, those that ended dropped, and the key's
--- expiry moved to its last window's end when that grew.
-for _, user in ipairs(capped) do
-  local person = caps[user]
-  local fields, expiry = {}, person.expiry
-  for _, cid in ipairs(person.changed) do
-    local window = person.open[cid]
-    if window[2] > expiry then expiry = window[2] end
-    fields[#fields + 1] = cid
-    fields[#fields + 1] = format("%d %d", window[1], window[2])
-  end
-  if #fields > 0 then
-    local key = format(K.caps, user)
-    in_chunks("HDEL", key, person.ended)  -- HDEL first: a field reopened below is kept
-    in_chunks("HSET", key, fields)
-    if expiry > person.expiry then call("PEXPIREAT", key, expiry) end
-  end
-end
+-- 4. Caps, once per person counted.
+for _, user in ipairs(capped) do caps_write(caps[user]) end
 
 -- 5. Spend, once per charged campaign: what INCRBY charge by charge would have left, with the
 -- day key's expiry set when its spend started from nothing.
