@@ -120,16 +120,25 @@ class BudgetReserver:
             return [], [], ""
         blob_id = os.urandom(8).hex()
         entries = b",".join([claim.entry or entry_of(claim) for claim in claims])
-        drop = self._drop[:]
+        drop = self.take_drops()
         args: list[bytes | str | int] = [self._templates, day, self.outcome_ttl_s, b"[" + entries + b"]", blob_id,
                                          b"".join([claim.outcome for claim in claims]), *drop]
-        raw = await self._script(keys=[], args=args)
-        del self._drop[: len(drop)]  # only once Redis has dropped them
+        try:
+            raw = await self._script(keys=[], args=args)
+        except BaseException:
+            self._drop[:0] = drop  # not dropped: the next call does
+            raise
         others, spends = orjson.loads(raw)
         answers = [OK] * len(claims)  # the script lists only the answers that are not "ok"
         for position, item in others or ():
             answers[position - 1] = _answer(item)
         return answers, [(str(c), int(t), int(s)) for c, t, s in (spends or [])], blob_id
+
+    def take_drops(self) -> list[str]:
+        """The committed blobs for this call to drop (put back in `_drop` if it fails). Taken, not
+        copied: calls overlap (the worker's next part reserves while this one's answer comes)."""
+        drop, self._drop = self._drop, []
+        return drop
 
     def committed(self, blob_ids: list[str]) -> None:
         """These blobs' outcomes are published and committed: the next call drops them."""

@@ -116,11 +116,14 @@ class SplitReserver(BudgetReserver):
         for key_list, positions in by_slot:
             payload = [[claims[p].source, [r.campaign_id for r in claims[p].reservations]] for p in positions]
             await self._events(keys=key_list, args=["claim", self.outcome_ttl_s, orjson.dumps(payload)], client=pipe)
-        drop = self._drop[:]
+        drop = self.take_drops()
         for blob_id in drop:  # blobs whose outcomes are committed in Kafka
             pipe.execute_command("UNLINK", keys.blob(blob_id))  # the cluster pipeline's unlink() is a coroutine
-        replies = await self._scripts.execute(pipe)
-        del self._drop[: len(drop)]
+        try:
+            replies = await self._scripts.execute(pipe)
+        except BaseException:
+            self._drop[:0] = drop  # not dropped: the next call does
+            raise
         going: list[Attempt] = []
         kept: list[tuple[int, str]] = []  # (position, where its outcome is)
         for (_keys, positions), raw in zip(by_slot, replies[: len(by_slot)], strict=True):

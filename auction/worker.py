@@ -4,6 +4,8 @@
 the intake (auction/fastpath.py: raw intents to auction requests, compiled; bad records to the DLQ)
 → one engine pass → one Redis round trip per chunk (reserve.lua:
 budgets, caps, idempotency) → re-run only the auctions Redis refused → the records to publish.
+The part's last Redis answer is read in the step's rest (`Step.rest`), so the next part is
+auctioned while Redis reserves this one.
 The loop publishes them in one Kafka transaction with the consumed offsets. A crash anywhere
 aborts the transaction; the batch is consumed again and Redis hands back the compact outcomes
 it kept (auction/records.py), from which the same records are built again, byte for byte: they
@@ -22,7 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
@@ -58,8 +60,8 @@ from schemas.codec import RecordError
 
 log = logging.getLogger("vickrey.auction")
 MAX_REFUSAL_ROUNDS = 8
-# Auctions per reservation call: a batch's chunks are pipelined (Redis reserves one chunk while
-# the next is auctioned). Each call also costs per campaign it touches (budget and spend read and
+# Auctions per reservation call: a part's chunks are pipelined (Redis reserves one chunk while
+# the next is auctioned; the calls overlap). Each call also costs per campaign it touches (budget and spend read and
 # written once per call) and per call in the client: 64 per call cost ~120 µs of CPU per event
 # in all, 256-1,024 ~95 µs (BENCHMARKS.md), for the same overlap.
 RESERVE_CHUNK = 512
@@ -104,6 +106,10 @@ def reservations_of(result: AuctionResult) -> list[Reservation]:
             Reservation(campaign.campaign_id, winner.charge_micros, need, cap_max, cap_window, campaign.advertiser_id)
         )
     return reservations
+
+
+# A reservation call on its way: the chunk's auctions and Redis's answer to come.
+InFlight: TypeAlias = tuple[list[Pending], "asyncio.Future[tuple[list[Answer], list[tuple[str, int, int]], str]]"]
 
 
 class AuctionRole:
@@ -157,51 +163,67 @@ class AuctionRole:
     # -- one part of a batch ---------------------------------------------------------------------
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
-        """Auction a part of a batch: the records to publish, and once they are committed, the
-        Redis blobs that kept their outcomes can go."""
+        """Auction a part of a batch. Returns once the part's last reservation call is on its
+        way: the step's rest reads Redis's answers (re-running the auctions it refused) while the
+        loop fetches and auctions the next part. Once the records are committed, the Redis blobs
+        that kept their outcomes can go."""
         if self.clock is not None:
             now_ms = int(self.clock() * 1000)
         day = utc_day(now_ms)
         self.engine.spend.roll_to(day)
         outputs: list[Output] = []
-        blob_ids: list[str] = []
         pending: list[Pending] = []
         tally = Tally()
         for records in batch.values():
             self._read_intents(records, now_ms, pending, outputs, tally)
+        if not pending:
+            tally.publish(self.metrics)
+            return Step(outputs)
+        calls = await self._round(pending, 1, now_ms, day, tally)
+        return Step(outputs, rest=asyncio.ensure_future(self._rest(calls, now_ms, day, tally)))
 
-        engine_seconds = 0.0
-        auctions = 0
-        rounds = 0
+    async def _round(self, pending: list[Pending], rounds: int, now_ms: int, day: str, tally: Tally) -> list[InFlight]:
+        """One round of auctions in chunks, each chunk's reservation call sent as soon as it is
+        auctioned: Redis reserves chunk k while chunk k+1 is auctioned. Returns the calls, sent
+        and not yet answered."""
         twin = self.twin
-        decided, left = (twin.decided, twin.left) if twin is not None else (0, 0)
         reserve = self.reserver.reserve
-        while pending:
-            rounds += 1
+        calls: list[InFlight] = []
+        for start in range(0, len(pending), RESERVE_CHUNK):
+            chunk = pending[start : start + RESERVE_CHUNK]
+            decided, left = (twin.decided, twin.left) if twin is not None else (0, 0)
+            began = time.perf_counter()
+            claims = [self._decide(item, now_ms, rounds) for item in chunk]
+            tally.engine_seconds += time.perf_counter() - began
+            tally.auctions += len(chunk)
+            if twin is None:
+                tally.engine_python += len(chunk)
+            else:
+                tally.engine_compiled += twin.decided - decided
+                tally.engine_python += twin.left - left
+            calls.append((chunk, asyncio.ensure_future(reserve(claims, day))))
+            for _ in range(SEND_YIELDS):  # let the request go out before the next auctions
+                await asyncio.sleep(0)
+        return calls
+
+    async def _rest(self, calls: list[InFlight], now_ms: int, day: str, tally: Tally) -> Step:
+        """The rest of a part's step: Redis's answers, in chunk order, then rounds for the
+        auctions it refused until none is (after MAX_REFUSAL_ROUNDS they are no-fills)."""
+        outputs: list[Output] = []
+        blob_ids: list[str] = []
+        rounds = 1
+        while True:
             again: list[Pending] = []
-            # Chunks, pipelined: while Redis reserves chunk k, chunk k+1 is auctioned. Only one
-            # reservation is in flight at a time, so Redis sees the chunks in batch order.
-            in_flight: tuple[list[Pending], asyncio.Task[Any]] | None = None
-            for start in range(0, len(pending), RESERVE_CHUNK):
-                chunk = pending[start : start + RESERVE_CHUNK]
-                began = time.perf_counter()
-                claims = [self._decide(item, now_ms, rounds) for item in chunk]
-                engine_seconds += time.perf_counter() - began
-                auctions += len(chunk)
-                if in_flight is not None:
-                    self._read_answers(in_flight[0], await in_flight[1], outputs, blob_ids, now_ms, tally, again)
-                in_flight = (chunk, asyncio.ensure_future(reserve(claims, day)))
-                for _ in range(SEND_YIELDS):  # let the request go out before the next auctions
-                    await asyncio.sleep(0)
-            if in_flight is not None:
-                self._read_answers(in_flight[0], await in_flight[1], outputs, blob_ids, now_ms, tally, again)
-            pending = again
-        tally.engine_seconds = engine_seconds
-        tally.auctions = auctions
-        if twin is None:
-            tally.engine_python = auctions
-        else:
-            tally.engine_compiled, tally.engine_python = twin.decided - decided, twin.left - left
+            try:
+                for chunk, answer in calls:
+                    self._read_answers(chunk, await answer, outputs, blob_ids, now_ms, tally, again)
+            except BaseException:
+                await asyncio.gather(*(answer for _, answer in calls), return_exceptions=True)
+                raise
+            if not again:
+                break
+            rounds += 1
+            calls = await self._round(again, rounds, now_ms, day, tally)
         tally.publish(self.metrics)
         reserver = self.reserver
         return Step(outputs, on_commit=lambda: reserver.committed(blob_ids))

@@ -18,6 +18,12 @@ commit the moment the first one has; one transaction is in flight at a time, and
 `batch_max` records go into one. A quiet input commits each record at once. `tick_s` makes
 `process` run on an empty batch too, for time-driven work (closing report windows).
 
+**Rests.** A part's step may leave its last piece to a future (`Step.rest`): the auction sends
+its Redis reservation and returns, and the loop fetches and processes the next part while Redis
+answers. The commit awaits the batch's rests, in part order, before its transaction begins (the
+next batch is gathered meanwhile); their outputs follow their part's. A failed rest is a failed `process`; a rewind or a rebalance first waits for every
+rest still running, so a role's hooks never run beside one.
+
 **Offsets.** By default a part consumes every record handed to it. A role that holds records
 back (attribution waiting for an impression) or resumes elsewhere (reporting, at the first record
 of a window still open) returns the exact positions in `Step.offsets`, optionally with metadata.
@@ -116,6 +122,24 @@ class Step:
     outputs: list[Output] = field(default_factory=list)
     offsets: dict[TopicPartition, Position] | None = None
     on_commit: Callable[[], None] | None = None
+    # The rest of this part's step, still being worked out (the auction waiting for Redis's
+    # answer): the loop goes on to the next part meanwhile and awaits it before the commit; its
+    # outputs follow this step's. A rest that fails voids the batch like a failed `process`.
+    rest: asyncio.Future[Step] | None = None
+
+    async def whole(self) -> Step:
+        """This step with its rest awaited and folded in: for a caller outside the loop."""
+        if self.rest is None:
+            return self
+        rest = await self.rest
+        offsets = None if self.offsets is None and rest.offsets is None else {**(self.offsets or {}), **(rest.offsets or {})}
+        callbacks = [callback for callback in (self.on_commit, rest.on_commit) if callback is not None]
+
+        def on_commit() -> None:
+            for callback in callbacks:
+                callback()
+
+        return Step(self.outputs + rest.outputs, offsets, on_commit if callbacks else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,17 +244,44 @@ class _Gathering:
     outputs: list[Output] = field(default_factory=list)
     offsets: dict[TopicPartition, Position] = field(default_factory=dict)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
+    rests: list[tuple[int, asyncio.Future[Step]]] = field(default_factory=list)  # (where its outputs go, rest)
 
     def add(self, part: Batch, step: Step) -> None:
         for tp, records in part.items():
             self.count += len(records)
             if step.offsets is None:
                 self.offsets[tp] = records[-1].offset + 1
+        self._take(step)
+        if step.rest is not None:
+            self.rests.append((len(self.outputs), step.rest))
+
+    def _take(self, step: Step) -> None:
         if step.offsets is not None:
             self.offsets.update(step.offsets)
         self.outputs += step.outputs
         if step.on_commit is not None:
             self.callbacks.append(step.on_commit)
+
+    async def settle(self) -> None:
+        """Await the parts' rests, in part order; each one's outputs go where its part's ended, so
+        the batch's outputs are in the order a loop without rests would have them. Raises the
+        first failure, once every rest has ended."""
+        rests, self.rests = self.rests, []
+        if not rests:
+            return
+        outputs, self.outputs = self.outputs, []
+        taken = 0
+        try:
+            for position, rest in rests:
+                step = await rest
+                assert step.rest is None, "a rest has no rest of its own"
+                self.outputs += outputs[taken:position]
+                taken = position
+                self._take(step)
+        except BaseException:
+            await asyncio.gather(*(rest for _, rest in rests), return_exceptions=True)
+            raise
+        self.outputs += outputs[taken:]
 
     @property
     def empty(self) -> bool:
@@ -269,6 +320,7 @@ class Loop:
         self.ready = False
         self._lock = asyncio.Lock()  # role state: `process` on one side, rebalance and rewind hooks on the other
         self._committing: asyncio.Task[bool] | None = None
+        self._rests: set[asyncio.Future[Step]] = set()  # the steps' rests still running
         # Records fetched after a generation change, with that generation: the next batch's start.
         self._carry: tuple[Batch, int] | None = None
         self._rebalancing = True  # until the first assignment is restored: nothing is processed
@@ -299,6 +351,7 @@ class Loop:
                     raise self._fatal
         finally:
             await self._wait_for_commit()
+            await self._quiesce()
 
     async def close(self) -> None:
         self.ready = False
@@ -400,6 +453,9 @@ class Loop:
                 failed: Exception | None = exc
             else:
                 failed = None
+                if step.rest is not None:
+                    self._rests.add(step.rest)
+                    step.rest.add_done_callback(self._rest_done)
                 if batch.generation == self.generation:
                     batch.add(part, step)
         if failed is not None:
@@ -410,7 +466,13 @@ class Loop:
 
     async def _commit(self, batch: _Gathering) -> bool:
         """One transaction: the batch's outputs and its offsets. False when it failed (and the
-        consumer was sent back to the committed offsets)."""
+        consumer was sent back to the committed offsets). The parts' rests are awaited first,
+        here, so the next batch is gathered and processed while they end."""
+        try:
+            await batch.settle()
+        except Exception as exc:
+            await self._failed("process", exc, batch.count)
+            return False
         try:
             async with self.producer.transaction():
                 await self.sender.send(batch.outputs)
@@ -426,6 +488,17 @@ class Loop:
             callback()
         self._record(batch)
         return True
+
+    def _rest_done(self, rest: asyncio.Future[Step]) -> None:
+        self._rests.discard(rest)
+        if not rest.cancelled():
+            rest.exception()  # a void batch's failed rest is not awaited: not "never retrieved"
+
+    async def _quiesce(self) -> None:
+        """Wait for the rests still running (a void batch's, or one whose batch failed): the
+        role's hooks never run beside them."""
+        while rests := [rest for rest in self._rests if not rest.done()]:
+            await asyncio.gather(*rests, return_exceptions=True)
 
     async def _wait_for_commit(self) -> bool:
         """Wait for the transaction in flight; False when it failed. Every caller waits for the
@@ -493,6 +566,7 @@ class Loop:
         """Back to the committed offsets: the role rebuilds its state from them (after forgetting
         it, unless the partitions are newly assigned), then, with no await in between, the
         generation moves on and every partition is sought. Everything fetched before is void."""
+        await self._quiesce()
         async with self._lock:
             if self._rebalancing and not assignment:
                 self.generation += 1  # the assignment that ends the rebalance rewinds
@@ -520,6 +594,7 @@ class Loop:
         self._rebalancing = True
         self.generation += 1  # the batch in gathering is void
         committed = await self._wait_for_commit()  # the transaction in flight lands before the partitions go
+        await self._quiesce()
         async with self._lock:
             await self.role.on_revoked(partitions)
         log.info("partitions revoked", extra={

@@ -86,9 +86,14 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - minutes o
                 found = one_run(arm, args.events, Path(switch), ROOT / "reports" / "fastpath-ab", args.switch)
                 runs[arm].append(found)
                 print(f"round {round_number + 1}/{args.rounds} {arm:9} worker {found['worker_events_per_s']:,} events/s, "
-                      f"ratio {found['worker_ratio']}, process {found['cpu_us_per_event']['worker']['process']} µs/event",
+                      f"ratio {found['worker_ratio']}, µs/event: {_parts(found['cpu_us_per_event']['worker'])}",
                       flush=True)
     print(summary(runs))
+
+
+def _parts(cpu: dict[str, Any]) -> str:
+    """The worker run's CPU per event by process (worker process, Redis, broker, ...)."""
+    return ", ".join(f"{part} {value}" for part, value in cpu.items() if value is not None)
 
 
 if __name__ == "__main__":

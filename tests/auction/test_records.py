@@ -245,7 +245,7 @@ async def test_a_batch_replayed_by_the_worker_publishes_the_same_bytes(
         events = [intent(f"r{n}", slots=1 + n % 3, user_id=f"u{n}") for n in range(40)]
         batch = {tp: [ConsumerRecord(tp.topic, 0, n, 0, 0, None, orjson.dumps(e), None, 0, 0, [])
                       for n, e in enumerate(events)]}
-        first = (await role.process(batch, 0)).outputs  # never committed: the blob stays
+        first = (await (await role.process(batch, 0)).whole()).outputs  # never committed: the blob stays
         spend = {r["campaign_id"]: redis_client.get(settings.keys.spend_total(r["campaign_id"])) for r in records}
 
         for campaign_id in list(role.live.creatives):
@@ -255,7 +255,7 @@ async def test_a_batch_replayed_by_the_worker_publishes_the_same_bytes(
             changed.set_pctr(Fraction(1, 3))
             role.engine.index.upsert(changed)
         clock[0] += 3600
-        again = (await role.process(batch, 0)).outputs
+        again = (await (await role.process(batch, 0)).whole()).outputs
     finally:
         await role.close()
         await client.aclose()
@@ -285,12 +285,12 @@ async def test_a_committed_batch_read_again_by_the_next_owner_publishes_nothing(
         tp = TopicPartition(settings.topic(INPUT), 0)
         batch = {tp: [ConsumerRecord(tp.topic, 0, n, 0, 0, None, orjson.dumps(intent(f"rb{n}")), None, 0, 0, [])
                       for n in range(10)]}
-        step = await old.process(batch, 0)
+        step = await (await old.process(batch, 0)).whole()
         assert step.outputs and step.on_commit is not None
         step.on_commit()  # its transaction committed
         spend = redis_client.get(settings.keys.spend_total("c1"))
         await old.on_revoked([tp])  # the loop calls this once that transaction has landed
-        again = await new.process(batch, 0)
+        again = await (await new.process(batch, 0)).whole()
     finally:
         await old.close()
         await new.close()

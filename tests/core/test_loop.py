@@ -58,6 +58,30 @@ class Copy(RoleBase):
         return Step([(self.output, record.key, record.value) for records in batch.values() for record in records])
 
 
+class CopyLater(Copy):
+    """Copies like `Copy`, the second half of each part in the step's rest, which finishes after a
+    random few milliseconds (so rests end out of part order); the rests of `fail_rest_on` process
+    calls raise."""
+
+    def __init__(self, settings: Settings, fail_rest_on: set[int] | None = None) -> None:
+        super().__init__(settings)
+        self.fail_rest_on = fail_rest_on or set()
+        self.rng = random.Random(7)
+
+    async def process(self, batch: Batch, now_ms: int) -> Step:
+        step = await super().process(batch, now_ms)
+        half = len(step.outputs) // 2
+        later, delay, call = step.outputs[half:], self.rng.uniform(0, 0.02), self.calls
+
+        async def rest() -> Step:
+            await asyncio.sleep(delay)
+            if call in self.fail_rest_on:
+                raise RuntimeError(f"injected failure in the rest of process call {call}")
+            return Step(later)
+
+        return Step(step.outputs[:half], rest=asyncio.ensure_future(rest()))
+
+
 def numbered(start: int, count: int) -> list[tuple[bytes, bytes]]:
     return [(f"k{n % 17}".encode(), orjson.dumps({"n": n})) for n in range(start, start + count)]
 
@@ -125,6 +149,39 @@ async def test_a_failed_commit_is_consumed_again_and_copied_once(
         await caught_up(topics, topics.group("copy"), INPUT)
     assert loop.metrics.value("vickrey_batch_failures_total", role="copy", stage="commit") == 3
     await assert_once_each(topics, 400)
+
+
+async def test_rests_publish_in_part_order_and_copy_once(topics: Settings) -> None:
+    """Rests that end out of order: each key's records still come out in input order."""
+    async with running(copy_loop(topics, CopyLater(topics))):
+        for start in range(0, 600, 30):  # in bursts, so parts gather while a commit is in flight
+            await produce(topics, INPUT, numbered(start, 30))
+        await caught_up(topics, topics.group("copy"), INPUT)
+    await assert_once_each(topics, 600)
+    by_key: dict[int, list[int]] = {}
+    for record in await read_all(topics, OUTPUT, 600, timeout=60, settle=1):
+        by_key.setdefault(record["n"] % 17, []).append(record["n"])
+    assert all(ns == sorted(ns) for ns in by_key.values()), "a key's records came out of order"
+
+
+async def test_a_failed_rest_is_consumed_again_and_copied_once(topics: Settings) -> None:
+    await produce(topics, INPUT, numbered(0, 300))
+    metrics = Metrics()
+    async with running(copy_loop(topics, CopyLater(topics, fail_rest_on={2, 5}), metrics=metrics)):
+        await caught_up(topics, topics.group("copy"), INPUT)
+    assert metrics.value("vickrey_batch_failures_total", role="copy", stage="process") == 2
+    await assert_once_each(topics, 300)
+
+
+async def test_members_with_rests_joining_and_leaving_copy_once(topics: Settings) -> None:
+    first, second = copy_loop(topics, CopyLater(topics)), copy_loop(topics, CopyLater(topics))
+    async with running(first):
+        await produce(topics, INPUT, numbered(0, 200))
+        async with running(second):
+            await produce(topics, INPUT, numbered(200, 200))
+        await produce(topics, INPUT, numbered(400, 200))
+        await caught_up(topics, topics.group("copy"), INPUT)
+    await assert_once_each(topics, 600)
 
 
 async def test_an_assignment_whose_offsets_cannot_be_read_is_retried(topics: Settings) -> None:
