@@ -4,8 +4,8 @@
 the intake (auction/fastpath.py: raw intents to auction requests, compiled; bad records to the DLQ)
 → one engine pass → one Redis round trip per chunk (reserve.lua:
 budgets, caps, idempotency) → re-run only the auctions Redis refused → the records to publish.
-The part's last Redis answer is read in the step's rest (`Step.rest`), so the next part is
-auctioned while Redis reserves this one.
+Redis's answers (and the rounds for auctions it refused) are read in the step's rest
+(`Step.rest`, awaited by the commit), so the next parts are auctioned while Redis reserves.
 The loop publishes them in one Kafka transaction with the consumed offsets. A crash anywhere
 aborts the transaction; the batch is consumed again and Redis hands back the compact outcomes
 it kept (auction/records.py), from which the same records are built again, byte for byte: they
@@ -186,9 +186,18 @@ class AuctionRole:
         """One round of auctions in chunks, each chunk's reservation call sent as soon as it is
         auctioned: Redis reserves chunk k while chunk k+1 is auctioned. Returns the calls, sent
         and not yet answered."""
+        calls: list[InFlight] = []
+        try:
+            await self._send_chunks(pending, rounds, now_ms, day, tally, calls)
+        except BaseException:
+            await asyncio.gather(*(answer for _, answer in calls), return_exceptions=True)  # none left running
+            raise
+        return calls
+
+    async def _send_chunks(self, pending: list[Pending], rounds: int, now_ms: int, day: str, tally: Tally,
+                           calls: list[InFlight]) -> None:
         twin = self.twin
         reserve = self.reserver.reserve
-        calls: list[InFlight] = []
         for start in range(0, len(pending), RESERVE_CHUNK):
             chunk = pending[start : start + RESERVE_CHUNK]
             decided, left = (twin.decided, twin.left) if twin is not None else (0, 0)
@@ -204,7 +213,6 @@ class AuctionRole:
             calls.append((chunk, asyncio.ensure_future(reserve(claims, day))))
             for _ in range(SEND_YIELDS):  # let the request go out before the next auctions
                 await asyncio.sleep(0)
-        return calls
 
     async def _rest(self, calls: list[InFlight], now_ms: int, day: str, tally: Tally) -> Step:
         """The rest of a part's step: Redis's answers, in chunk order, then rounds for the
@@ -216,7 +224,7 @@ class AuctionRole:
             again: list[Pending] = []
             try:
                 for chunk, answer in calls:
-                    self._read_answers(chunk, await answer, outputs, blob_ids, now_ms, tally, again)
+                    self._read_answers(chunk, await answer, outputs, blob_ids, day, now_ms, tally, again)
             except BaseException:
                 await asyncio.gather(*(answer for _, answer in calls), return_exceptions=True)
                 raise
@@ -307,6 +315,7 @@ class AuctionRole:
         reply: tuple[list[Answer], list[tuple[str, int, int]], str],
         outputs: list[Output],
         blob_ids: list[str],
+        day: str,
         now_ms: int,
         tally: Tally,
         again: list[Pending],
@@ -315,10 +324,14 @@ class AuctionRole:
         answers, spends, blob_id = reply
         blob_ids.append(blob_id)
         index, view = self.engine.index, self.engine.spend
-        for campaign_id, today, total in spends:
-            campaign = index.get(campaign_id)
-            if campaign is not None:
-                view.record(campaign, today, total)
+        # Calls overlap and answers arrive out of order: an older figure than the view has (a
+        # lower total), or one of a day the view has left, is not recorded.
+        if day == view.day:
+            known = view.total_micros
+            for campaign_id, today, total in spends:
+                campaign = index.get(campaign_id)
+                if campaign is not None and total >= known.get(campaign_id, 0):
+                    view.record(campaign, today, total)
         to_records = self._answer_to_records
         for item, answer in zip(chunk, answers, strict=True):
             if to_records(item, answer, outputs, now_ms, tally):

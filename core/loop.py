@@ -19,10 +19,12 @@ commit the moment the first one has; one transaction is in flight at a time, and
 `process` run on an empty batch too, for time-driven work (closing report windows).
 
 **Rests.** A part's step may leave its last piece to a future (`Step.rest`): the auction sends
-its Redis reservation and returns, and the loop fetches and processes the next part while Redis
+its Redis reservations and returns, and the loop fetches and processes the next part while Redis
 answers. The commit awaits the batch's rests, in part order, before its transaction begins (the
-next batch is gathered meanwhile); their outputs follow their part's. A failed rest is a failed `process`; a rewind or a rebalance first waits for every
-rest still running, so a role's hooks never run beside one.
+next batch is gathered meanwhile); their outputs follow their part's. A failed rest fails the
+commit that awaits it, like a failed `process` (the batch gathered meanwhile is void too). A
+rewind or a rebalance takes the lock, then waits for every rest still running, so a role's hooks
+never run beside one.
 
 **Offsets.** By default a part consumes every record handed to it. A role that holds records
 back (attribution waiting for an impression) or resumes elsewhere (reporting, at the first record
@@ -124,7 +126,8 @@ class Step:
     on_commit: Callable[[], None] | None = None
     # The rest of this part's step, still being worked out (the auction waiting for Redis's
     # answer): the loop goes on to the next part meanwhile and awaits it before the commit; its
-    # outputs follow this step's. A rest that fails voids the batch like a failed `process`.
+    # outputs follow this step's. A rest that fails voids the batch like a failed `process`. A
+    # rest brings outputs and on_commit only (its part's offsets are this step's).
     rest: asyncio.Future[Step] | None = None
 
     async def whole(self) -> Step:
@@ -132,14 +135,15 @@ class Step:
         if self.rest is None:
             return self
         rest = await self.rest
-        offsets = None if self.offsets is None and rest.offsets is None else {**(self.offsets or {}), **(rest.offsets or {})}
+        if rest.rest is not None or rest.offsets is not None:
+            raise ValueError("a rest has outputs and on_commit only: no rest or offsets of its own")
         callbacks = [callback for callback in (self.on_commit, rest.on_commit) if callback is not None]
 
         def on_commit() -> None:
             for callback in callbacks:
                 callback()
 
-        return Step(self.outputs + rest.outputs, offsets, on_commit if callbacks else None)
+        return Step(self.outputs + rest.outputs, self.offsets, on_commit if callbacks else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,8 @@ class LoopOptions:
 
 
 class Role(Protocol):
-    """What a role gives the loop. Hooks run under the loop's lock, never during `process`."""
+    """What a role gives the loop. Hooks run under the loop's lock, never during `process` or
+    beside a step's rest."""
 
     @property
     def name(self) -> str:
@@ -274,7 +279,8 @@ class _Gathering:
         try:
             for position, rest in rests:
                 step = await rest
-                assert step.rest is None, "a rest has no rest of its own"
+                if step.rest is not None or step.offsets is not None:
+                    raise ValueError("a rest has outputs and on_commit only: no rest or offsets of its own")
                 self.outputs += outputs[taken:position]
                 taken = position
                 self._take(step)
@@ -285,7 +291,7 @@ class _Gathering:
 
     @property
     def empty(self) -> bool:
-        return not self.outputs and not self.offsets
+        return not self.outputs and not self.offsets and not self.rests
 
 
 class Loop:
@@ -566,8 +572,8 @@ class Loop:
         """Back to the committed offsets: the role rebuilds its state from them (after forgetting
         it, unless the partitions are newly assigned), then, with no await in between, the
         generation moves on and every partition is sought. Everything fetched before is void."""
-        await self._quiesce()
         async with self._lock:
+            await self._quiesce()  # under the lock: no part can start a new rest meanwhile
             if self._rebalancing and not assignment:
                 self.generation += 1  # the assignment that ends the rebalance rewinds
                 return
@@ -594,8 +600,8 @@ class Loop:
         self._rebalancing = True
         self.generation += 1  # the batch in gathering is void
         committed = await self._wait_for_commit()  # the transaction in flight lands before the partitions go
-        await self._quiesce()
         async with self._lock:
+            await self._quiesce()  # under the lock: no part can start a new rest meanwhile
             await self.role.on_revoked(partitions)
         log.info("partitions revoked", extra={
             "role": self.name, "partitions": len(partitions), "commit_in_flight_ok": committed,

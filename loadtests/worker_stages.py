@@ -120,7 +120,7 @@ async def _one_round(role: AuctionRole, redis: Redis, raws: list[bytes]) -> tupl
             answered = clock()
             spent["redis_server"] += await _redis_cpu(redis) - redis_before
             read_began = clock()
-            role._read_answers(pending[start : start + RESERVE_CHUNK], reply, outputs, blob_ids, now_ms, tally, again)  # noqa: SLF001
+            role._read_answers(pending[start : start + RESERVE_CHUNK], reply, outputs, blob_ids, day, now_ms, tally, again)  # noqa: SLF001
             spent["reserve_client"] += answered - began
             spent["answers"] += clock() - read_began
             kept += int(await redis.strlen(role.settings.keys.blob(reply[2])))

@@ -23,10 +23,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, NodeNotReadyError
 
-from core.loop import Batch, Loop, LoopOptions, RoleBase, Step
+from core.loop import Batch, Committed, Loop, LoopOptions, RoleBase, Step
 from core.metrics import Metrics
 from core.settings import Settings
 from loadtests import workload
@@ -67,19 +67,33 @@ class CopyLater(Copy):
         super().__init__(settings)
         self.fail_rest_on = fail_rest_on or set()
         self.rng = random.Random(7)
+        self.running = 0  # rests not yet ended
+        self.hooks_beside_a_rest = 0
 
     async def process(self, batch: Batch, now_ms: int) -> Step:
         step = await super().process(batch, now_ms)
+        await asyncio.sleep(0)  # a process that yields, as the auction's does between its chunks
         half = len(step.outputs) // 2
         later, delay, call = step.outputs[half:], self.rng.uniform(0, 0.02), self.calls
+        self.running += 1
 
         async def rest() -> Step:
-            await asyncio.sleep(delay)
-            if call in self.fail_rest_on:
-                raise RuntimeError(f"injected failure in the rest of process call {call}")
-            return Step(later)
+            try:
+                await asyncio.sleep(delay)
+                if call in self.fail_rest_on:
+                    raise RuntimeError(f"injected failure in the rest of process call {call}")
+                return Step(later)
+            finally:
+                self.running -= 1
 
         return Step(step.outputs[:half], rest=asyncio.ensure_future(rest()))
+
+    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        self.hooks_beside_a_rest += self.running > 0
+
+    async def on_assigned(self, committed: Committed) -> dict[TopicPartition, int]:
+        self.hooks_beside_a_rest += self.running > 0
+        return {}
 
 
 def numbered(start: int, count: int) -> list[tuple[bytes, bytes]]:
@@ -167,14 +181,17 @@ async def test_rests_publish_in_part_order_and_copy_once(topics: Settings) -> No
 async def test_a_failed_rest_is_consumed_again_and_copied_once(topics: Settings) -> None:
     await produce(topics, INPUT, numbered(0, 300))
     metrics = Metrics()
-    async with running(copy_loop(topics, CopyLater(topics, fail_rest_on={2, 5}), metrics=metrics)):
+    role = CopyLater(topics, fail_rest_on={2, 5})
+    async with running(copy_loop(topics, role, metrics=metrics)):
         await caught_up(topics, topics.group("copy"), INPUT)
     assert metrics.value("vickrey_batch_failures_total", role="copy", stage="process") == 2
+    assert role.hooks_beside_a_rest == 0
     await assert_once_each(topics, 300)
 
 
 async def test_members_with_rests_joining_and_leaving_copy_once(topics: Settings) -> None:
-    first, second = copy_loop(topics, CopyLater(topics)), copy_loop(topics, CopyLater(topics))
+    roles = [CopyLater(topics), CopyLater(topics)]
+    first, second = copy_loop(topics, roles[0]), copy_loop(topics, roles[1])
     async with running(first):
         await produce(topics, INPUT, numbered(0, 200))
         async with running(second):
@@ -182,6 +199,7 @@ async def test_members_with_rests_joining_and_leaving_copy_once(topics: Settings
         await produce(topics, INPUT, numbered(400, 200))
         await caught_up(topics, topics.group("copy"), INPUT)
     await assert_once_each(topics, 600)
+    assert [role.hooks_beside_a_rest for role in roles] == [0, 0], "a hook ran while a rest was running"
 
 
 async def test_an_assignment_whose_offsets_cannot_be_read_is_retried(topics: Settings) -> None:
