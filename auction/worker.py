@@ -61,9 +61,10 @@ from schemas.codec import RecordError
 log = logging.getLogger("vickrey.auction")
 MAX_REFUSAL_ROUNDS = 8
 # Auctions per reservation call: a part's chunks are pipelined (Redis reserves one chunk while
-# the next is auctioned; the calls overlap). Each call also costs per campaign it touches (budget and spend read and
-# written once per call) and per call in the client: 64 per call cost ~120 µs of CPU per event
-# in all, 256-1,024 ~95 µs (BENCHMARKS.md), for the same overlap.
+# the next is auctioned; the calls overlap). Each call also costs per campaign it touches (budget
+# and spend read and written once per call) and per call in the client: 64 per call cost ~120 µs
+# of CPU per event in all, 256-1,024 ~95 µs, and calls of 24 were much worse (BENCHMARKS.md;
+# measured while one call was in flight at a time).
 RESERVE_CHUNK = 512
 # Event-loop turns redis-py needs to put a call on the wire (2 with redis-py 5); fewer only loses
 # the overlap, never correctness.
