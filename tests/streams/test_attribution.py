@@ -136,7 +136,10 @@ async def test_forget_erases_the_persons_impressions_here_and_after_a_restore(
     metrics = Metrics()
     first = Attribution(settings, metrics, state_dir=tmp_path / "host-1", grace_s=0.5)
     async with running(settings, [first], metrics):
-        await wait_for(lambda: first.store is not None and first.store.has_impression("e-kept:1"), what="the impressions stored")
+        # All three, not one: a forget applied before an impression of theirs is stored keeps that
+        # impression out (it never counts as erased), and the partitions arrive in any order.
+        await wait_for(lambda: first.store is not None and all(
+            first.store.has_impression(i) for i in ("e-gone:1", "e-gone:2", "e-kept:1")), what="the impressions stored")
         await produce(settings, "user.controls.applied", [("u-forget", applied_control(control, 0, 0, t + 1_100))])
         await wait_for(lambda: metrics.value("vickrey_attribution_forgotten_total") == 2, what="the forget applied")
         assert first.store is not None
