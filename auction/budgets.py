@@ -126,7 +126,7 @@ class BudgetReserver:
         try:
             raw = await self._script(keys=[], args=args)
         except BaseException:
-            self._drop[:0] = drop  # not dropped: the next call does
+            self.put_back_drops(drop)
             raise
         others, spends = orjson.loads(raw)
         answers = [OK] * len(claims)  # the script lists only the answers that are not "ok"
@@ -139,6 +139,10 @@ class BudgetReserver:
         copied: calls overlap (the worker's next part reserves while this one's answer comes)."""
         drop, self._drop = self._drop, []
         return drop
+
+    def put_back_drops(self, drop: list[str]) -> None:
+        """A call that took `drop` failed: the next call drops them."""
+        self._drop[:0] = drop
 
     def committed(self, blob_ids: list[str]) -> None:
         """These blobs' outcomes are published and committed: the next call drops them."""

@@ -122,7 +122,7 @@ class SplitReserver(BudgetReserver):
         try:
             replies = await self._scripts.execute(pipe)
         except BaseException:
-            self._drop[:0] = drop  # not dropped: the next call does
+            self.put_back_drops(drop)
             raise
         going: list[Attempt] = []
         kept: list[tuple[int, str]] = []  # (position, where its outcome is)

@@ -52,7 +52,7 @@ from auction.twin import engine_twin
 from auction.worker_metrics import Tally, WorkerMetrics
 from core import logs, native
 from core.clock import utc_day
-from core.loop import Batch, Committed, Loop, Output, Step, run_loops
+from core.loop import Batch, Committed, Loop, Output, Step, drain, run_loops
 from core.metrics import Metrics, serve
 from core.redis_client import redis_from_url
 from core.settings import Settings
@@ -191,7 +191,7 @@ class AuctionRole:
         try:
             await self._send_chunks(pending, rounds, now_ms, day, tally, calls)
         except BaseException:
-            await asyncio.gather(*(answer for _, answer in calls), return_exceptions=True)  # none left running
+            await drain(answer for _, answer in calls)  # none left running
             raise
         return calls
 
@@ -227,7 +227,7 @@ class AuctionRole:
                 for chunk, answer in calls:
                     self._read_answers(chunk, await answer, outputs, blob_ids, day, now_ms, tally, again)
             except BaseException:
-                await asyncio.gather(*(answer for _, answer in calls), return_exceptions=True)
+                await drain(answer for _, answer in calls)
                 raise
             if not again:
                 break

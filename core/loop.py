@@ -75,10 +75,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -134,9 +134,7 @@ class Step:
         """This step with its rest awaited and folded in: for a caller outside the loop."""
         if self.rest is None:
             return self
-        rest = await self.rest
-        if rest.rest is not None or rest.offsets is not None:
-            raise ValueError("a rest has outputs and on_commit only: no rest or offsets of its own")
+        rest = await _rest_of(self)
         callbacks = [callback for callback in (self.on_commit, rest.on_commit) if callback is not None]
 
         def on_commit() -> None:
@@ -144,6 +142,20 @@ class Step:
                 callback()
 
         return Step(self.outputs + rest.outputs, self.offsets, on_commit if callbacks else None)
+
+
+async def _rest_of(step: Step) -> Step:
+    """`step`'s rest, awaited; it brings outputs and on_commit only."""
+    assert step.rest is not None
+    rest = await step.rest
+    if rest.rest is not None or rest.offsets is not None:
+        raise ValueError("a rest has outputs and on_commit only: no rest or offsets of its own")
+    return rest
+
+
+async def drain(futures: Iterable[Awaitable[Any]]) -> None:
+    """Wait until every one has ended, whatever it ended with (their errors are retrieved)."""
+    await asyncio.gather(*futures, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +261,7 @@ class _Gathering:
     outputs: list[Output] = field(default_factory=list)
     offsets: dict[TopicPartition, Position] = field(default_factory=dict)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
-    rests: list[tuple[int, asyncio.Future[Step]]] = field(default_factory=list)  # (where its outputs go, rest)
+    rests: list[tuple[int, Step]] = field(default_factory=list)  # (where its rest's outputs go, the step)
 
     def add(self, part: Batch, step: Step) -> None:
         for tp, records in part.items():
@@ -258,7 +270,7 @@ class _Gathering:
                 self.offsets[tp] = records[-1].offset + 1
         self._take(step)
         if step.rest is not None:
-            self.rests.append((len(self.outputs), step.rest))
+            self.rests.append((len(self.outputs), step))
 
     def _take(self, step: Step) -> None:
         if step.offsets is not None:
@@ -277,15 +289,13 @@ class _Gathering:
         outputs, self.outputs = self.outputs, []
         taken = 0
         try:
-            for position, rest in rests:
-                step = await rest
-                if step.rest is not None or step.offsets is not None:
-                    raise ValueError("a rest has outputs and on_commit only: no rest or offsets of its own")
+            for position, step in rests:
+                rest = await _rest_of(step)
                 self.outputs += outputs[taken:position]
                 taken = position
-                self._take(step)
+                self._take(rest)
         except BaseException:
-            await asyncio.gather(*(rest for _, rest in rests), return_exceptions=True)
+            await drain(step.rest for _, step in rests if step.rest is not None)
             raise
         self.outputs += outputs[taken:]
 
@@ -504,7 +514,7 @@ class Loop:
         """Wait for the rests still running (a void batch's, or one whose batch failed): the
         role's hooks never run beside them."""
         while rests := [rest for rest in self._rests if not rest.done()]:
-            await asyncio.gather(*rests, return_exceptions=True)
+            await drain(rests)
 
     async def _wait_for_commit(self) -> bool:
         """Wait for the transaction in flight; False when it failed. Every caller waits for the
