@@ -38,6 +38,7 @@ they are split by slot, the cluster client serves only what keeps to one slot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -143,7 +144,7 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, (AsyncRedisCluster, RedisCluster))
 
 
-async def get_many(client: Redis, keys: list[str]) -> list[Any]:
+async def get_many(client: Redis, keys: Sequence[str | bytes]) -> list[Any]:
     """The values of `keys`, in order (None where absent): one MGET on a single Redis; on a
     cluster, split by slot (`mget_nonatomic`), which is no less atomic than the reads need: each
     caller reads independent keys (spend counters, stored clicks), never a set that must agree."""
