@@ -134,7 +134,7 @@ class Step:
         """This step with its rest awaited and folded in: for a caller outside the loop."""
         if self.rest is None:
             return self
-        rest = await _rest_of(self)
+        rest = await _rest_of(self.rest)
         callbacks = [callback for callback in (self.on_commit, rest.on_commit) if callback is not None]
 
         def on_commit() -> None:
@@ -144,10 +144,9 @@ class Step:
         return Step(self.outputs + rest.outputs, self.offsets, on_commit if callbacks else None)
 
 
-async def _rest_of(step: Step) -> Step:
-    """`step`'s rest, awaited; it brings outputs and on_commit only."""
-    assert step.rest is not None
-    rest = await step.rest
+async def _rest_of(future: asyncio.Future[Step]) -> Step:
+    """A step's rest, awaited; it brings outputs and on_commit only."""
+    rest = await future
     if rest.rest is not None or rest.offsets is not None:
         raise ValueError("a rest has outputs and on_commit only: no rest or offsets of its own")
     return rest
@@ -261,7 +260,7 @@ class _Gathering:
     outputs: list[Output] = field(default_factory=list)
     offsets: dict[TopicPartition, Position] = field(default_factory=dict)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
-    rests: list[tuple[int, Step]] = field(default_factory=list)  # (where its rest's outputs go, the step)
+    rests: list[tuple[int, asyncio.Future[Step]]] = field(default_factory=list)  # (where its outputs go, rest)
 
     def add(self, part: Batch, step: Step) -> None:
         for tp, records in part.items():
@@ -270,7 +269,7 @@ class _Gathering:
                 self.offsets[tp] = records[-1].offset + 1
         self._take(step)
         if step.rest is not None:
-            self.rests.append((len(self.outputs), step))
+            self.rests.append((len(self.outputs), step.rest))
 
     def _take(self, step: Step) -> None:
         if step.offsets is not None:
@@ -289,13 +288,13 @@ class _Gathering:
         outputs, self.outputs = self.outputs, []
         taken = 0
         try:
-            for position, step in rests:
-                rest = await _rest_of(step)
+            for position, future in rests:
+                rest = await _rest_of(future)
                 self.outputs += outputs[taken:position]
                 taken = position
                 self._take(rest)
         except BaseException:
-            await drain(step.rest for _, step in rests if step.rest is not None)
+            await drain(future for _, future in rests)
             raise
         self.outputs += outputs[taken:]
 
