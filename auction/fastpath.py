@@ -37,8 +37,21 @@ Read = tuple[AuctionRequest, Fields]
 Written = tuple[list[bytes], list[str], str | None, bytes]
 
 
+class Parsed(Protocol):
+    """An intent the compiled intake read and keeps in Rust (fastpath/src/lib.rs): the compiled
+    engine's `claim_parsed` reads it whole; Python reads its ids, or `expand`s it into what
+    `Intake.read` gives (for the Python engine, a replay's records, a DLQ message)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    def expand(self) -> Read: ...
+
+
 class _CompiledIntake(Protocol):
     def requests(self, values: list[bytes | None], now_ms: int) -> list[Read | None]: ...
+    def parse(self, values: list[bytes | None], now_ms: int) -> list[Parsed | None]: ...
 
 
 class _CompiledWriter(Protocol):
@@ -81,6 +94,12 @@ class Intake:
         if self.compiled is None:
             return [None] * len(values)
         return self.compiled.requests(values, now_ms)
+
+    def parse(self, values: list[bytes | None], now_ms: int) -> list[Parsed | None]:
+        """`read`, the intents kept in Rust: each `Parsed.expand()` is what `read` gives."""
+        if self.compiled is None:
+            return [None] * len(values)
+        return self.compiled.parse(values, now_ms)
 
 
 class Writer:

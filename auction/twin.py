@@ -16,7 +16,7 @@ from typing import Any
 
 from auction.budgets import Reservation
 from auction.engine import MINOR_BRACKETS, STAGES, UNSAFE_CATEGORIES, Policy, UserState
-from auction.fastpath import Fields, _native
+from auction.fastpath import Fields, Parsed, _native
 from auction.index import CampaignIndex
 from auction.model import AuctionRequest, AuctionResult, NoFillReason, Winner
 from auction.pacing import SpendView
@@ -94,6 +94,17 @@ class EngineTwin:
             self.claimed += 1
         return claimed
 
+    def claim_parsed(self, parsed: Parsed, user: UserState | None, refused: Mapping[str, NoFillReason] | None,
+                     source: str, ts_decided: int, creatives: Mapping[str, list[Record]]) -> Claimed | None:
+        """`claim` of an intent the compiled intake kept: what `claim` gives for
+        `parsed.expand()`'s request and fields, with no Python object made of them."""
+        claimed: Claimed | None = self.native.claim_parsed(parsed, source, ts_decided, creatives,
+                                                           *_person(user, refused))
+        if claimed is not None:
+            self.decided += 1
+            self.claimed += 1
+        return claimed
+
     def run(self, request: AuctionRequest, user: UserState | None,
             refused: Mapping[str, NoFillReason] | None) -> AuctionResult | None:
         answer = self.native.run(*_asked(request, user, refused))
@@ -115,13 +126,17 @@ class EngineTwin:
 def _asked(request: AuctionRequest, user: UserState | None,
            refused: Mapping[str, NoFillReason] | None) -> tuple[Any, ...]:
     """One auction's arguments as the compiled engine's `run` and `claim` take them."""
-    hidden = capped = None
-    if user is not None:
-        hidden, capped = user.hidden_advertisers, user.capped_campaigns
     return (request.event_id, request.placement, request.slots, request.reserve_cpm_micros, request.category,
             request.keywords, request.locale, request.country, request.device, request.safety_labels,
-            request.consent_ads, request.age_bracket, request.now_ms, hidden, capped,
-            dict(refused) if refused else None)
+            request.consent_ads, request.age_bracket, request.now_ms, *_person(user, refused))
+
+
+def _person(user: UserState | None, refused: Mapping[str, NoFillReason] | None) -> tuple[Any, Any, Any]:
+    """The person's hidden advertisers and capped campaigns, and the auction's refusals, as the
+    compiled engine takes them (None for none)."""
+    if user is None:
+        return None, None, dict(refused) if refused else None
+    return user.hidden_advertisers, user.capped_campaigns, dict(refused) if refused else None
 
 
 def engine_twin(increment_micros: int) -> EngineTwin | None:

@@ -23,7 +23,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import orjson
@@ -36,7 +35,7 @@ from auction.budgets import Answer, Claim, Reservation
 from auction.budgets_split import reserver_for
 from auction.controls import AppliedListener, ControlsRole
 from auction.engine import AuctionEngine
-from auction.fastpath import INPUT, Intake, Writer, hot_path, read_intent
+from auction.fastpath import INPUT, Intake, Parsed, Writer, hot_path, read_intent
 from auction.index import CampaignIndex
 from auction.live import LiveState
 from auction.model import AuctionRequest, AuctionResult, NoFillReason
@@ -71,24 +70,47 @@ RESERVE_CHUNK = 512
 SEND_YIELDS = 3
 
 
-@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Pending:
+    """One intent of a part, from its intake to its records. An intent the compiled intake read
+    stays in Rust (`parsed`) for the compiled claim; its request and fields are made only when
+    Python needs them (the Python engine, a replay, a duplicate's DLQ record)."""
+
     record: ConsumerRecord[bytes, bytes]
-    intent: dict[str, Any]
-    request: AuctionRequest
+    parsed: Parsed | None
     refused: dict[str, NoFillReason]
     published: list[Output]  # the decision, then the impressions: (topic, key, value)
     impressions: int
     no_fill_reason: str | None
+    _request: AuctionRequest | None
+    _intent: dict[str, Any] | None
 
-    def __init__(self, record: ConsumerRecord[bytes, bytes], intent: dict[str, Any], request: AuctionRequest) -> None:
+    def __init__(self, record: ConsumerRecord[bytes, bytes], parsed: Parsed | None,
+                 read: tuple[AuctionRequest, dict[str, Any]] | None = None) -> None:
         self.record = record
-        self.intent = intent
-        self.request = request
+        self.parsed = parsed
+        self._request, self._intent = (None, None) if read is None else read
         self.refused = {}
         self.published = []
         self.impressions = 0
         self.no_fill_reason = None
+
+    @property
+    def request(self) -> AuctionRequest:
+        if self._request is None:
+            self._expand()
+        assert self._request is not None
+        return self._request
+
+    @property
+    def intent(self) -> dict[str, Any]:
+        if self._intent is None:
+            self._expand()
+        assert self._intent is not None
+        return self._intent
+
+    def _expand(self) -> None:
+        assert self.parsed is not None, "a Pending holds its parsed intent or its request and fields"
+        self._request, self._intent = self.parsed.expand()
 
     def source(self) -> str:
         """The record's "<partition>:<offset>": tells a replay from a duplicate (auction/budgets.py)."""
@@ -241,12 +263,12 @@ class AuctionRole:
                       outputs: list[Output], tally: Tally) -> None:
         """One partition's records to auction: each plainly valid intent read by the compiled
         intake, any other by the reference (a bad one goes to the DLQ, its field named)."""
-        read = self.intake.read([record.value for record in records], now_ms)
-        for record, found in zip(records, read, strict=True):
+        parsed = self.intake.parse([record.value for record in records], now_ms)
+        for record, found in zip(records, parsed, strict=True):
             tally.events_in += 1
             if found is None:
                 try:
-                    found = read_intent(record.value, now_ms)
+                    pending.append(Pending(record, None, read_intent(record.value, now_ms)))
                 except RecordError as error:
                     tally.invalid += 1
                     outputs.append(self.loop.dlq(record, error, now_ms))
@@ -254,20 +276,27 @@ class AuctionRole:
                 tally.intake_reference += 1
             else:
                 tally.intake_compiled += 1
-            pending.append(Pending(record, found[1], found[0]))
+                pending.append(Pending(record, found))
 
     def _decide(self, item: Pending, now_ms: int, rounds: int) -> Claim:
         """The auction and its claim: in one compiled step where the twin can take both, else
         the engine, then `_claim`."""
         twin = self.twin
         if twin is not None and rounds <= MAX_REFUSAL_ROUNDS:
-            request = item.request
             source = item.source()
-            claimed = twin.claim(request, self.people.state_for(request.user_id, now_ms), item.refused, item.intent,
-                                 source, now_ms, self.live.creatives)
+            parsed = item.parsed
+            if parsed is not None:
+                event_id, user_id = parsed.event_id, parsed.user_id
+                claimed = twin.claim_parsed(parsed, self.people.state_for(user_id, now_ms), item.refused, source,
+                                            now_ms, self.live.creatives)
+            else:
+                request = item.request
+                event_id, user_id = request.event_id, request.user_id
+                claimed = twin.claim(request, self.people.state_for(user_id, now_ms), item.refused, item.intent,
+                                     source, now_ms, self.live.creatives)
             if claimed is not None:
                 item.published, item.impressions, item.no_fill_reason, compact, reservations, entry = claimed
-                return Claim(event_id=request.event_id, source=source, user_id=request.user_id, outcome=compact,
+                return Claim(event_id=event_id, source=source, user_id=user_id, outcome=compact,
                              reservations=reservations, entry=entry)
         return self._claim(item, self._auction(item, now_ms, rounds), now_ms)
 

@@ -8,6 +8,7 @@ use crate::engine::{
 };
 use crate::json::{push_float, push_int, push_str, push_strs, push_value};
 use crate::records;
+use crate::Parsed;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyString, PyTuple};
@@ -390,12 +391,12 @@ impl PyEngine {
             capped,
             refused,
         };
-        let Some(decided) = self.decide(&asked)? else {
+        let Some((outcome, _, _)) = self.decide(&asked)? else {
             return Ok(None);
         };
         let no_fill =
             |reason: &str| PyTuple::new(py, [PyString::intern(py, reason).into_any(), py.None().into_bound(py)]);
-        let answer = match decided.outcome {
+        let answer = match outcome {
             Outcome::Gated(reason) => no_fill(reason)?,
             Outcome::NoFill(stage) => no_fill(&self.stages[stage as usize])?,
             Outcome::Winners(winners) => {
@@ -492,23 +493,139 @@ impl PyEngine {
             capped,
             refused,
         };
-        let Some(decided) = self.decide(&asked)? else {
+        let Some((outcome, reserve_cpm_micros, keyword_strings)) = self.decide(&asked)? else {
+            return Ok(None);
+        };
+        let Some((intent, event_id_obj)) = records::intent_of(fields) else {
+            return Ok(None);
+        };
+        let (Ok(records_event_id), Some(session_id)) = (event_id_obj.to_str(), session_of(fields)) else {
+            return Ok(None);
+        };
+        let intent = intent.with_event_id(records_event_id); // the records' ids: the intent's
+        let (Ok(keywords), Ok(session_id)) = (texts(&keyword_strings), session_id.to_str()) else {
             return Ok(None);
         };
         let claimant = Claimant {
             event_id,
             user_id,
             source,
+            session_id,
         };
-        Ok(self.written(py, fields, &claimant, ts_decided, creatives, decided))
+        let decided = Decided {
+            outcome,
+            reserve_cpm_micros,
+            keywords,
+        };
+        Ok(self.written(py, &intent, &claimant, ts_decided, creatives, decided))
+    }
+
+    /// `claim` of an intent the compiled intake kept (`Intake.parse`): the same answer as `claim`
+    /// on the request and fields `parsed.expand()` makes, byte for byte
+    /// (tests/auction/test_claim.py), without making them. `hidden`, `capped` and `refused` as
+    /// `claim` takes them.
+    #[pyo3(signature = (parsed, source, ts_decided, creatives, hidden=None, capped=None, refused=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn claim_parsed<'py>(
+        &mut self,
+        py: Python<'py>,
+        parsed: &Bound<'py, Parsed>,
+        source: &str,
+        ts_decided: i64,
+        creatives: &Bound<'py, PyAny>,
+        hidden: Option<&Bound<'py, PyAny>>,
+        capped: Option<&Bound<'py, PyAny>>,
+        refused: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Ok(creatives) = creatives.downcast_exact::<PyDict>() else {
+            return Ok(None);
+        };
+        if self.topics.is_none() || !self.unsupported.is_empty() || !self.odd_spend.is_empty() {
+            return Ok(None);
+        }
+        let parsed = parsed.get();
+        let intent = &parsed.intent;
+        // The intake read these within the schema's bounds; outside the engine's, Python decides.
+        let (Ok(slots), Ok(reserve_cpm_micros)) = (u64::try_from(intent.slots), u64::try_from(intent.floor_cpm_micros))
+        else {
+            return Ok(None);
+        };
+        if slots == 0 || slots > MAX_SLOTS {
+            return Ok(None);
+        }
+        let Some(person) = self.person_of(hidden, capped, refused)? else {
+            return Ok(None);
+        };
+        // As sets, like the request's frozensets (a keyword repeated in the intent counts once).
+        let keywords = distinct(&intent.keywords);
+        let ancestors = Self::ancestors(&self.lineage, Some(&intent.category));
+        let request = Request {
+            event_id: &intent.event_id,
+            placement: &intent.placement,
+            slots: slots as usize,
+            reserve_cpm_micros: u128::from(reserve_cpm_micros),
+            ancestors: &ancestors,
+            keywords: keywords.clone(),
+            locale: &intent.locale,
+            country: &intent.country,
+            device: &intent.device,
+            safety_labels: distinct(&intent.safety_labels),
+            consent_ads: intent.consent_ads,
+            age_bracket: &intent.age_bracket,
+            now_ms: parsed.now_ms,
+        };
+        let outcome = self.core.run(&request, &person);
+        drop(request);
+        let Some(outcome) = outcome else {
+            return Ok(None);
+        };
+        let records_intent = records::Intent::of(
+            &intent.event_id,
+            &intent.user_id,
+            &intent.session_id,
+            &intent.placement,
+            intent.ts,
+            &intent.category,
+        );
+        let claimant = Claimant {
+            event_id: &intent.event_id,
+            user_id: &intent.user_id,
+            source,
+            session_id: &intent.session_id,
+        };
+        let decided = Decided {
+            outcome,
+            reserve_cpm_micros,
+            keywords,
+        };
+        Ok(self.written(py, &records_intent, &claimant, ts_decided, creatives, decided))
     }
 }
 
-/// Who claims (the request's ids, as the Python `Claim` carries them) and from where.
+/// The texts once each, sorted.
+fn distinct(texts: &[String]) -> Vec<&str> {
+    let mut once: Vec<&str> = texts.iter().map(String::as_str).collect();
+    once.sort_unstable();
+    once.dedup();
+    once
+}
+
+/// The fields' session id, when it is a string.
+fn session_of<'py>(fields: &Bound<'py, PyDict>) -> Option<Bound<'py, PyString>> {
+    fields
+        .get_item(intern!(fields.py(), "session_id"))
+        .ok()??
+        .downcast_into::<PyString>()
+        .ok()
+}
+
+/// Who claims (the request's ids, as the Python `Claim` carries them), from where, and the
+/// session the decision is keyed by.
 struct Claimant<'a> {
     event_id: &'a str,
     user_id: &'a str,
     source: &'a str,
+    session_id: &'a str,
 }
 
 /// The arguments of one auction, as Python passed them.
@@ -531,16 +648,67 @@ struct Asked<'a, 'py> {
     refused: Option<&'a Bound<'py, PyAny>>,
 }
 
+/// `decide`'s answer: the outcome, the reserve and the request's keywords.
+type Decision<'py> = (Outcome, u64, Vec<Bound<'py, PyString>>);
+
 /// An auction the engine decided, with what the records need of its request.
-struct Decided<'py> {
+struct Decided<'k> {
     outcome: Outcome,
     reserve_cpm_micros: u64,
-    keywords: Vec<Bound<'py, PyString>>,
+    keywords: Vec<&'k str>,
 }
 
 impl PyEngine {
+    /// The person's hidden advertisers, capped campaigns and this auction's refusals, as the
+    /// engine holds them; `None` when a value is not of the shape the Python engine meets (it
+    /// then decides).
+    fn person_of<'py>(
+        &self,
+        hidden: Option<&Bound<'py, PyAny>>,
+        capped: Option<&Bound<'py, PyAny>>,
+        refused: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Person>> {
+        let (Some(hidden_strings), Some(capped_strings)) = (strings_of(hidden), strings_of(capped)) else {
+            return Ok(None);
+        };
+        let mut refused_pairs: Vec<(Bound<'py, PyString>, i8)> = Vec::new();
+        if let Some(refused) = refused {
+            let Ok(refused) = refused.downcast::<PyDict>() else {
+                return Ok(None);
+            };
+            for (campaign_id, reason) in refused.iter() {
+                let (Ok(campaign_id), Ok(reason)) =
+                    (campaign_id.downcast_into::<PyString>(), reason.extract::<String>())
+                else {
+                    return Ok(None);
+                };
+                let Some(stage) = self.stages.iter().position(|name| *name == reason).map(|at| at as i8) else {
+                    return Ok(None);
+                };
+                refused_pairs.push((campaign_id, stage));
+            }
+        }
+        let mut person = Person::default();
+        for advertiser in &hidden_strings {
+            if let Some(number) = self.core.advertiser_no(advertiser.to_str()?) {
+                person.hidden_advertisers.insert(number);
+            }
+        }
+        for campaign_id in &capped_strings {
+            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
+                person.capped_campaigns.insert(slot);
+            }
+        }
+        for (campaign_id, stage) in &refused_pairs {
+            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
+                person.refused.insert(slot, *stage);
+            }
+        }
+        Ok(Some(person))
+    }
+
     /// The auction, or `None` where the Python engine must decide it.
-    fn decide<'py>(&mut self, asked: &Asked<'_, 'py>) -> PyResult<Option<Decided<'py>>> {
+    fn decide<'py>(&mut self, asked: &Asked<'_, 'py>) -> PyResult<Option<Decision<'py>>> {
         if !self.unsupported.is_empty() || !self.odd_spend.is_empty() {
             return Ok(None);
         }
@@ -560,26 +728,9 @@ impl PyEngine {
         let Some(label_strings) = strings_of(Some(asked.safety_labels)) else {
             return Ok(None);
         };
-        let (Some(hidden_strings), Some(capped_strings)) = (strings_of(asked.hidden), strings_of(asked.capped)) else {
+        let Some(person) = self.person_of(asked.hidden, asked.capped, asked.refused)? else {
             return Ok(None);
         };
-        let mut refused_pairs: Vec<(Bound<'py, PyString>, i8)> = Vec::new();
-        if let Some(refused) = asked.refused {
-            let Ok(refused) = refused.downcast::<PyDict>() else {
-                return Ok(None);
-            };
-            for (campaign_id, reason) in refused.iter() {
-                let (Ok(campaign_id), Ok(reason)) =
-                    (campaign_id.downcast_into::<PyString>(), reason.extract::<String>())
-                else {
-                    return Ok(None);
-                };
-                let Some(stage) = self.stages.iter().position(|name| *name == reason).map(|at| at as i8) else {
-                    return Ok(None);
-                };
-                refused_pairs.push((campaign_id, stage));
-            }
-        }
         let ancestors = Self::ancestors(&self.lineage, asked.category);
         let request = Request {
             event_id: asked.event_id,
@@ -596,43 +747,23 @@ impl PyEngine {
             age_bracket: asked.age_bracket,
             now_ms: asked.now_ms,
         };
-        let mut person = Person::default();
-        for advertiser in &hidden_strings {
-            if let Some(number) = self.core.advertiser_no(advertiser.to_str()?) {
-                person.hidden_advertisers.insert(number);
-            }
-        }
-        for campaign_id in &capped_strings {
-            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
-                person.capped_campaigns.insert(slot);
-            }
-        }
-        for (campaign_id, stage) in &refused_pairs {
-            if let Some(slot) = self.core.slot_of(campaign_id.to_str()?) {
-                person.refused.insert(slot, *stage);
-            }
-        }
         let outcome = self.core.run(&request, &person);
         drop(request);
-        Ok(outcome.map(|outcome| Decided {
-            outcome,
-            reserve_cpm_micros,
-            keywords: keyword_strings,
-        }))
+        Ok(outcome.map(|outcome| (outcome, reserve_cpm_micros, keyword_strings)))
     }
 
-    /// The records and reservations of a decided auction (`claim`), or `None` for the Python steps.
+    /// The records and reservations of a decided auction (`claim`, `claim_parsed`), or `None`
+    /// for the Python steps. `intent`: what the records repeat of the intent; `keywords`: the
+    /// request's.
     fn written<'py>(
         &self,
         py: Python<'py>,
-        fields: &Bound<'py, PyDict>,
+        intent: &records::Intent<'_>,
         claimant: &Claimant<'_>,
         ts_decided: i64,
         creatives: &Bound<'py, PyDict>,
-        decided: Decided<'py>,
+        decided: Decided<'_>,
     ) -> Option<Bound<'py, PyTuple>> {
-        let (intent, event_id_obj) = records::intent_of(fields)?;
-        let intent = intent.with_event_id(event_id_obj.to_str().ok()?); // the records' ids: the intent's
         let event_id = claimant.event_id; // the creative pick and the claim: the request's, as in Python
         let reserve = itoa::Buffer::new()
             .format(decided.reserve_cpm_micros)
@@ -653,13 +784,7 @@ impl PyEngine {
         let intent_keywords = if winners.is_empty() {
             b"[]".to_vec()
         } else {
-            records::sorted_keywords(
-                decided
-                    .keywords
-                    .iter()
-                    .map(|text| text.to_str().ok())
-                    .collect::<Option<_>>()?,
-            )
+            records::sorted_keywords(decided.keywords.clone())
         };
         let auction = records::Auction {
             ts_decided: ts,
@@ -771,7 +896,7 @@ impl PyEngine {
             }
             reservations.append(self.reservation.bind(py).call1(args).ok()?).ok()?;
         }
-        let written = records::records(&self.label_json, &intent, &auction, &parts, &values);
+        let written = records::records(&self.label_json, intent, &auction, &parts, &values);
         let bucket = crc32(&[event_id.as_bytes()]) % self.event_buckets;
         entry.push(b',');
         entry.extend_from_slice(itoa::Buffer::new().format(written.compact.len()).as_bytes());
@@ -779,13 +904,8 @@ impl PyEngine {
         entry.extend_from_slice(itoa::Buffer::new().format(bucket).as_bytes());
         // The records to publish, as the worker's loop takes them: (topic, key, value).
         let (decisions, impressions) = self.topics.as_ref()?;
-        let session_id = fields
-            .get_item(intern!(py, "session_id"))
-            .ok()??
-            .downcast_into::<PyString>()
-            .ok()?;
         let published = PyList::empty(py);
-        let session_key = PyBytes::new(py, session_id.to_str().ok()?.as_bytes());
+        let session_key = PyBytes::new(py, claimant.session_id.as_bytes());
         published
             .append((decisions.bind(py), session_key, PyBytes::new(py, &written.decision)))
             .ok()?;

@@ -25,24 +25,25 @@ pub struct Rules {
     pub record_max_bytes: usize,
 }
 
-/// What the auction reads of one intent, normalised as `AuctionRequest.from_intent` does.
-pub struct Intent<'a> {
-    pub event_id: &'a str,
+/// What the auction reads of one intent, normalised as `AuctionRequest.from_intent` does. Owned:
+/// the worker keeps it from the intake to the claim (`Parsed` in src/lib.rs).
+pub struct Intent {
+    pub event_id: String,
     pub ts: i64,
-    pub user_id: &'a str,
-    pub session_id: &'a str,
-    pub placement: &'a str,
+    pub user_id: String,
+    pub session_id: String,
+    pub placement: String,
     pub slots: i64,
     pub floor_cpm_micros: i64,
-    pub category: &'a str,
+    pub category: String,
     pub keywords: Vec<String>,
     pub locale: String,
     pub country: String,
     pub device: String,
-    pub safety_labels: Vec<&'a str>,
+    pub safety_labels: Vec<String>,
     pub consent_ads: bool,
     pub personalization: bool,
-    pub age_bracket: &'a str,
+    pub age_bracket: String,
 }
 
 /// A field that may be absent (then its default applies) but not null: `Some` only when present.
@@ -171,7 +172,7 @@ fn lower_ascii(value: &str) -> Option<String> {
 
 /// The intent in `data`, when it is plainly valid and every value it gives the auction reads the
 /// same here as in Python; otherwise `None`.
-pub fn read<'a>(data: &'a [u8], rules: &Rules) -> Option<Intent<'a>> {
+pub fn read(data: &[u8], rules: &Rules) -> Option<Intent> {
     if data.len() > rules.record_max_bytes || data.contains(&b'\\') {
         return None; // over the limit (Python names it), or escapes (Python decodes them)
     }
@@ -235,21 +236,21 @@ pub fn read<'a>(data: &'a [u8], rules: &Rules) -> Option<Intent<'a>> {
         return None;
     }
     Some(Intent {
-        event_id,
+        event_id: event_id.to_owned(),
         ts,
-        user_id,
-        session_id,
-        placement,
+        user_id: user_id.to_owned(),
+        session_id: session_id.to_owned(),
+        placement: placement.to_owned(),
         slots,
         floor_cpm_micros,
-        category,
+        category: category.to_owned(),
         keywords,
         locale: lower_ascii(locale)?,
         country: lower_ascii(country)?,
         device: lower_ascii(device)?,
-        safety_labels,
+        safety_labels: safety_labels.into_iter().map(str::to_owned).collect(),
         consent_ads,
         personalization,
-        age_bracket,
+        age_bracket: age_bracket.to_owned(),
     })
 }

@@ -94,16 +94,69 @@ impl Intake {
         let out = PyList::empty(py);
         let request_type = self.request_type.bind(py);
         for value in values.iter() {
-            let read_one = match value.downcast::<PyBytes>() {
-                Ok(bytes) => read(bytes.as_bytes(), &self.rules),
-                Err(_) => None, // a null value (tombstone) or not bytes: Python names it
-            };
-            match read_one {
+            match self.read_one(&value) {
                 Some(intent) => out.append(request_and_fields(py, request_type, &intent, now_ms)?)?,
                 None => out.append(py.None())?,
             }
         }
         Ok(out)
+    }
+
+    /// For each value: the intent kept in Rust (`Parsed`: the compiled engine's `claim_parsed`
+    /// reads it with no Python object in between) or `None` (take the Python path).
+    fn parse<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>, now_ms: i64) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for value in values.iter() {
+            match self.read_one(&value) {
+                Some(intent) => out.append(Bound::new(
+                    py,
+                    Parsed {
+                        intent,
+                        now_ms,
+                        request_type: self.request_type.clone_ref(py),
+                    },
+                )?)?,
+                None => out.append(py.None())?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Intake {
+    fn read_one(&self, value: &Bound<'_, PyAny>) -> Option<Intent> {
+        match value.downcast::<PyBytes>() {
+            Ok(bytes) => read(bytes.as_bytes(), &self.rules),
+            Err(_) => None, // a null value (tombstone) or not bytes: Python names it
+        }
+    }
+}
+
+/// One intent the compiled intake read, kept in Rust until the claim. Its `AuctionRequest` and
+/// fields are made only where Python needs them (`expand`: the Python engine, a replay, a DLQ
+/// record), equal to what `Intake.requests` makes.
+#[pyclass(frozen)]
+pub struct Parsed {
+    pub intent: Intent,
+    pub now_ms: i64,
+    request_type: Py<PyAny>,
+}
+
+#[pymethods]
+impl Parsed {
+    #[getter]
+    fn event_id(&self) -> &str {
+        &self.intent.event_id
+    }
+
+    #[getter]
+    fn user_id(&self) -> &str {
+        &self.intent.user_id
+    }
+
+    /// `(request, fields)`, as `Intake.requests` gives them.
+    fn expand<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        request_and_fields(py, self.request_type.bind(py), &self.intent, self.now_ms)
     }
 }
 
@@ -113,12 +166,12 @@ fn request_and_fields<'py>(
     intent: &Intent,
     now_ms: i64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let event_id = PyString::new(py, intent.event_id);
-    let user_id = PyString::new(py, intent.user_id);
+    let event_id = PyString::new(py, &intent.event_id);
+    let user_id = PyString::new(py, &intent.user_id);
     // Interned (shared, and kept for the process's life on newer Pythons): only the values the
     // schema bounds (IAB categories, age brackets); a producer's free text is not.
-    let placement = PyString::new(py, intent.placement);
-    let category = PyString::intern(py, intent.category);
+    let placement = PyString::new(py, &intent.placement);
+    let category = PyString::intern(py, &intent.category);
     let keywords = PyFrozenSet::new(py, intent.keywords.iter().map(|keyword| PyString::new(py, keyword)))?;
     let labels = PyFrozenSet::new(py, intent.safety_labels.iter().map(|label| PyString::new(py, label)))?;
     let args = PyTuple::new(
@@ -139,7 +192,7 @@ fn request_and_fields<'py>(
             pyo3::types::PyBool::new(py, intent.personalization)
                 .to_owned()
                 .into_any(),
-            PyString::intern(py, intent.age_bracket).into_any(),
+            PyString::intern(py, &intent.age_bracket).into_any(),
             now_ms.into_pyobject(py)?.into_any(),
         ],
     )?;
@@ -149,7 +202,7 @@ fn request_and_fields<'py>(
     let fields = PyDict::new(py);
     fields.set_item(intern!(py, "event_id"), event_id)?;
     fields.set_item(intern!(py, "user_id"), user_id)?;
-    fields.set_item(intern!(py, "session_id"), PyString::new(py, intent.session_id))?;
+    fields.set_item(intern!(py, "session_id"), PyString::new(py, &intent.session_id))?;
     fields.set_item(intern!(py, "placement"), placement)?;
     fields.set_item(intern!(py, "ts"), intent.ts)?;
     fields.set_item(intern!(py, "intent"), body)?;
@@ -209,6 +262,7 @@ fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(held_bytes, module)?)?;
     module.add_class::<Intake>()?;
     module.add_class::<Writer>()?;
+    module.add_class::<Parsed>()?;
     module.add_class::<engine_py::PyEngine>()?;
     Ok(())
 }

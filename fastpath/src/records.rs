@@ -77,6 +77,27 @@ pub fn intent_of<'a, 'py>(fields: &'a Bound<'py, PyDict>) -> Option<(Intent<'a>,
 }
 
 impl<'a> Intent<'a> {
+    /// What the records repeat of an intent the compiled intake read (src/lib.rs `Parsed`): the
+    /// same bytes `intent_of` writes from the fields `Intake.requests` makes of it.
+    pub fn of(event_id: &'a str, user_id: &str, session_id: &str, placement: &str, ts: i64, category: &str) -> Self {
+        let text = |value: &str| {
+            let mut out = Vec::with_capacity(value.len() + 2);
+            push_str(&mut out, value);
+            out
+        };
+        let mut ts_event = Vec::with_capacity(16);
+        push_int(&mut ts_event, ts);
+        Intent {
+            event_id,
+            event: text(event_id),
+            user: text(user_id),
+            session: text(session_id),
+            placement: text(placement),
+            ts_event,
+            category: text(category),
+        }
+    }
+
     /// The event id's text, borrowed from the string `intent_of` handed back.
     pub fn with_event_id(self, event_id: &'a str) -> Self {
         Intent { event_id, ..self }

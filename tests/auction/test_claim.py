@@ -9,13 +9,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auction.budgets import Claim, entry_of
 from auction.engine import AuctionEngine, UserState
-from auction.fastpath import Writer, _native, write_records
+from auction.fastpath import Intake, Writer, _native, write_records
 from auction.model import AuctionRequest, Campaign, NoFillReason, blended_pctr
 from auction.pacing import SpendView
 from auction.records import decode_compact, outcome_of
@@ -24,7 +25,7 @@ from auction.worker import reservations_of
 from loadtests import workload
 from loadtests.engine_bench import validated
 from tests.auction.factories import NOW_MS, campaign_record, intent
-from tests.auction.test_twin import campaign_records, pair, requests
+from tests.auction.test_twin import campaign_records, intent_events, pair, requests
 
 pytestmark = pytest.mark.skipif(_native() is None, reason="the compiled engine is not built (make native)")
 
@@ -141,3 +142,72 @@ def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
     creatives = {"learned": campaign_record("learned")["creatives"]}
     assert engine.twin.run(request, None, None) is not None  # the auction itself it decides
     assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, creatives) is None
+
+
+def parsed_alike(engine: AuctionEngine, raw: bytes, now_ms: int, creatives: dict[str, Any],
+                 user: UserState | None = None, refused: dict[str, NoFillReason] | None = None) -> bool:
+    """The claim of an intent kept in Rust (`claim_parsed`) equals the claim of the request and
+    fields it expands into, which `check` holds equal to the Python steps (True); False when the
+    compiled intake left the intent to the reference."""
+    parsed = Intake().parse([raw], now_ms)[0]
+    if parsed is None:
+        return False
+    request, fields = parsed.expand()
+    twin = engine.twin
+    assert isinstance(twin, EngineTwin)
+    assert check(engine, fields, request, creatives, user, refused)
+    by_request = twin.claim(request, user, refused, fields, "3:1234", NOW_MS + 5, creatives)
+    by_parsed = twin.claim_parsed(parsed, user, refused, "3:1234", NOW_MS + 5, creatives)
+    assert by_request is not None and by_parsed is not None
+    assert by_parsed[:4] == by_request[:4] and by_parsed[5] == by_request[5]
+    assert [r.as_list() for r in by_parsed[4]] == [r.as_list() for r in by_request[4]]
+    return True
+
+
+def test_an_intent_kept_in_rust_claims_as_its_request_does_on_the_bench_workload() -> None:
+    records = validated(workload.campaigns(n=1_000, advertisers=300))
+    creatives = {record["campaign_id"]: record["creatives"] for record in records}
+    campaigns = [Campaign.from_record(record) for record in records]
+    _, engine = pair(campaigns)
+    rng = random.Random(5)
+    ids = [campaign.campaign_id for campaign in campaigns]
+    advertisers = sorted({campaign.advertiser_id for campaign in campaigns})
+    taken = 0
+    for n, event in enumerate(workload.intents(1_000)):
+        user = UserState(frozenset(rng.sample(advertisers, 20)), frozenset(rng.sample(ids, 50))) if n % 4 == 0 else None
+        refused: dict[str, NoFillReason] | None = {rng.choice(ids): "budget"} if n % 6 == 0 else None
+        taken += parsed_alike(engine, orjson.dumps(event), NOW_MS + n, creatives, user, refused)
+    assert taken == 1_000  # the bench's intents are all the compiled intake's
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_an_intent_kept_in_rust_claims_as_its_request_does(data: st.DataObject) -> None:
+    records = [data.draw(campaign_records(n)) for n in range(data.draw(st.integers(0, 10)))]
+    campaigns = [Campaign.from_record(record) for record in records]
+    creatives = {record["campaign_id"]: record["creatives"] for record in records}
+    _, engine = pair(campaigns)
+    ids = [campaign.campaign_id for campaign in campaigns] or ["none"]
+    for _ in range(4):
+        event = data.draw(intent_events())
+        event["session_id"] = data.draw(st.sampled_from(["s-1", "s\u00e9 2"]))
+        refused = data.draw(st.one_of(st.none(), st.dictionaries(
+            st.sampled_from(ids), st.sampled_from(["budget", "frequency_cap", "user_hidden"]))))
+        user = UserState(frozenset(data.draw(st.lists(st.sampled_from([f"a{n}" for n in range(6)])))),
+                         frozenset(data.draw(st.lists(st.sampled_from(ids))))) if data.draw(st.booleans()) else None
+        now_ms = NOW_MS + data.draw(st.integers(-(10**8), 10**8))
+        assert parsed_alike(engine, orjson.dumps(event), now_ms, creatives, user, refused)
+
+
+def test_a_parsed_intent_is_left_to_the_python_steps_where_a_request_would_be() -> None:
+    """No topics yet, or creatives it cannot write: None, as `claim` answers."""
+    plain = Campaign.from_record(campaign_record("plain", amount_micros=2_000_000))
+    _, engine = pair([plain])
+    assert engine.twin is not None
+    parsed = Intake().parse([orjson.dumps(intent())], NOW_MS)[0]
+    creatives: dict[str, Any] = {"plain": campaign_record("plain")["creatives"]}
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, creatives) is None  # no topics yet
+    engine.twin.set_topics("t.decisions", "t.impressions")
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, creatives) is not None
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, {}) is None
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, {"plain": [{"creative_id": "x", "t": {1}}]}) is None

@@ -64,6 +64,12 @@ def agree(raw: bytes | None) -> bool:
     assert type(got_request) is AuctionRequest
     assert as_values(got_request) == as_values(request), raw
     assert fields == projected(decoded), raw
+    # The intent kept in Rust for the compiled claim: its ids, and what it expands into, the same.
+    parsed = INTAKE.parse([raw], NOW_MS)[0]
+    assert parsed is not None
+    assert (parsed.event_id, parsed.user_id) == (request.event_id, request.user_id)
+    expanded_request, expanded_fields = parsed.expand()
+    assert as_values(expanded_request) == as_values(request) and expanded_fields == fields, raw
     return True
 
 

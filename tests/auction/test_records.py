@@ -306,8 +306,8 @@ def test_pending_is_what_the_worker_fills() -> None:
     engine = engine_for([Campaign.from_record(campaign_record("c1"))])
     event = decoded_intent("e-1")
     result, published, kept = first_attempt(engine, event, {"c1": campaign_record("c1")["creatives"]}, NOW_MS)
-    item = Pending(ConsumerRecord(INPUT, 0, 0, 0, 0, None, orjson.dumps(event), None, 0, 0, []), event,
-                   AuctionRequest.from_intent(event, NOW_MS))
+    item = Pending(ConsumerRecord(INPUT, 0, 0, 0, 0, None, orjson.dumps(event), None, 0, 0, []), None,
+                   (AuctionRequest.from_intent(event, NOW_MS), event))
     topics = ("t.decisions", "t.impressions")
     for writer in (Writer(), Writer(compiled=False)):  # compiled (where built) and the reference alike
         item.published = []

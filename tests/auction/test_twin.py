@@ -126,7 +126,8 @@ def campaign_records(draw: st.DrawFn, number: int) -> dict[str, Any]:
 
 
 @st.composite
-def requests(draw: st.DrawFn) -> AuctionRequest:
+def intent_events(draw: st.DrawFn) -> dict[str, Any]:
+    """Intents whose auctions the generated campaigns meet in many ways (keywords may repeat)."""
     event = intent(
         f"e{draw(st.integers(0, 10**6))}",
         keywords=draw(st.lists(st.sampled_from([*WORDS, "refurbished", "usb c slim power bank",
@@ -142,7 +143,12 @@ def requests(draw: st.DrawFn) -> AuctionRequest:
         consent={"ads": draw(st.integers(0, 9)) > 0, "personalization": True},
     )
     event["intent"]["category"] = draw(st.sampled_from(CATEGORIES))
-    return AuctionRequest.from_intent(event, NOW_MS + draw(st.integers(-(10**8), 10**8)))
+    return event
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> AuctionRequest:
+    return AuctionRequest.from_intent(draw(intent_events()), NOW_MS + draw(st.integers(-(10**8), 10**8)))
 
 
 POLICIES = st.builds(Policy, blocked_safety_labels=st.frozensets(st.sampled_from(LABELS)),
