@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from auction.creatives import Creatives
 from auction.engine import AuctionEngine, Policy
 from auction.index import BulkLoad, CampaignIndex
 from auction.model import Campaign, blended_pctr
@@ -39,7 +40,7 @@ class LiveState:
         self.settings = settings
         self.redis: Any = redis  # redis-py's asyncio stubs type replies loosely; we decode by hand
         self.engine = engine
-        self.creatives: dict[str, list[dict[str, Any]]] = {}
+        self.creatives = Creatives()
         self.last_change_id = "0-0"
         self.policy_version = -1
         self.applied_changes = 0
@@ -65,7 +66,7 @@ class LiveState:
             for value in raw.values():
                 record = orjson.loads(value)
                 campaigns.append(self._piloted(Campaign.from_record(record)))
-                self.creatives[record["campaign_id"]] = record["creatives"]
+                self.creatives.set(record["campaign_id"], record["creatives"])
             self.engine.index = CampaignIndex.build(campaigns)
         await self.refresh_policy()
         await self.refresh_spend()
@@ -76,11 +77,11 @@ class LiveState:
         raw = await self.redis.hget(self.settings.keys.campaigns(), campaign_id)
         if raw is None:
             self.index.remove(campaign_id)
-            self.creatives.pop(campaign_id, None)
+            self.creatives.remove(campaign_id)
         else:
             record = orjson.loads(raw)
             campaign = self._piloted(Campaign.from_record(record))
-            self.creatives[campaign_id] = record["creatives"]
+            self.creatives.set(campaign_id, record["creatives"])
             self.index.upsert(campaign)
             await self._refresh_spend_of([campaign], force=True)
         self.applied_changes += 1

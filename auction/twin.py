@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from auction.budgets import Reservation
+from auction.creatives import Creatives, encoded
 from auction.engine import MINOR_BRACKETS, STAGES, UNSAFE_CATEGORIES, Policy, UserState
 from auction.fastpath import Fields, Parsed, _native
 from auction.index import CampaignIndex
@@ -23,7 +24,6 @@ from auction.pacing import SpendView
 from auction.records import LABEL
 from core.keys import EVENT_BUCKETS
 from core.loop import Output
-from schemas.checks import Record
 from schemas.iab import IAB_CATEGORIES, lineage
 
 # `EngineTwin.claim`: the records to publish as (topic, key, value), how many are impressions, the
@@ -65,6 +65,16 @@ class EngineTwin:
         for campaign_id in spend.blocked - spend.today_micros.keys():  # refused for budget, no spend seen
             native.spend_block(campaign_id)
 
+    def attach_creatives(self, creatives: Creatives) -> None:
+        """Copy these creatives, and be told their changes from now on (`claim` writes the
+        records of a campaign it holds no creatives for no more: it answers None)."""
+        if creatives.mirror is not None and creatives.mirror is not self.native:
+            raise ValueError("Creatives: they already keep another compiled engine in step")
+        creatives.mirror = self.native
+        self.native.creatives_clear()
+        for campaign_id, listed in creatives.items():
+            self.native.creatives_set(campaign_id, encoded(listed))
+
     def set_policy(self, policy: Policy) -> None:
         self.native.set_policy(set(policy.blocked_safety_labels), set(policy.sensitive_categories),
                                set(policy.restricted_verticals))
@@ -82,12 +92,12 @@ class EngineTwin:
         return held
 
     def claim(self, request: AuctionRequest, user: UserState | None, refused: Mapping[str, NoFillReason] | None,
-              fields: Fields, source: str, ts_decided: int, creatives: Mapping[str, list[Record]]) -> Claimed | None:
+              fields: Fields, source: str, ts_decided: int) -> Claimed | None:
         """`run`, then its records and reservations, in one compiled step: what the worker's
-        `outcome_of`, `Writer.write`, `reservations_of` and `entry_of` make of the result
-        (personalized false), equal to the byte (tests/auction/test_claim.py). None: the worker
-        takes those steps."""
-        claimed: Claimed | None = self.native.claim(fields, source, request.user_id, ts_decided, creatives,
+        `outcome_of` (with the creatives attached: `attach_creatives`), `Writer.write`,
+        `reservations_of` and `entry_of` make of the result (personalized false), equal to the
+        byte (tests/auction/test_claim.py). None: the worker takes those steps."""
+        claimed: Claimed | None = self.native.claim(fields, source, request.user_id, ts_decided,
                                                     *_asked(request, user, refused))
         if claimed is not None:
             self.decided += 1
@@ -95,11 +105,10 @@ class EngineTwin:
         return claimed
 
     def claim_parsed(self, parsed: Parsed, user: UserState | None, refused: Mapping[str, NoFillReason] | None,
-                     source: str, ts_decided: int, creatives: Mapping[str, list[Record]]) -> Claimed | None:
+                     source: str, ts_decided: int) -> Claimed | None:
         """`claim` of an intent the compiled intake kept: what `claim` gives for
         `parsed.expand()`'s request and fields, with no Python object made of them."""
-        claimed: Claimed | None = self.native.claim_parsed(parsed, source, ts_decided, creatives,
-                                                           *_person(user, refused))
+        claimed: Claimed | None = self.native.claim_parsed(parsed, source, ts_decided, *_person(user, refused))
         if claimed is not None:
             self.decided += 1
             self.claimed += 1

@@ -158,6 +158,7 @@ class AuctionRole:
         self.topics = (settings.topic("ad.decisions"), settings.topic("ad.impressions"))
         if self.twin is not None:
             self.twin.set_topics(*self.topics)
+            self.twin.attach_creatives(self.live.creatives)
         self._loop: Loop | None = None
 
     async def start(self, loop: Loop) -> None:
@@ -288,12 +289,12 @@ class AuctionRole:
             if parsed is not None:
                 event_id, user_id = parsed.event_id, parsed.user_id
                 claimed = twin.claim_parsed(parsed, self.people.state_for(user_id, now_ms), item.refused, source,
-                                            now_ms, self.live.creatives)
+                                            now_ms)
             else:
                 request = item.request
                 event_id, user_id = request.event_id, request.user_id
                 claimed = twin.claim(request, self.people.state_for(user_id, now_ms), item.refused, item.intent,
-                                     source, now_ms, self.live.creatives)
+                                     source, now_ms)
             if claimed is not None:
                 item.published, item.impressions, item.no_fill_reason, compact, reservations, entry = claimed
                 return Claim(event_id=event_id, source=source, user_id=user_id, outcome=compact,

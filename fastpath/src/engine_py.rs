@@ -6,7 +6,7 @@ use crate::engine::{
     crc32, tie_hash, Campaign, Engine as Core, Filters, FxHashMap, FxHashSet, Outcome, Person, Policy, Request, Term,
     STAGE_COUNT,
 };
-use crate::json::{push_float, push_int, push_str, push_strs, push_value};
+use crate::json::{push_float, push_int, push_str, push_strs};
 use crate::records;
 use crate::Parsed;
 use pyo3::intern;
@@ -43,7 +43,14 @@ pub struct PyEngine {
     topics: Option<(Py<PyString>, Py<PyString>)>,
     /// core/keys.py `EVENT_BUCKETS`: an event's bucket is the CRC-32 of its id modulo this.
     event_buckets: u32,
+    /// Each campaign's creatives as the records write them (auction/creatives.py `Creatives`
+    /// tells them): each creative's JSON and its creative_id's. A campaign not here is the
+    /// Python steps' to write.
+    creatives: FxHashMap<String, Vec<Creative>>,
 }
+
+/// A creative as the records write it: its JSON, and its creative_id's JSON.
+type Creative = (Vec<u8>, Vec<u8>);
 
 /// The learned pCTR as `campaign.pctr_num / campaign.pctr_den` gives it in Python: below 2**53
 /// both are exact doubles and one division rounds as Python's does; past that, None.
@@ -248,6 +255,7 @@ impl PyEngine {
             reservation,
             topics: None,
             event_buckets,
+            creatives: FxHashMap::default(),
         })
     }
 
@@ -316,6 +324,33 @@ impl PyEngine {
     /// The topics `claim`'s records go to: ad.decisions and ad.impressions, as the worker names them.
     fn set_topics(&mut self, decisions: Py<PyString>, impressions: Py<PyString>) {
         self.topics = Some((decisions, impressions));
+    }
+
+    /// A campaign's creatives, each as `(JSON of the creative, JSON of its creative_id)`, as
+    /// orjson writes them in the records; `None`: they cannot be written so (the Python steps
+    /// write that campaign's records).
+    #[pyo3(signature = (campaign_id, encoded))]
+    fn creatives_set(&mut self, campaign_id: String, encoded: Option<Vec<(Bound<'_, PyBytes>, Bound<'_, PyBytes>)>>) {
+        match encoded {
+            Some(pairs) => {
+                let copies = pairs
+                    .iter()
+                    .map(|(creative, creative_id)| (creative.as_bytes().to_vec(), creative_id.as_bytes().to_vec()))
+                    .collect();
+                self.creatives.insert(campaign_id, copies);
+            }
+            None => {
+                self.creatives.remove(&campaign_id);
+            }
+        }
+    }
+
+    fn creatives_remove(&mut self, campaign_id: &str) {
+        self.creatives.remove(campaign_id);
+    }
+
+    fn creatives_clear(&mut self) {
+        self.creatives.clear();
     }
 
     fn set_increment(&mut self, increment_micros: u128) {
@@ -437,10 +472,10 @@ impl PyEngine {
     /// the `Writer` writes them from `outcome_of`'s compact outcome (`personalized` false), each
     /// as `(topic, key, value)`, how many are impressions, the decision's no-fill reason, the
     /// compact outcome, a `Reservation` per winner and the claim's entry in the reservation call, with no Python object per winner in between. `fields`: the intent's fields;
-    /// `creatives`: each campaign's creatives. `None` where `run` answers `None`, or where a value
+    /// the creatives are the ones `creatives_set` told. `None` where `run` answers `None`, or where a value
     /// is not of the shape the Python steps would meet: those steps then do it all.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (fields, source, user_id, ts_decided, creatives, event_id, placement, slots, reserve_cpm_micros, category,
+    #[pyo3(signature = (fields, source, user_id, ts_decided, event_id, placement, slots, reserve_cpm_micros, category,
                         keywords, locale, country, device, safety_labels, consent_ads, age_bracket, now_ms,
                         hidden=None, capped=None, refused=None))]
     fn claim<'py>(
@@ -450,7 +485,6 @@ impl PyEngine {
         source: &str,
         user_id: &str,
         ts_decided: i64,
-        creatives: &Bound<'py, PyAny>,
         event_id: &str,
         placement: &str,
         slots: &Bound<'py, PyAny>,
@@ -468,8 +502,7 @@ impl PyEngine {
         capped: Option<&Bound<'py, PyAny>>,
         refused: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let (Ok(fields), Ok(creatives)) = (fields.downcast_exact::<PyDict>(), creatives.downcast_exact::<PyDict>())
-        else {
+        let Ok(fields) = fields.downcast_exact::<PyDict>() else {
             return Ok(None);
         };
         if self.topics.is_none() {
@@ -517,14 +550,14 @@ impl PyEngine {
             reserve_cpm_micros,
             keywords,
         };
-        Ok(self.written(py, &intent, &claimant, ts_decided, creatives, decided))
+        Ok(self.written(py, &intent, &claimant, ts_decided, decided))
     }
 
     /// `claim` of an intent the compiled intake kept (`Intake.parse`): the same answer as `claim`
     /// on the request and fields `parsed.expand()` makes, byte for byte
     /// (tests/auction/test_claim.py), without making them. `hidden`, `capped` and `refused` as
     /// `claim` takes them.
-    #[pyo3(signature = (parsed, source, ts_decided, creatives, hidden=None, capped=None, refused=None))]
+    #[pyo3(signature = (parsed, source, ts_decided, hidden=None, capped=None, refused=None))]
     #[allow(clippy::too_many_arguments)]
     fn claim_parsed<'py>(
         &mut self,
@@ -532,14 +565,10 @@ impl PyEngine {
         parsed: &Bound<'py, Parsed>,
         source: &str,
         ts_decided: i64,
-        creatives: &Bound<'py, PyAny>,
         hidden: Option<&Bound<'py, PyAny>>,
         capped: Option<&Bound<'py, PyAny>>,
         refused: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let Ok(creatives) = creatives.downcast_exact::<PyDict>() else {
-            return Ok(None);
-        };
         if self.topics.is_none() || !self.unsupported.is_empty() || !self.odd_spend.is_empty() {
             return Ok(None);
         }
@@ -598,7 +627,7 @@ impl PyEngine {
             reserve_cpm_micros,
             keywords,
         };
-        Ok(self.written(py, &records_intent, &claimant, ts_decided, creatives, decided))
+        Ok(self.written(py, &records_intent, &claimant, ts_decided, decided))
     }
 }
 
@@ -761,7 +790,6 @@ impl PyEngine {
         intent: &records::Intent<'_>,
         claimant: &Claimant<'_>,
         ts_decided: i64,
-        creatives: &Bound<'py, PyDict>,
         decided: Decided<'_>,
     ) -> Option<Bound<'py, PyTuple>> {
         let event_id = claimant.event_id; // the creative pick and the claim: the request's, as in Python
@@ -811,19 +839,12 @@ impl PyEngine {
             let campaign = self.core.campaign(winner.campaign);
             let campaign_id = PyString::new(py, &campaign.campaign_id);
             // `pick_creative` (auction/records.py): one creative, or a rotation by the tie hash.
-            let choices = creatives.get_item(&campaign_id).ok()??.downcast_into::<PyList>().ok()?;
-            let creative = match choices.len() {
+            let choices = self.creatives.get(&*campaign.campaign_id)?;
+            let (creative, creative_id) = match choices.len() {
                 0 => return None,
-                1 => choices.get_item(0).ok()?,
-                count => choices
-                    .get_item(tie_hash(event_id, &campaign.campaign_id) as usize % count)
-                    .ok()?,
+                1 => &choices[0],
+                count => &choices[tie_hash(event_id, &campaign.campaign_id) as usize % count],
             };
-            let creative_id = creative
-                .downcast::<PyDict>()
-                .ok()?
-                .get_item(intern!(py, "creative_id"))
-                .ok()??;
             let money = |value: u128| u64::try_from(value).ok(); // orjson writes ints up to 64 bits
             let (price, charge, ecpm) = (
                 money(winner.price_micros)?,
@@ -851,8 +872,8 @@ impl PyEngine {
                 slot,
                 campaign: put!(push_str(out, &campaign.campaign_id)),
                 advertiser: put!(push_str(out, &campaign.advertiser_id)),
-                creative: put!(push_value(out, &creative)?),
-                creative_id: put!(push_value(out, &creative_id)?),
+                creative: put!(out.extend_from_slice(creative)),
+                creative_id: put!(out.extend_from_slice(creative_id)),
                 bid_type: put!(push_str(out, if campaign.cpc { "cpc" } else { "cpm" })),
                 bid: put!(number(out, campaign.bid_micros)),
                 price: put!(number(out, price)),

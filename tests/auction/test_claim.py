@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auction.budgets import Claim, entry_of
+from auction.creatives import Creatives
 from auction.engine import AuctionEngine, UserState
 from auction.fastpath import Intake, Writer, _native, write_records
 from auction.model import AuctionRequest, Campaign, NoFillReason, blended_pctr
@@ -30,13 +31,21 @@ from tests.auction.test_twin import campaign_records, intent_events, pair, reque
 pytestmark = pytest.mark.skipif(_native() is None, reason="the compiled engine is not built (make native)")
 
 
-def check(engine: AuctionEngine, fields: dict[str, Any], request: AuctionRequest, creatives: dict[str, Any],
+def attach(engine: AuctionEngine, creatives: dict[str, Any]) -> Creatives:
+    """The live creatives, told to the engine's twin (as the worker's `LiveState` keeps them)."""
+    book = Creatives(creatives)
+    assert engine.twin is not None
+    engine.twin.attach_creatives(book)
+    return book
+
+
+def check(engine: AuctionEngine, fields: dict[str, Any], request: AuctionRequest, creatives: Creatives,
           user: UserState | None = None, refused: dict[str, NoFillReason] | None = None) -> bool:
     """The twin's claim equals the Python steps' (True), or it left the event to them (False)."""
     twin = engine.twin
     assert isinstance(twin, EngineTwin)
     twin.set_topics("t.decisions", "t.impressions")
-    claimed = twin.claim(request, user, refused, fields, "3:1234", NOW_MS + 5, creatives)
+    claimed = twin.claim(request, user, refused, fields, "3:1234", NOW_MS + 5)
     result = engine.run_python(request, user, refused)
     outcome = outcome_of(request.event_id, result, NOW_MS + 5, creatives, personalized=False)
     expected = write_records(fields, outcome, request.keywords)
@@ -63,12 +72,12 @@ def test_the_bench_workload_claims_as_the_python_steps_do() -> None:
     for record in rng.sample(records, 300):  # several creatives: the rotation picks among them
         record["creatives"] = [{**record["creatives"][0], "creative_id": f"{record['campaign_id']}-{n}"}
                                for n in range(rng.randint(2, 4))]
-    creatives = {record["campaign_id"]: record["creatives"] for record in records}
     campaigns = [Campaign.from_record(record) for record in records]
     spend = SpendView(day="20260921")
     for campaign in rng.sample(campaigns, 200):
         spend.record(campaign, campaign.daily_budget_micros // 2, 0)
     _, engine = pair(campaigns, spend)
+    creatives = attach(engine, {record["campaign_id"]: record["creatives"] for record in records})
     ids = [campaign.campaign_id for campaign in campaigns]
     claimed = filled = multi = 0
     for n, event in enumerate(workload.intents(2_000)):
@@ -100,8 +109,8 @@ def test_generated_auctions_claim_as_the_python_steps_do(data: st.DataObject) ->
         if campaign.bid_type == "cpc" and data.draw(st.booleans()):  # a learned CTR: pctr as a float of it
             impressions = data.draw(st.integers(1, 10**6))
             campaign.set_pctr(blended_pctr(campaign.prior_pctr, impressions, data.draw(st.integers(0, impressions))))
-    creatives = {record["campaign_id"]: record["creatives"] for record in records}
     _, engine = pair(campaigns)
+    creatives = attach(engine, {record["campaign_id"]: record["creatives"] for record in records})
     ids = [campaign.campaign_id for campaign in campaigns] or ["none"]
     for _ in range(4):
         request = data.draw(requests())
@@ -125,13 +134,19 @@ def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
     _, engine = pair([plain])
     request = AuctionRequest.from_intent(intent(), NOW_MS)
     fields = intent()
-    creatives: dict[str, Any] = {"plain": campaign_record("plain")["creatives"]}
+    creatives = attach(engine, {"plain": campaign_record("plain")["creatives"]})
     assert engine.twin is not None
-    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, creatives) is None  # no topics yet
+    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS) is None  # no topics yet
     assert check(engine, fields, request, creatives)
-    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, {}) is None
-    odd = {"plain": [{"creative_id": "plain-1", "title": {1, 2}}]}  # a set: not JSON
-    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, odd) is None
+    # Told as the live state changes: no creatives, then creatives it cannot write, then some again.
+    creatives.remove("plain")
+    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS) is None
+    for odd in ([{"creative_id": "plain-1", "title": {1, 2}}],  # a set: not JSON
+                [{"title": "no id"}], []):
+        creatives.set("plain", odd)
+        assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS) is None
+    creatives.set("plain", campaign_record("plain")["creatives"])
+    assert check(engine, fields, request, creatives)
 
     learned = Campaign.from_record(campaign_record("learned", bid_type="cpc", amount_micros=5_000_000))
     learned.set_pctr(blended_pctr(learned.prior_pctr, 2**55 + 1, 2**50))
@@ -139,12 +154,12 @@ def test_what_it_cannot_write_is_left_to_the_python_steps() -> None:
     _, engine = pair([learned])
     assert engine.twin is not None
     engine.twin.set_topics("t.decisions", "t.impressions")
-    creatives = {"learned": campaign_record("learned")["creatives"]}
+    attach(engine, {"learned": campaign_record("learned")["creatives"]})
     assert engine.twin.run(request, None, None) is not None  # the auction itself it decides
-    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS, creatives) is None
+    assert engine.twin.claim(request, None, None, fields, "0:1", NOW_MS) is None
 
 
-def parsed_alike(engine: AuctionEngine, raw: bytes, now_ms: int, creatives: dict[str, Any],
+def parsed_alike(engine: AuctionEngine, raw: bytes, now_ms: int, creatives: Creatives,
                  user: UserState | None = None, refused: dict[str, NoFillReason] | None = None) -> bool:
     """The claim of an intent kept in Rust (`claim_parsed`) equals the claim of the request and
     fields it expands into, which `check` holds equal to the Python steps (True); False when the
@@ -156,8 +171,8 @@ def parsed_alike(engine: AuctionEngine, raw: bytes, now_ms: int, creatives: dict
     twin = engine.twin
     assert isinstance(twin, EngineTwin)
     assert check(engine, fields, request, creatives, user, refused)
-    by_request = twin.claim(request, user, refused, fields, "3:1234", NOW_MS + 5, creatives)
-    by_parsed = twin.claim_parsed(parsed, user, refused, "3:1234", NOW_MS + 5, creatives)
+    by_request = twin.claim(request, user, refused, fields, "3:1234", NOW_MS + 5)
+    by_parsed = twin.claim_parsed(parsed, user, refused, "3:1234", NOW_MS + 5)
     assert by_request is not None and by_parsed is not None
     assert by_parsed[:4] == by_request[:4] and by_parsed[5] == by_request[5]
     assert [r.as_list() for r in by_parsed[4]] == [r.as_list() for r in by_request[4]]
@@ -166,9 +181,9 @@ def parsed_alike(engine: AuctionEngine, raw: bytes, now_ms: int, creatives: dict
 
 def test_an_intent_kept_in_rust_claims_as_its_request_does_on_the_bench_workload() -> None:
     records = validated(workload.campaigns(n=1_000, advertisers=300))
-    creatives = {record["campaign_id"]: record["creatives"] for record in records}
     campaigns = [Campaign.from_record(record) for record in records]
     _, engine = pair(campaigns)
+    creatives = attach(engine, {record["campaign_id"]: record["creatives"] for record in records})
     rng = random.Random(5)
     ids = [campaign.campaign_id for campaign in campaigns]
     advertisers = sorted({campaign.advertiser_id for campaign in campaigns})
@@ -185,8 +200,8 @@ def test_an_intent_kept_in_rust_claims_as_its_request_does_on_the_bench_workload
 def test_an_intent_kept_in_rust_claims_as_its_request_does(data: st.DataObject) -> None:
     records = [data.draw(campaign_records(n)) for n in range(data.draw(st.integers(0, 10)))]
     campaigns = [Campaign.from_record(record) for record in records]
-    creatives = {record["campaign_id"]: record["creatives"] for record in records}
     _, engine = pair(campaigns)
+    creatives = attach(engine, {record["campaign_id"]: record["creatives"] for record in records})
     ids = [campaign.campaign_id for campaign in campaigns] or ["none"]
     for _ in range(4):
         event = data.draw(intent_events())
@@ -200,14 +215,16 @@ def test_an_intent_kept_in_rust_claims_as_its_request_does(data: st.DataObject) 
 
 
 def test_a_parsed_intent_is_left_to_the_python_steps_where_a_request_would_be() -> None:
-    """No topics yet, or creatives it cannot write: None, as `claim` answers."""
+    """No topics yet, or no creatives it can write: None, as `claim` answers."""
     plain = Campaign.from_record(campaign_record("plain", amount_micros=2_000_000))
     _, engine = pair([plain])
     assert engine.twin is not None
     parsed = Intake().parse([orjson.dumps(intent())], NOW_MS)[0]
-    creatives: dict[str, Any] = {"plain": campaign_record("plain")["creatives"]}
-    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, creatives) is None  # no topics yet
+    creatives = attach(engine, {"plain": campaign_record("plain")["creatives"]})
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS) is None  # no topics yet
     engine.twin.set_topics("t.decisions", "t.impressions")
-    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, creatives) is not None
-    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, {}) is None
-    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS, {"plain": [{"creative_id": "x", "t": {1}}]}) is None
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS) is not None
+    creatives.set("plain", [{"creative_id": "x", "t": {1}}])
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS) is None
+    creatives.remove("plain")
+    assert engine.twin.claim_parsed(parsed, None, None, "0:1", NOW_MS) is None

@@ -249,7 +249,7 @@ async def test_a_batch_replayed_by_the_worker_publishes_the_same_bytes(
         spend = {r["campaign_id"]: redis_client.get(settings.keys.spend_total(r["campaign_id"])) for r in records}
 
         for campaign_id in list(role.live.creatives):
-            role.live.creatives[campaign_id] = [{**c, "title": "changed"} for c in role.live.creatives[campaign_id]]
+            role.live.creatives.set(campaign_id, [{**c, "title": "changed"} for c in role.live.creatives[campaign_id]])
         for campaign in list(role.engine.index.campaigns.values()):
             changed = campaign.changed(bid_micros=campaign.bid_micros * 3)
             changed.set_pctr(Fraction(1, 3))
