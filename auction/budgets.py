@@ -57,7 +57,6 @@ class Reservation:
         return [self.campaign_id, self.charge_micros, self.need_micros, self.cap_max, self.cap_window_s, self.advertiser_id]
 
 
-@dataclass(slots=True, init=False)  # __init__ written out: mypyc compiles it (dataclass's runs interpreted)
 class Claim:
     """One auction's tentative outcome, offered to Redis."""
 
@@ -65,8 +64,8 @@ class Claim:
     source: str  # "<partition>:<offset>" of the record, to tell a replay from a duplicate
     user_id: str
     outcome: bytes  # what to keep and hand back on replay
-    reservations: list[Reservation]
     entry: bytes  # `entry_of` this claim, when the compiled step wrote it already; else empty
+    _reservations: list[Reservation] | None  # None: read from `entry` when asked
 
     def __init__(self, event_id: str, source: str, user_id: str, outcome: bytes,
                  reservations: list[Reservation] | None = None, entry: bytes = b"") -> None:
@@ -74,8 +73,28 @@ class Claim:
         self.source = source
         self.user_id = user_id
         self.outcome = outcome
-        self.reservations = [] if reservations is None else reservations
         self.entry = entry
+        self._reservations = [] if reservations is None and not entry else reservations
+
+    @property
+    def reservations(self) -> list[Reservation]:
+        """What Redis must reserve for it. The compiled step hands over only its entry, which lists
+        them: they are read from it when asked (by the Redis Cluster reserver; the single-node
+        one sends the entry as it is)."""
+        if self._reservations is None:
+            self._reservations = reservations_in(self.entry)
+        return self._reservations
+
+
+def reservations_in(entry: bytes) -> list[Reservation]:
+    """The reservations an entry (`entry_of`) lists."""
+    values = orjson.loads(b"[" + entry + b"]")
+    listed = []
+    for start in range(4, 4 + 6 * int(values[3]), 6):
+        campaign_id, charge, need, cap_max, cap_window_s, advertiser_id = values[start : start + 6]
+        listed.append(Reservation(str(campaign_id), int(charge), int(need), int(cap_max), int(cap_window_s),
+                                  str(advertiser_id)))
+    return listed
 
 
 def entry_of(claim: Claim) -> bytes:

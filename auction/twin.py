@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from auction.budgets import Reservation
 from auction.creatives import Creatives, encoded
 from auction.engine import MINOR_BRACKETS, STAGES, UNSAFE_CATEGORIES, Policy, UserState
 from auction.fastpath import Fields, Parsed, _native
@@ -27,9 +26,9 @@ from core.loop import Output
 from schemas.iab import IAB_CATEGORIES, lineage
 
 # `EngineTwin.claim`: the records to publish as (topic, key, value), how many are impressions, the
-# decision's no-fill reason, the compact outcome, the Redis reservations and the claim's entry in
-# the reservation call (`entry_of`).
-Claimed = tuple[list[Output], int, str | None, bytes, list[Reservation], bytes]
+# decision's no-fill reason, the compact outcome and the claim's entry in the reservation call
+# (`entry_of`; it lists the Redis reservations).
+Claimed = tuple[list[Output], int, str | None, bytes, bytes]
 
 
 class EngineTwin:
@@ -155,4 +154,4 @@ def engine_twin(increment_micros: int) -> EngineTwin | None:
         return None
     table = {code: list(lineage(code)) for code in IAB_CATEGORIES}
     return EngineTwin(native.Engine(set(UNSAFE_CATEGORIES), set(MINOR_BRACKETS), table, increment_micros, list(STAGES),
-                                    LABEL, Reservation, EVENT_BUCKETS))
+                                    LABEL, EVENT_BUCKETS))

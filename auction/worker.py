@@ -296,9 +296,8 @@ class AuctionRole:
                 claimed = twin.claim(request, self.people.state_for(user_id, now_ms), item.refused, item.intent,
                                      source, now_ms)
             if claimed is not None:
-                item.published, item.impressions, item.no_fill_reason, compact, reservations, entry = claimed
-                return Claim(event_id=event_id, source=source, user_id=user_id, outcome=compact,
-                             reservations=reservations, entry=entry)
+                item.published, item.impressions, item.no_fill_reason, compact, entry = claimed
+                return Claim(event_id=event_id, source=source, user_id=user_id, outcome=compact, entry=entry)
         return self._claim(item, self._auction(item, now_ms, rounds), now_ms)
 
     def _auction(self, item: Pending, now_ms: int, rounds: int) -> AuctionResult:

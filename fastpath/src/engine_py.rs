@@ -35,10 +35,8 @@ pub struct PyEngine {
     odd_spend: HashSet<String>,
     /// The filter stages' names, in the engine's order (`STAGES` in auction/engine.py).
     stages: Vec<String>,
-    /// For `claim`: the ads' label as JSON, and the class of a Redis reservation
-    /// (auction/budgets.py `Reservation`).
+    /// For `claim`: the ads' label as JSON.
     label_json: Vec<u8>,
-    reservation: Py<PyAny>,
     /// The topics of decisions and impressions (`set_topics`): until set, `claim` answers None.
     topics: Option<(Py<PyString>, Py<PyString>)>,
     /// core/keys.py `EVENT_BUCKETS`: an event's bucket is the CRC-32 of its id modulo this.
@@ -224,7 +222,6 @@ impl PyEngine {
         increment_micros: u128,
         stages: Vec<String>,
         label: &str,
-        reservation: Py<PyAny>,
         event_buckets: u32,
     ) -> PyResult<Self> {
         if event_buckets == 0 {
@@ -252,7 +249,6 @@ impl PyEngine {
                 push_str(&mut quoted, label);
                 quoted
             },
-            reservation,
             topics: None,
             event_buckets,
             creatives: FxHashMap::default(),
@@ -468,12 +464,14 @@ impl PyEngine {
     }
 
     /// `run`, then what the worker makes of the result (auction/worker.py `_claim`), in one step:
-    /// `(published, impressions, no_fill_reason, compact, reservations, entry)`: the records as
-    /// the `Writer` writes them from `outcome_of`'s compact outcome (`personalized` false), each
-    /// as `(topic, key, value)`, how many are impressions, the decision's no-fill reason, the
-    /// compact outcome, a `Reservation` per winner and the claim's entry in the reservation call, with no Python object per winner in between. `fields`: the intent's fields;
-    /// the creatives are the ones `creatives_set` told. `None` where `run` answers `None`, or where a value
-    /// is not of the shape the Python steps would meet: those steps then do it all.
+    /// `(published, impressions, no_fill_reason, compact, entry)`: the records as the `Writer`
+    /// writes them from `outcome_of`'s compact outcome (`personalized` false), each as
+    /// `(topic, key, value)`, how many are impressions, the decision's no-fill reason, the compact
+    /// outcome and the claim's entry in the reservation call (which lists its reservations: the
+    /// Python `Claim` reads them from it when asked), with no Python object per winner in
+    /// between. `fields`: the intent's fields; the creatives are the ones `creatives_set` told.
+    /// `None` where `run` answers `None`, or where a value is not of the shape the Python steps
+    /// would meet: those steps then do it all.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (fields, source, user_id, ts_decided, event_id, placement, slots, reserve_cpm_micros, category,
                         keywords, locale, country, device, safety_labels, consent_ads, age_bracket, now_ms,
@@ -823,7 +821,6 @@ impl PyEngine {
         };
         let mut values: Vec<u8> = Vec::with_capacity(512 * winners.len());
         let mut parts = Vec::with_capacity(winners.len());
-        let reservations = PyList::empty(py);
         // The auction's entry in the reservation call (auction/budgets.py `entry_of`): its values
         // in that flat JSON list, without brackets: event_id, source, user_id, how many
         // reservations, each one's six values, the outcome's length, the event bucket.
@@ -837,7 +834,6 @@ impl PyEngine {
         entry.extend_from_slice(itoa::Buffer::new().format(winners.len()).as_bytes());
         for winner in &winners {
             let campaign = self.core.campaign(winner.campaign);
-            let campaign_id = PyString::new(py, &campaign.campaign_id);
             // `pick_creative` (auction/records.py): one creative, or a rotation by the tie hash.
             let choices = self.creatives.get(&*campaign.campaign_id)?;
             let (creative, creative_id) = match choices.len() {
@@ -894,14 +890,6 @@ impl PyEngine {
             // auction/worker.py `reservations_of`: a CPM winner needs its charge (at least a micro) left in
             // the budget, a CPC winner one click at its price.
             let need = if campaign.cpc { price } else { charge.max(1) };
-            let args = (
-                campaign_id,
-                charge,
-                need,
-                campaign.cap_max,
-                campaign.cap_window_s,
-                PyString::new(py, &campaign.advertiser_id),
-            );
             let last = &parts[parts.len() - 1];
             let value = |span: &std::ops::Range<usize>| &values[span.clone()];
             for piece in [
@@ -915,7 +903,6 @@ impl PyEngine {
                 entry.push(b',');
                 entry.extend_from_slice(piece);
             }
-            reservations.append(self.reservation.bind(py).call1(args).ok()?).ok()?;
         }
         let written = records::records(&self.label_json, intent, &auction, &parts, &values);
         let bucket = crc32(&[event_id.as_bytes()]) % self.event_buckets;
@@ -945,7 +932,6 @@ impl PyEngine {
             written.impressions.len().into_pyobject(py).ok()?.into_any(),
             reason_obj,
             PyBytes::new(py, &written.compact).into_any(),
-            reservations.into_any(),
             PyBytes::new(py, &entry).into_any(),
         ];
         PyTuple::new(py, parts).ok()
