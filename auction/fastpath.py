@@ -9,7 +9,9 @@ Rust toolchain is installed), each beside the Python reference that defines it:
   them). Compiled, it reads the raw bytes with no parsed dict in between, for every intent it can
   plainly accept (fastpath/src/intent.rs); the reference (`read_intent`: `schemas.codec.decode`,
   which raises the RecordError naming a bad record's field, and `AuctionRequest.from_intent`)
-  reads every value it leaves (`None`).
+  reads every value it leaves (`None`). `Intake.parse` is the worker's: the same reading, each
+  intent kept in Rust (`Parsed`) for the compiled engine's `claim_parsed`, and expanded into
+  `read`'s `(request, fields)` only where Python needs them.
 - `Writer.write`: one auction's compact outcome to its records' bytes (the decision, then each
   impression), the impression ids, the no-fill reason and the compact outcome's own bytes.
   Compiled, it writes the bytes with no dict per record (fastpath/src/records.rs); the reference

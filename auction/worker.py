@@ -1,8 +1,8 @@
 """`vickrey auction`: chat.intents → auctions → ad.decisions + ad.impressions, exactly once.
 
 `AuctionRole.process` is the per-event work, on the shared exactly-once loop (core/loop.py):
-the intake (auction/fastpath.py: raw intents to auction requests, compiled; bad records to the DLQ)
-→ one engine pass → one Redis round trip per chunk (reserve.lua:
+the intake (auction/fastpath.py: raw intents kept in Rust for the compiled claim, or read into
+auction requests by the reference; bad records to the DLQ) → one engine pass → one Redis round trip per chunk (reserve.lua:
 budgets, caps, idempotency) → re-run only the auctions Redis refused → the records to publish.
 Redis's answers (and the rounds for auctions it refused) are read in the step's rest
 (`Step.rest`, awaited by the commit), so the next parts are auctioned while Redis reserves.
