@@ -96,18 +96,17 @@ class EngineTwin:
         `outcome_of` (with the creatives attached: `attach_creatives`), `Writer.write`,
         `reservations_of` and `entry_of` make of the result (personalized false), equal to the
         byte (tests/auction/test_claim.py). None: the worker takes those steps."""
-        claimed: Claimed | None = self.native.claim(fields, source, request.user_id, ts_decided,
-                                                    *_asked(request, user, refused))
-        if claimed is not None:
-            self.decided += 1
-            self.claimed += 1
-        return claimed
+        return self._counted(self.native.claim(fields, source, request.user_id, ts_decided,
+                                               *_asked(request, user, refused)))
 
     def claim_parsed(self, parsed: Parsed, user: UserState | None, refused: Mapping[str, NoFillReason] | None,
                      source: str, ts_decided: int) -> Claimed | None:
         """`claim` of an intent the compiled intake kept: what `claim` gives for
         `parsed.expand()`'s request and fields, with no Python object made of them."""
-        claimed: Claimed | None = self.native.claim_parsed(parsed, source, ts_decided, *_person(user, refused))
+        return self._counted(self.native.claim_parsed(parsed, source, ts_decided, *_person(user, refused)))
+
+    def _counted(self, claimed: Claimed | None) -> Claimed | None:
+        """A claim's answer, counted as decided and claimed when the compiled step took it."""
         if claimed is not None:
             self.decided += 1
             self.claimed += 1
