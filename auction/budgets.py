@@ -130,6 +130,7 @@ class BudgetReserver:
         self._script = redis.register_script(SCRIPT)
         self._redis = redis
         self._drop: list[str] = []  # blobs whose outcomes are committed in Kafka
+        self._layout_checked = False
 
     async def reserve(self, claims: list[Claim], day: str) -> tuple[list[Answer], list[tuple[str, int, int]], str]:
         """Answers in claim order, (campaign_id, spend today, spend total) of every campaign the
@@ -137,6 +138,8 @@ class BudgetReserver:
         outcomes of this call (hand it to `committed` once they are published)."""
         if not claims:
             return [], [], ""
+        if not self._layout_checked:
+            await self.check_layout()
         blob_id = os.urandom(8).hex()
         entries = b",".join([claim.entry or entry_of(claim) for claim in claims])
         drop = self.take_drops()
@@ -152,6 +155,21 @@ class BudgetReserver:
         for position, item in others or ():
             answers[position - 1] = _answer(item)
         return answers, [(str(c), int(t), int(s)) for c, t, s in (spends or [])], blob_id
+
+    async def check_layout(self) -> None:
+        """Write the layout key of the decided events (core/keys.py `seen_layout`) if it is not
+        there: the periods' length (the event TTL now), and until when reserve.lua must also look
+        events up under the per-event keys of the older layout. That is one TTL from now if any
+        such key is left (found with SCAN, which does not block Redis), else never."""
+        keys, redis = self.keys, self._redis
+        if not await redis.exists(keys.seen_layout()):
+            legacy_until = 0
+            async for _ in redis.scan_iter(match=keys.any_outcome(), count=10_000):
+                seconds, micros = await redis.time()
+                legacy_until = (int(seconds) + self.outcome_ttl_s) * 1000 + int(micros) // 1000
+                break
+            await redis.set(keys.seen_layout(), f"{self.outcome_ttl_s} {legacy_until}", nx=True)
+        self._layout_checked = True
 
     def take_drops(self) -> list[str]:
         """The committed blobs for this call to drop (put back in `_drop` if it fails). Taken, not

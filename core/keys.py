@@ -29,7 +29,9 @@ to a cluster without a redesign.
 | `{ns}:{u:<user_id>}:held:due` | sorted set | event_id by when its `held` entry may go |
 | `{ns}:{k:<click_id>}:click` | string | a billable click's campaign, advertiser, impression and ts (conversions) |
 | `{ns}:{a:<advertiser_id>}:conversion:<conversion_id>` | string | the raw record that attributed it (conversions) |
-| `{ns}:{e:<bucket>}:<event_id>:outcome` | string | where a decided event came from, and where its outcome is kept (or, split by slot, its attempt in flight) |
+| `{ns}:{e}:seen:<period>` | hash | event_id → where a decided event came from, and where its outcome is kept: the events decided in that period (one Redis: `reserve.lua`) |
+| `{ns}:{e}:seen` | string | `<period_s> <legacy until, ms>`: the periods' length, and until when events are also looked up under the older per-event key below |
+| `{ns}:{e:<bucket>}:<event_id>:outcome` | string | the same for one event, with its own TTL: a Redis Cluster (split by slot, or its attempt in flight), and one Redis before the periods' hashes |
 | `{ns}:{b:<blob id>}` | string | the outcomes of one reservation call, until its batch commits |
 | `{ns}:{policy}`, `{ns}:{policy}:version` | string, int | the trust policy and its version |
 | `{ns}:{advertisers}` | hash | SHA-256 of an API key → the advertiser JSON |
@@ -100,6 +102,8 @@ class Keys:
             "held": person + "held",
             "held_due": person + "held:due",
             "outcome": f"{self.namespace}:{{e:%s}}:%s:outcome",  # bucket, event_id
+            "seen": f"{self.namespace}:{{e}}:seen:%d",  # period
+            "seen_layout": self.seen_layout(),
             "reconciled": self.reconciled(),
             "blob": f"{self.namespace}:{{b:%s}}",
         }
@@ -195,6 +199,17 @@ class Keys:
 
     def outcome(self, event_id: str) -> str:
         return f"{self.namespace}:{{e:{event_bucket(event_id)}}}:{event_id}:outcome"
+
+    def any_outcome(self) -> str:
+        """A SCAN pattern that matches every `outcome` key."""
+        return f"{self.namespace}:{{e:*}}:*:outcome"
+
+    def seen(self, period: int | str) -> str:
+        """The events one Redis decided in a period (`reserve.lua`); `"*"` matches every period."""
+        return f"{self.namespace}:{{e}}:seen:{period}"
+
+    def seen_layout(self) -> str:
+        return f"{self.namespace}:{{e}}:seen"
 
     def blob(self, blob_id: str) -> str:
         return f"{self.namespace}:{{b:{blob_id}}}"

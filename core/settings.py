@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         86_400,
         ge=60,
         description="how long a decided event_id is remembered (duplicates); Redis memory grows "
-        "with event rate x this (~330 bytes per event)",
+        "with event rate x this (~240 bytes per event)",
     )
 
     autopilot_decide_every_s: int = Field(

@@ -19,7 +19,7 @@ from auction.budgets_split import SplitReserver
 from core.keys import Keys, parse_cap
 from core.redis_client import is_cluster, redis_from_url
 from core.settings import Settings
-from tests.auction.factories import cap_count
+from tests.auction.factories import cap_count, kept_event, kept_event_ttl
 
 pytestmark = pytest.mark.integration
 DAY = "20261127"
@@ -27,11 +27,16 @@ Reserver = BudgetReserver | SplitReserver
 KINDS = {"one_call": BudgetReserver, "split": SplitReserver}
 
 
+def one_redis(client: redis.Redis) -> str:
+    """The one-call reserver's kind, for its own layout's cases (skipped on a Redis Cluster)."""
+    if is_cluster(client):
+        pytest.skip("reserve.lua touches many slots in one call: a Redis Cluster gets the split reserver")
+    return "one_call"
+
+
 @pytest.fixture(params=list(KINDS))
 def kind(request: pytest.FixtureRequest, redis_client: redis.Redis) -> str:
-    if request.param == "one_call" and is_cluster(redis_client):
-        pytest.skip("reserve.lua touches many slots in one call: a Redis Cluster gets the split reserver")
-    return str(request.param)
+    return one_redis(redis_client) if request.param == "one_call" else str(request.param)
 
 
 def make(kind: str, client: redis.asyncio.Redis, keys: Keys) -> Reserver:
@@ -198,7 +203,7 @@ async def test_refusal_is_all_or_nothing(settings: Settings, redis_client: redis
     await client.aclose()
     assert answers[0].kind == "refused" and answers[0].refused == {"poor": "budget"}
     assert spend(redis_client, settings, "rich") == (0, 0)
-    assert undecided(redis_client.get(settings.keys.outcome("e1")))
+    assert undecided(kept_event(redis_client, settings, "e1"))
     assert sorted(spends) == [("poor", 0, 0), ("rich", 0, 0)]
 
 
@@ -221,7 +226,9 @@ async def test_keys_expire(settings: Settings, redis_client: redis.Redis, kind: 
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     await reserve(settings, [claim("e1", "c", 7, cap=(3, 120))], kind)
     assert 0 < redis_client.ttl(settings.keys.spend_day("c", DAY)) <= 3 * 86400
-    assert 0 < redis_client.ttl(settings.keys.outcome("e1")) <= 3600
+    # remembered for at least the event TTL: its own key's, or (one Redis) its period's hash's,
+    # which goes when the last period that reads it ends (3600 s periods: the one after, + 60 s)
+    assert 0 < kept_event_ttl(redis_client, settings, "e1") <= (3600 if kind == "split" else 2 * 3600 + 60)
     assert 0 < redis_client.ttl(settings.keys.caps("u1")) <= 120
 
 
@@ -266,7 +273,7 @@ async def test_drop_committed_at_shutdown(settings: Settings, redis_client: redi
     await reserver.drop_committed()
     await client.aclose()
     assert blob_keys(redis_client, settings) == []
-    assert redis_client.get(settings.keys.outcome("e1")) is not None  # the event is still known
+    assert kept_event(redis_client, settings, "e1") is not None  # the event is still known
 
 
 async def test_outcome_kept_whole_by_an_older_version_still_replays(settings: Settings, redis_client: redis.Redis, kind: str) -> None:
@@ -332,3 +339,66 @@ async def test_a_claim_s_own_entry_and_entry_of_reserve_alike(settings: Settings
     garbled.entry = entry_of(claim("g1", "c", 7, user="u2"))  # the entry is what Redis reads
     assert await reserve(settings, [garbled], "one_call") == ["ok"]
     assert spend(redis_client, settings, "c") == (27, 27)
+
+
+async def test_one_redis_knows_an_event_for_every_period_its_ttl_spans(settings: Settings, redis_client: redis.Redis) -> None:
+    """One Redis keeps decided events in one hash per period: a call reads as many periods back
+    as the event TTL spans, and no further. With 60 s periods and a 3600 s TTL, an event kept 60
+    periods back is still known (replayed, or a duplicate); one kept 61 back is forgotten."""
+    kind = one_redis(redis_client)
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    redis_client.set(settings.keys.seen_layout(), "60 0")
+    client = redis_from_url(settings.redis)
+    reserver = make(kind, client, settings.keys)
+
+    def move_back(event_id: str, periods: int) -> None:
+        now = int(redis_client.time()[0]) // 60
+        for period in range(now - 2, now + 2):  # the call's period (a boundary may fall between)
+            value = redis_client.hget(settings.keys.seen(period), event_id)
+            if value is not None:
+                redis_client.hdel(settings.keys.seen(period), event_id)
+                redis_client.hset(settings.keys.seen(period - periods), event_id, value)
+                return
+        raise AssertionError(f"{event_id} not kept")
+
+    first = [claim("e1", "c", 5, source="0:1"), claim("e2", "c", 5, source="0:2")]
+    assert [a.kind for a in (await reserver.reserve(first, DAY))[0]] == ["ok", "ok"]
+    move_back("e1", 59)  # 59 back from the call's period: 60 back or fewer when read
+    move_back("e2", 62)
+    again, _, _ = await reserver.reserve([*first, claim("e1", "c", 5, source="3:3")], DAY)
+    await client.aclose()
+    assert [a.kind for a in again] == ["replay", "ok", "dup"]
+    assert again[0].outcome == first[0].outcome
+    assert spend(redis_client, settings, "c") == (15, 15)
+
+
+async def test_one_redis_reads_the_older_per_event_keys_only_while_they_may_be_left(
+        settings: Settings, redis_client: redis.Redis) -> None:
+    """The first call of a reserver writes the layout key: with a key of the older layout left,
+    events are also looked up there for one TTL; with none, never. The script writes the same
+    (for one TTL) if the layout key is gone."""
+    kind = one_redis(redis_client)
+    set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
+    client = redis_from_url(settings.redis)
+    await make(kind, client, settings.keys).reserve([claim("new", "c", 5)], DAY)
+    assert redis_client.get(settings.keys.seen_layout()) == b"3600 0"  # no older key: never read
+    redis_client.set(settings.keys.outcome("old"), b'0:9\n{"event_id":"old"}', ex=3600)
+    answers, _, _ = await make(kind, client, settings.keys).reserve([claim("old", "c", 5, source="0:9")], DAY)
+    assert answers[0].kind == "ok"  # not looked up: the layout says none are left
+
+    redis_client.delete(settings.keys.seen_layout())
+    redis_client.set(settings.keys.outcome("older"), b'0:8\n{"event_id":"older"}', ex=3600)
+    now_ms = int(redis_client.time()[0]) * 1000
+    answers, _, _ = await make(kind, client, settings.keys).reserve([claim("older", "c", 5, source="0:8")], DAY)
+    assert (answers[0].kind, answers[0].outcome) == ("replay", b'{"event_id":"older"}')
+    period_s, legacy_until = map(int, redis_client.get(settings.keys.seen_layout()).split())
+    assert period_s == 3600 and now_ms + 3600_000 <= legacy_until <= now_ms + 3602_000
+
+    reserver = make(kind, client, settings.keys)
+    await reserver.reserve([claim("x", "c", 5)], DAY)
+    redis_client.delete(settings.keys.seen_layout())  # gone after the reserver checked it: the script writes it
+    answers, _, _ = await reserver.reserve([claim("older", "c", 5, source="0:8")], DAY)
+    await client.aclose()
+    assert answers[0].kind == "replay"
+    assert int(redis_client.get(settings.keys.seen_layout()).split()[1]) >= now_ms + 3600_000
+    assert spend(redis_client, settings, "c") == (15, 15)

@@ -19,7 +19,7 @@ from core import native
 from core.redis_client import redis_from_url
 from core.settings import Settings
 from loadtests.stack import committed, end_offsets, reset_group
-from tests.auction.factories import campaign_record, intent, load_vectors
+from tests.auction.factories import campaign_record, intent, kept_event, load_vectors
 from tests.kafka_helpers import produce, produce_json, read_all, start_role, stop_role, wait_until
 from vickrey.campaign_store import apply_campaigns
 
@@ -261,7 +261,7 @@ async def test_kept_outcomes_go_once_committed_and_a_reread_republishes_nothing(
         assert stop_role(worker) == 0
     assert len(decisions) == len(events)
     assert list(redis_client.scan_iter(match=settings.keys.blob("*"), count=1000)) == [], "committed outcomes kept"
-    assert redis_client.exists(settings.keys.outcome(events[0]['event_id']))  # the event is still known
+    assert kept_event(redis_client, settings, events[0]["event_id"]) is not None  # the event is still known
     impressions = await read_all(settings, "ad.impressions", 0, timeout=10)
     spent = sum(spend_total(redis_client, settings, c) for c in ("c1", "c2", "c3"))
     assert spent == sum(i["charge_micros"] for i in impressions) > 0
