@@ -343,8 +343,9 @@ async def test_a_claim_s_own_entry_and_entry_of_reserve_alike(settings: Settings
 
 async def test_one_redis_knows_an_event_for_every_period_its_ttl_spans(settings: Settings, redis_client: redis.Redis) -> None:
     """One Redis keeps decided events in one hash per period: a call reads as many periods back
-    as the event TTL spans, and no further. With 60 s periods and a 3600 s TTL, an event kept 60
-    periods back is still known (replayed, or a duplicate); one kept 61 back is forgotten."""
+    as the event TTL spans, and no further. With 60 s periods and a 3600 s TTL a call reads 60
+    periods back: an event kept 59 periods before the first call is still known (replayed, or a
+    duplicate); one kept 62 before it is forgotten."""
     kind = one_redis(redis_client)
     set_budget(redis_client, settings, "c", daily=10**9, total=10**9)
     redis_client.set(settings.keys.seen_layout(), "60 0")
