@@ -21,8 +21,8 @@
 -- (about 10 µs of Redis's CPU per event, and ~3/4 of the memory kept per event). Until the
 -- layout's "legacy until", events are also looked up under their key of the older layout,
 -- `{e:<bucket>}:<event_id>:outcome` (a string with its own TTL), which a version before this
--- one wrote. The outcomes themselves are kept in one blob per call, `{b:<blob id>}`. The caller drops a blob (ARGV[7...]
--- of a later call) once the Kafka transaction that published its outcomes has committed: an
+-- one wrote. The outcomes themselves are kept in one blob per call, `{b:<blob id>}`. The caller
+-- drops a blob (ARGV[7...] of a later call) once the Kafka transaction that published its outcomes has committed: an
 -- outcome is only needed to replay a batch whose commit failed, and keeping every one for a day
 -- would cost Redis ~0.5 KB per event (~2 KB when it was the encoded records).
 -- For each auction, in order, all or nothing:
@@ -61,7 +61,7 @@ end
 local any_ok = false
 local answers = {}
 local DAY_TTL = 3 * 86400
-local CHUNK = 1000  -- keys per MGET/EXISTS (unpack works on the Lua stack)
+local CHUNK = 1000  -- keys or fields per MGET/HMGET/EXISTS (unpack works on the Lua stack)
 local call = redis.call
 local find, sub, format = string.find, string.sub, string.format
 
@@ -82,12 +82,13 @@ local function num(value)
   return tonumber(value)
 end
 
--- Values of `keys` (a list), as the list of MGET replies, in chunks.
-local function mget(keys)
-  local values, n = {}, #keys
+-- The replies of `command` (MGET; HMGET with `key`) over `list`, as one list, in chunks.
+local function read_chunks(command, key, list)
+  local values, n = {}, #list
   for first = 1, n, CHUNK do
     local last = math.min(first + CHUNK - 1, n)
-    local got = call("MGET", unpack(keys, first, last))
+    local got
+    if key then got = call(command, key, unpack(list, first, last)) else got = call(command, unpack(list, first, last)) end
     for j = 1, #got do values[first + j - 1] = got[j] end
   end
   return values
@@ -114,13 +115,9 @@ for i, p in ipairs(starts) do
   hkeys[i] = format(K.hidden, flat[p + 2])
 end
 for back = 0, periods_back do
-  local key = format(K.seen, period_now - back)
-  for first = 1, #ids, CHUNK do
-    local last = math.min(first + CHUNK - 1, #ids)
-    local got = call("HMGET", key, unpack(ids, first, last))
-    for j = 1, #got do
-      if got[j] and not kept_before[first + j - 1] then kept_before[first + j - 1] = got[j] end
-    end
+  local got = read_chunks("HMGET", format(K.seen, period_now - back), ids)
+  for i = 1, #ids do
+    if got[i] and not kept_before[i] then kept_before[i] = got[i] end
   end
 end
 if now_ms < legacy_until then
@@ -131,7 +128,7 @@ if now_ms < legacy_until then
       okeys[#okeys + 1] = format(K.outcome, flat[p + 5 + 6 * flat[p + 3]], flat[p])
     end
   end
-  local got = mget(okeys)
+  local got = read_chunks("MGET", nil, okeys)
   for j, i in ipairs(missing) do
     if got[j] then kept_before[i] = got[j] end
   end
@@ -166,7 +163,7 @@ for _, cid in ipairs(cids) do
   local l = call("HMGET", format(K.budget, cid), "daily_micros", "total_micros")
   if l[1] and l[2] then limits[cid] = {tonumber(l[1]), tonumber(l[2])} end
 end
-local spent = mget(spend_keys)
+local spent = read_chunks("MGET", nil, spend_keys)
 for j, cid in ipairs(cids) do
   today[cid] = num(spent[2 * j - 1])
   total[cid] = num(spent[2 * j])
@@ -244,9 +241,7 @@ end
 -- that reads it ends (UNLINK frees the one before in the background: a big hash, not on expiry's
 -- clock); the outcomes, kept a little longer than the events that point to them.
 if any_ok then
-  for first = 1, #seen_fields, CHUNK do  -- CHUNK is even: pairs stay whole
-    call("HSET", seen_now, unpack(seen_fields, first, math.min(first + CHUNK - 1, #seen_fields)))
-  end
+  caps_chunks("HSET", seen_now, seen_fields)  -- caps.lua's: pairs stay whole
   call("EXPIREAT", seen_now, (period_now + periods_back + 1) * period_s + 60)
   call("UNLINK", format(K.seen, period_now - periods_back - 1))
   call("SET", blob_of(ARGV[5]), ARGV[6], "EX", ttl + 60)

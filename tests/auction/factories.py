@@ -151,20 +151,23 @@ def cap_count(client: redis.Redis, settings: Settings, user_id: str, campaign_id
     return count if ends_ms > time.time() * 1000 else 0
 
 
+def _kept_event_key(client: redis.Redis, settings: Settings, event_id: str) -> tuple[str, bool]:
+    """Where Redis keeps a decided event: (its period's hash, True) on one Redis, else (its own
+    key, False: a Redis Cluster, and the older layout)."""
+    for key in client.scan_iter(match=settings.keys.seen("*"), count=1000):
+        if client.hexists(key, event_id):
+            return key.decode(), True
+    return settings.keys.outcome(event_id), False
+
+
 def kept_event(client: redis.Redis, settings: Settings, event_id: str) -> bytes | None:
     """What Redis keeps for a decided event (where it came from, where its outcome is): a field of
     a period's hash (one Redis), or its own key (a Redis Cluster, and the older layout)."""
-    for key in client.scan_iter(match=settings.keys.seen("*"), count=1000):
-        value = client.hget(key, event_id)
-        if value is not None:
-            return bytes(value)
-    value = client.get(settings.keys.outcome(event_id))
+    key, in_hash = _kept_event_key(client, settings, event_id)
+    value = client.hget(key, event_id) if in_hash else client.get(key)
     return None if value is None else bytes(value)
 
 
 def kept_event_ttl(client: redis.Redis, settings: Settings, event_id: str) -> int:
     """The TTL (s) of what keeps a decided event: its period's hash, or its own key."""
-    for key in client.scan_iter(match=settings.keys.seen("*"), count=1000):
-        if client.hexists(key, event_id):
-            return int(client.ttl(key))
-    return int(client.ttl(settings.keys.outcome(event_id)))
+    return int(client.ttl(_kept_event_key(client, settings, event_id)[0]))
